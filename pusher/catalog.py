@@ -1,0 +1,301 @@
+"""The metric catalog: one table declares every metric the agent sends.
+
+Each `Metric` names its libvirt source key (if any), the factor to base units, its type, unit,
+help and labels. `docs/metrics.md` is generated from this table (`python -m pusher.catalog`),
+the dry-run's HELP/TYPE lines and the remote-write metadata come from it, and
+`domain_samples` uses it to turn one domain's `getAllDomainStats` record into samples.
+
+Names follow the libvirt-exporter lineage that existing dashboards query; keys those exporters
+never had get names in the same families. Base units throughout: nanoseconds and KiB are
+converted to seconds and bytes, and every counter ends in `_total`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "CATALOG",
+    "DEVICE_PREFIXES",
+    "LabelPairs",
+    "Metric",
+    "Sample",
+    "SeriesKey",
+    "by_name",
+    "domain_samples",
+    "label_pairs",
+    "series_labels",
+]
+
+MetricType = Literal["counter", "gauge"]
+LabelPairs = tuple[tuple[str, str], ...]
+# (metric name, the series' own labels, labels shared by all series of one domain or agent).
+# Kept apart so building a key costs two references; `series_labels` merges them once, and
+# the encoder caches the result per key.
+SeriesKey = tuple[str, LabelPairs, LabelPairs]
+Sample = tuple[SeriesKey, float]
+
+NS = 1e-9  # nanoseconds -> seconds
+KIB = 1024.0  # KiB -> bytes
+# Mimir's default limit on a label value's length (bytes, as Go counts a string's length).
+MAX_LABEL_VALUE_BYTES = 2048
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_UNIT_SUFFIX = {"seconds": "_seconds", "bytes": "_bytes"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    type: MetricType
+    unit: str  # "seconds", "bytes" or "" (a count or a code)
+    help: str
+    labels: tuple[str, ...] = ()  # the series' own labels, beyond the domain's or agent's
+    source: str = ""  # libvirt stats key; "<n>" stands for a device or vCPU index
+    scale: float = 1.0
+    scope: Literal["domain", "host", "agent"] = "domain"
+
+    def __post_init__(self) -> None:
+        # The one place names are checked, so a typo in the table fails at import.
+        if not _NAME.match(self.name):
+            raise ValueError(f"metric name {self.name!r} is not snake_case")
+        if (self.type == "counter") != self.name.endswith("_total"):
+            raise ValueError(f"{self.name}: counters, and only counters, end in _total")
+        suffix = _UNIT_SUFFIX.get(self.unit)
+        if suffix and suffix not in self.name:
+            raise ValueError(f"{self.name}: unit {self.unit} missing from the name")
+        if not self.help.endswith("."):
+            raise ValueError(f"{self.name}: help must be one sentence ending in a period")
+
+
+def _m(
+    name: str, type_: MetricType, unit: str, help_: str, source: str = "",
+    scale: float = 1.0, labels: tuple[str, ...] = (), scope: str = "domain",
+) -> Metric:  # fmt: skip
+    if not labels and "<n>" in source:
+        labels = ("vcpu",) if source.startswith("vcpu.") else ("target_device", "source_file")
+        if source.startswith("net."):
+            labels = ("target_device",)
+    return Metric(name, type_, unit, help_, labels, source, scale, scope)  # type: ignore[arg-type]
+
+
+_D = "libvirt_domain_"
+_B = "libvirt_domain_block_stats_"
+_I = "libvirt_domain_interface_stats_"
+_M = "libvirt_domain_memory_stats_"
+
+# fmt: off
+CATALOG: tuple[Metric, ...] = (
+    # --- host and agent
+    _m("libvirt_up", "gauge", "", "Whether the last bulk stats call to libvirt succeeded (1) or not (0).", scope="host"),
+    _m("libvirt_domains", "gauge", "", "Number of domains the last bulk stats call returned.", scope="host"),
+    # --- state
+    _m(f"{_D}state_code", "gauge", "", "Domain state as libvirt's virDomainState number (1 running, 3 paused, 5 shut off).", "state.state"),
+    _m(f"{_D}state_reason_code", "gauge", "", "Reason for the domain state as libvirt's per-state reason number.", "state.reason"),
+    # --- Nova
+    _m(f"{_D}openstack_info", "gauge", "", "Nova instance data of the domain; the value is always 1.", labels=("instance_name", "flavor", "flavor_id", "user_name", "user_uuid", "project_name", "project_uuid", "root_type", "root_uuid", "image_uuid")),
+    # --- cpu_total
+    _m(f"{_D}info_cpu_time_seconds_total", "counter", "seconds", "CPU time used by the domain.", "cpu.time", NS),
+    _m(f"{_D}info_cpu_user_seconds_total", "counter", "seconds", "User-mode CPU time used by the domain.", "cpu.user", NS),
+    _m(f"{_D}info_cpu_system_seconds_total", "counter", "seconds", "Kernel-mode CPU time used by the domain.", "cpu.system", NS),
+    _m(f"{_D}cpu_haltpoll_success_time_seconds_total", "counter", "seconds", "CPU time spent in successful halt polling.", "cpu.haltpoll.success.time", NS),
+    _m(f"{_D}cpu_haltpoll_fail_time_seconds_total", "counter", "seconds", "CPU time spent in failed halt polling.", "cpu.haltpoll.fail.time", NS),
+    # --- balloon
+    _m(f"{_D}info_maximum_memory_bytes", "gauge", "bytes", "Maximum memory the domain may be given.", "balloon.maximum", KIB),
+    _m(f"{_D}info_memory_usage_bytes", "gauge", "bytes", "Memory currently given to the domain (the balloon's size).", "balloon.current", KIB),
+    _m(f"{_M}actual_balloon_bytes", "gauge", "bytes", "Current balloon size as the guest sees it; same source as info_memory_usage_bytes.", "balloon.current", KIB),
+    _m(f"{_M}swap_in_bytes_total", "counter", "bytes", "Memory the guest read in from swap.", "balloon.swap_in", KIB),
+    _m(f"{_M}swap_out_bytes_total", "counter", "bytes", "Memory the guest wrote out to swap.", "balloon.swap_out", KIB),
+    _m(f"{_M}major_fault_total", "counter", "", "Page faults in the guest that needed disk I/O.", "balloon.major_fault"),
+    _m(f"{_M}minor_fault_total", "counter", "", "Page faults in the guest served without disk I/O.", "balloon.minor_fault"),
+    _m(f"{_M}unused_bytes", "gauge", "bytes", "Memory the guest leaves completely unused.", "balloon.unused", KIB),
+    _m(f"{_M}available_bytes", "gauge", "bytes", "Memory the guest's operating system can use.", "balloon.available", KIB),
+    _m(f"{_M}usable_bytes", "gauge", "bytes", "Memory the guest can reclaim without swapping.", "balloon.usable", KIB),
+    _m(f"{_M}rss_bytes", "gauge", "bytes", "Resident memory of the guest's process on the host.", "balloon.rss", KIB),
+    _m(f"{_M}disk_cache_bytes", "gauge", "bytes", "Guest memory holding disk caches that can be reclaimed.", "balloon.disk_caches", KIB),
+    _m(f"{_M}last_update_timestamp_seconds", "gauge", "seconds", "When the guest last updated its memory statistics.", "balloon.last-update"),
+    _m(f"{_M}hugetlb_pgalloc_total", "counter", "", "Successful huge page allocations in the guest.", "balloon.hugetlb_pgalloc"),
+    _m(f"{_M}hugetlb_pgfail_total", "counter", "", "Failed huge page allocations in the guest.", "balloon.hugetlb_pgfail"),
+    # --- vcpu
+    _m(f"{_D}info_virtual_cpus", "gauge", "", "Number of virtual CPUs the domain has online.", "vcpu.current"),
+    _m(f"{_D}info_maximum_virtual_cpus", "gauge", "", "Maximum number of virtual CPUs of the domain.", "vcpu.maximum"),
+    _m(f"{_D}vcpu_state", "gauge", "", "Virtual CPU state as libvirt's virVcpuState number (1 running).", "vcpu.<n>.state"),
+    _m(f"{_D}vcpu_time_seconds_total", "counter", "seconds", "CPU time used by the virtual CPU.", "vcpu.<n>.time", NS),
+    _m(f"{_D}vcpu_wait_seconds_total", "counter", "seconds", "Time the virtual CPU wanted to run but waited, outside the guest's control.", "vcpu.<n>.wait", NS),
+    _m(f"{_D}vcpu_delay_seconds_total", "counter", "seconds", "Time the virtual CPU was runnable but waited for a host CPU (steal time).", "vcpu.<n>.delay", NS),
+    _m(f"{_D}vcpu_halted", "gauge", "", "Whether the virtual CPU is halted (1) or not (0).", "vcpu.<n>.halted"),
+    # --- interface
+    _m(f"{_D}interface_count", "gauge", "", "Number of network interfaces of the domain.", "net.count"),
+    _m(f"{_I}receive_bytes_total", "counter", "bytes", "Bytes received on the interface.", "net.<n>.rx.bytes"),
+    _m(f"{_I}receive_packets_total", "counter", "", "Packets received on the interface.", "net.<n>.rx.pkts"),
+    _m(f"{_I}receive_errors_total", "counter", "", "Receive errors on the interface.", "net.<n>.rx.errs"),
+    _m(f"{_I}receive_drops_total", "counter", "", "Received packets dropped on the interface.", "net.<n>.rx.drop"),
+    _m(f"{_I}transmit_bytes_total", "counter", "bytes", "Bytes transmitted on the interface.", "net.<n>.tx.bytes"),
+    _m(f"{_I}transmit_packets_total", "counter", "", "Packets transmitted on the interface.", "net.<n>.tx.pkts"),
+    _m(f"{_I}transmit_errors_total", "counter", "", "Transmit errors on the interface.", "net.<n>.tx.errs"),
+    _m(f"{_I}transmit_drops_total", "counter", "", "Transmitted packets dropped on the interface.", "net.<n>.tx.drop"),
+    # --- block
+    _m(f"{_D}block_count", "gauge", "", "Number of block devices of the domain.", "block.count"),
+    _m(f"{_B}read_requests_total", "counter", "", "Read requests completed on the block device.", "block.<n>.rd.reqs"),
+    _m(f"{_B}read_bytes_total", "counter", "bytes", "Bytes read from the block device.", "block.<n>.rd.bytes"),
+    _m(f"{_B}read_time_seconds_total", "counter", "seconds", "Time spent on reads from the block device.", "block.<n>.rd.times", NS),
+    _m(f"{_B}write_requests_total", "counter", "", "Write requests completed on the block device.", "block.<n>.wr.reqs"),
+    _m(f"{_B}write_bytes_total", "counter", "bytes", "Bytes written to the block device.", "block.<n>.wr.bytes"),
+    _m(f"{_B}write_time_seconds_total", "counter", "seconds", "Time spent on writes to the block device.", "block.<n>.wr.times", NS),
+    _m(f"{_B}flush_requests_total", "counter", "", "Flush requests completed on the block device.", "block.<n>.fl.reqs"),
+    _m(f"{_B}flush_time_seconds_total", "counter", "seconds", "Time spent on flushes of the block device.", "block.<n>.fl.times", NS),
+    _m(f"{_B}allocation_bytes", "gauge", "bytes", "Highest offset written in the block device's image (its allocation).", "block.<n>.allocation"),
+    _m(f"{_B}capacity_bytes", "gauge", "bytes", "Logical size of the block device as the guest sees it.", "block.<n>.capacity"),
+    _m(f"{_B}physicalsize_bytes", "gauge", "bytes", "Size of the block device's image on the host.", "block.<n>.physical"),
+    _m(f"{_B}threshold_bytes", "gauge", "bytes", "Write threshold set on the block device, when one is set.", "block.<n>.threshold"),
+    # --- the agent itself
+    _m("pusher_build_info", "gauge", "", "Version of the running agent; the value is always 1.", labels=("version",), scope="agent"),
+    _m("pusher_cycles_total", "counter", "", "Collection cycles run.", scope="agent"),
+    _m("pusher_collect_duration_seconds", "gauge", "seconds", "Wall time of the last collection cycle.", scope="agent"),
+    _m("pusher_collect_errors_total", "counter", "", "Collection cycles that failed to read libvirt.", scope="agent"),
+    _m("pusher_samples_collected_total", "counter", "", "Samples collected and written to the spool.", scope="agent"),
+    _m("pusher_samples_sent_total", "counter", "", "Samples the receiver acknowledged with a 2xx answer.", scope="agent"),
+    _m("pusher_samples_retried_total", "counter", "", "Samples sent again after a failed attempt.", scope="agent"),
+    _m("pusher_samples_dropped_total", "counter", "", "Samples given up, by reason.", labels=("reason",), scope="agent"),
+    _m("pusher_requests_total", "counter", "", 'Remote-write requests answered, by HTTP status code ("error" when none came).', labels=("code",), scope="agent"),
+    _m("pusher_send_duration_seconds_total", "counter", "seconds", "Wall time spent in remote-write requests.", scope="agent"),
+    _m("pusher_last_send_success_timestamp_seconds", "gauge", "seconds", "When the receiver last acknowledged a request.", scope="agent"),
+    _m("pusher_spool_bytes", "gauge", "bytes", "Bytes of request bodies waiting in the spool.", scope="agent"),
+    _m("pusher_spool_requests", "gauge", "", "Requests waiting in the spool.", scope="agent"),
+    _m("pusher_spool_oldest_sample_age_seconds", "gauge", "seconds", "Age of the oldest sample waiting in the spool (0 when empty).", scope="agent"),
+    _m("pusher_nova_metadata_errors_total", "counter", "", "Domain XML documents whose Nova metadata could not be read.", scope="agent"),
+)
+# fmt: on
+
+_BY_NAME = {m.name: m for m in CATALOG}
+if len(_BY_NAME) != len(CATALOG):
+    raise ValueError("duplicate metric name in the catalog")
+
+
+def by_name(name: str) -> Metric:
+    return _BY_NAME[name]
+
+
+# --- from libvirt stats to samples -------------------------------------------------------
+
+DEVICE_PREFIXES = ("vcpu", "net", "block")
+# "cpu.time" -> metrics; ("block", "rd.bytes") -> metrics
+_DOMAIN_KEYS: dict[str, list[Metric]] = {}
+_DEVICE_KEYS: dict[tuple[str, str], list[Metric]] = {}
+for _metric in CATALOG:
+    if "<n>" in _metric.source:
+        _prefix, _, _rest = _metric.source.partition(".<n>.")
+        _DEVICE_KEYS.setdefault((_prefix, _rest), []).append(_metric)
+    elif _metric.source:
+        _DOMAIN_KEYS.setdefault(_metric.source, []).append(_metric)
+# Keys that are labels or bookkeeping, not values.
+_LABEL_KEYS = {"name", "path", "backingIndex"}
+
+
+def truncate_label_value(value: str) -> str:
+    """Cut a value to Mimir's byte limit on a UTF-8 character boundary."""
+    raw = value.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_LABEL_VALUE_BYTES:
+        return value
+    return raw[:MAX_LABEL_VALUE_BYTES].decode("utf-8", "ignore")
+
+
+def label_pairs(labels: Mapping[str, str]) -> LabelPairs:
+    """A label map as sorted pairs, empty values left out and long values cut."""
+    return tuple(sorted((k, truncate_label_value(v)) for k, v in labels.items() if v))
+
+
+def series_labels(key: SeriesKey) -> list[tuple[str, str]]:
+    """All labels of a series, sorted by name, `__name__` first; own labels win on a clash."""
+    merged = dict(key[2])
+    merged.update(key[1])
+    merged["__name__"] = key[0]
+    return sorted(merged.items())
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def domain_samples(
+    stats: Mapping[str, object], shared: LabelPairs, unknown: set[str] | None = None
+) -> list[Sample]:
+    """One domain's `getAllDomainStats` record -> samples in base units.
+
+    `shared` are the labels every series of this domain carries (identity, Nova, external).
+    Keys the catalog does not know are added to `unknown` (for a one-time log) and skipped.
+    """
+    out: list[Sample] = []
+    device_labels: dict[tuple[str, str], LabelPairs] = {}
+    for key, raw in stats.items():
+        value = _number(raw)
+        if value is None:
+            continue  # strings: device names and paths, used as labels below
+        metrics = _DOMAIN_KEYS.get(key)
+        if metrics is not None:
+            for m in metrics:
+                out.append(((m.name, (), shared), value * m.scale))
+            continue
+        prefix, _, tail = key.partition(".")
+        index, _, rest = tail.partition(".")
+        dev_metrics = _DEVICE_KEYS.get((prefix, rest))
+        if dev_metrics is None or not index.isdigit():
+            if unknown is not None and rest not in _LABEL_KEYS:
+                unknown.add(key)
+            continue
+        own = device_labels.get((prefix, index))
+        if own is None:
+            own = device_labels[(prefix, index)] = _device_labels(stats, prefix, index)
+        for m in dev_metrics:
+            out.append(((m.name, own, shared), value * m.scale))
+    return out
+
+
+def _device_labels(stats: Mapping[str, object], prefix: str, index: str) -> LabelPairs:
+    if prefix == "vcpu":
+        return (("vcpu", index),)
+    name = stats.get(f"{prefix}.{index}.name")
+    labels = {"target_device": name if isinstance(name, str) and name else f"{prefix}{index}"}
+    path = stats.get(f"{prefix}.{index}.path")
+    if prefix == "block" and isinstance(path, str):
+        labels["source_file"] = path
+    return label_pairs(labels)
+
+
+# --- docs --------------------------------------------------------------------------------
+
+
+def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
+    """docs/metrics.md, generated from the table."""
+    lines = [
+        "# Metrics",
+        "",
+        "Generated from `pusher/catalog.py` by `python -m pusher.catalog > docs/metrics.md`;",
+        "a test fails when this file is stale.",
+        "",
+        "Every domain series also carries `domain` (libvirt name), `uuid` (libvirt UUID, equal",
+        "to the Nova instance UUID), the Nova labels named in `nova.series_labels` and the",
+        "`external_labels`; host and agent series carry the `external_labels` only.",
+        "",
+        "| name | type | unit | labels | libvirt key | help |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in metrics:
+        labels = ", ".join(f"`{x}`" for x in m.labels) or "—"
+        source = f"`{m.source}`" if m.source else m.scope
+        lines.append(
+            f"| `{m.name}` | {m.type} | {m.unit or '—'} | {labels} | {source} | {m.help} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

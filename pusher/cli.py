@@ -1,0 +1,149 @@
+"""The command line: `libvirt-pusher` / `python -m pusher`.
+
+Exit status: 0 success; 1 a cycle or its delivery failed (`--once`, `--dry-run`);
+2 the configuration is wrong (the message names the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from pusher import __version__, config
+from pusher.collect import Collector
+from pusher.config import Config, ConfigError
+from pusher.encode import exposition
+from pusher.loop import Agent
+from pusher.sender import Sender
+from pusher.spool import Spool, SpoolError
+
+__all__ = ["main"]
+
+log = logging.getLogger("pusher")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="libvirt-pusher",
+        description="Push libvirt domain stats, labelled with Nova instance data, "
+        "to a Prometheus remote-write receiver such as Grafana Mimir.",
+    )
+    p.add_argument("-c", "--config", metavar="FILE", help="YAML config file (default: built-in)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--once",
+        action="store_true",
+        help="run one cycle, deliver it (and any backlog), exit 0 if delivered",
+    )
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print one cycle in Prometheus text format; push nothing",
+    )
+    mode.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override log.level"
+    )
+    p.add_argument("--version", action="version", version=f"libvirt-pusher {__version__}")
+    return p  # fmt: skip
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _summary(cfg: Config) -> str:
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(cfg.external_labels.items()))
+    return (
+        f"libvirt {cfg.libvirt_uri}, every {cfg.collect_interval:g}s -> "
+        f"{cfg.remote_write_url or '(no remote_write.url)'}"
+        f"{' tenant ' + cfg.remote_write_tenant if cfg.remote_write_tenant else ''}; "
+        f"spool {cfg.buffer_path}; external labels {labels}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as e:
+        print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(args.log_level or cfg.log_level)
+
+    if args.check_config:
+        if not cfg.remote_write_url:
+            print("libvirt-pusher: config error: remote_write.url: required", file=sys.stderr)
+            return 2
+        print(f"config OK: {_summary(cfg)}")
+        return 0
+    if args.dry_run:
+        return _dry_run(cfg)
+    if not cfg.remote_write_url:
+        print("libvirt-pusher: config error: remote_write.url: required", file=sys.stderr)
+        return 2
+    try:
+        spool = Spool(cfg.buffer_path, cfg.buffer_max_bytes, cfg.buffer_fsync)
+    except SpoolError as e:
+        print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
+        return 2
+    sender = Sender(
+        cfg.remote_write_url, cfg.remote_write_tenant, cfg.remote_write_timeout,
+        cfg.remote_write_headers,
+    )  # fmt: skip
+    agent = Agent(cfg, sender=sender, spool=spool)
+    if args.once:
+        return _once(agent, cfg)
+    return _serve(agent, cfg)
+
+
+def _dry_run(cfg: Config) -> int:
+    collector = Collector(cfg.libvirt_uri, cfg.nova_refresh_interval, use_events=False)
+    agent = Agent(cfg, collector=collector)
+    try:
+        _ts_ms, samples = agent.collect_samples()
+        samples.extend(agent.self_samples())
+    finally:
+        collector.close()
+    sys.stdout.write(exposition(samples))
+    return 0 if agent._libvirt_up else 1
+
+
+def _once(agent: Agent, cfg: Config) -> int:
+    agent.run_cycle()
+    deadline = time.monotonic() + max(cfg.shutdown_grace, cfg.remote_write_timeout)
+    delivered = agent.drain_once(deadline)
+    agent.shutdown(0)
+    c = agent.counters
+    rejected = {r: n for r, n in c.dropped.items() if n}
+    if not delivered:
+        log.error("delivery did not finish; the rest stays in the spool")
+        return 1
+    if rejected:
+        log.error("samples dropped: %s", rejected)
+        return 1
+    if not agent._libvirt_up:
+        return 1
+    log.info("delivered %d sample(s)", c.sent)
+    return 0
+
+
+def _serve(agent: Agent, cfg: Config) -> int:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("libvirt-pusher %s: %s", __version__, _summary(cfg))
+    agent.run()
+    return 0

@@ -1,0 +1,226 @@
+"""libvirt collection: one bulk `getAllDomainStats` call per cycle, one XML read per domain.
+
+The connection is read-only (it works through `libvirt-sock-ro` and can call nothing that
+changes a domain), long-lived, and reopened when it drops. A domain's XML is fetched only when
+the domain is new to the agent, when libvirt reports a metadata or definition change for it,
+or when the safety-net refresh interval has passed, and the parsed result is cached by UUID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from pusher.nova import DomainInfo, parse_domain_xml
+
+__all__ = ["Collector", "DomainStats", "LibvirtUnavailable", "Snapshot"]
+
+log = logging.getLogger(__name__)
+
+STATS_GROUPS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+)
+# No state filter: running, paused, shut-off (and crashed, suspended) domains all come back.
+# NOWAIT: a domain busy with a job (migration, hung monitor) answers with what it has
+# instead of stalling the whole call.
+STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+
+
+class LibvirtUnavailable(Exception):
+    """libvirt could not be reached or the bulk call failed; the message says why."""
+
+
+@dataclass(frozen=True)
+class DomainStats:
+    name: str
+    uuid: str
+    stats: dict[str, Any]
+    info: DomainInfo
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ts_ms: int
+    domains: list[DomainStats]
+    duration: float  # seconds the bulk call took
+    xml_fetches: int  # domain XML documents read this cycle
+
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _start_event_loop() -> None:
+    """libvirt's default event loop on a daemon thread: needed for keepalive and events."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+class Collector:
+    """Owns the libvirt connection and the per-domain XML cache."""
+
+    def __init__(
+        self,
+        uri: str,
+        refresh_interval: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        use_events: bool = True,
+    ) -> None:
+        self.uri = uri
+        self.refresh_interval = refresh_interval
+        self.clock = clock
+        self.use_events = use_events
+        self._conn: Any = None
+        self._callback_ids: list[int] = []
+        self._cache: dict[str, tuple[float, DomainInfo]] = {}  # uuid -> (fetched at, info)
+        self._dirty: set[str] = set()  # uuids whose XML changed since it was read
+        self._lock = threading.Lock()
+        self.metadata_errors = 0
+
+    # --- connection
+
+    def _connect(self) -> Any:
+        if self._conn is not None:
+            try:
+                if self._conn.isAlive():
+                    return self._conn
+            except libvirt.libvirtError:
+                pass
+            self.close()
+            log.warning("libvirt connection to %s lost; reconnecting", self.uri)
+        if self.use_events:
+            _start_event_loop()
+        try:
+            conn = libvirt.openReadOnly(self.uri)
+        except libvirt.libvirtError as e:
+            raise LibvirtUnavailable(f"cannot connect to {self.uri}: {e}") from None
+        if conn is None:
+            raise LibvirtUnavailable(f"cannot connect to {self.uri}")
+        if self.use_events:
+            self._subscribe(conn)
+        self._conn = conn
+        # Anything may have changed while we were away: read every domain's XML again.
+        with self._lock:
+            self._cache.clear()
+        log.info("connected to libvirt at %s", self.uri)
+        return conn
+
+    def _subscribe(self, conn: Any) -> None:
+        # Drivers without a daemon (test:///) have no keepalive.
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.setKeepAlive(5, 3)
+        events = (
+            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata),
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
+        )
+        for event_id, callback in events:
+            try:
+                self._callback_ids.append(
+                    conn.domainEventRegisterAny(None, event_id, callback, None)
+                )
+            except libvirt.libvirtError as e:
+                log.info("libvirt events unavailable (%s); refreshing XML periodically", e)
+
+    def _on_metadata(self, _conn: Any, dom: Any, *_args: Any) -> None:
+        with self._lock:
+            self._dirty.add(dom.UUIDString())
+
+    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+        uuid = dom.UUIDString()
+        with self._lock:
+            if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+                self._cache.pop(uuid, None)
+            elif event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
+                self._dirty.add(uuid)  # redefined: Nova rewrote the XML (resize, rebuild)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        for cid in self._callback_ids:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.domainEventDeregisterAny(cid)
+        self._callback_ids.clear()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    # --- collection
+
+    def collect(self) -> Snapshot:
+        """One cycle: the bulk stats call, then XML for domains not (or no longer) cached."""
+        conn = self._connect()
+        ts_ms = int(self.clock() * 1000)
+        start = time.monotonic()
+        try:
+            records = conn.getAllDomainStats(STATS_GROUPS, STATS_FLAGS)
+        except libvirt.libvirtError as e:
+            # A dead connection surfaces here; drop it so the next cycle reconnects.
+            if not self._alive():
+                self.close()
+            raise LibvirtUnavailable(f"getAllDomainStats failed: {e}") from None
+        duration = time.monotonic() - start
+        now = self.clock()
+        domains: list[DomainStats] = []
+        fetches = 0
+        seen: set[str] = set()
+        for dom, stats in records:
+            uuid = dom.UUIDString()
+            seen.add(uuid)
+            info, fetched = self._info(dom, uuid, now)
+            fetches += fetched
+            domains.append(DomainStats(dom.name(), uuid, stats, info))
+        with self._lock:
+            for gone in set(self._cache) - seen:
+                del self._cache[gone]
+        return Snapshot(ts_ms, domains, duration, fetches)
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self._conn is not None and self._conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def _info(self, dom: Any, uuid: str, now: float) -> tuple[DomainInfo, int]:
+        with self._lock:
+            cached = self._cache.get(uuid)
+            dirty = uuid in self._dirty
+            self._dirty.discard(uuid)
+        if cached is not None and not dirty and now - cached[0] < self.refresh_interval:
+            return cached[1], 0
+        try:
+            xml = dom.XMLDesc(0)
+        except libvirt.libvirtError as e:
+            # Gone between the stats call and now, or a transient error: keep what we had.
+            log.debug("cannot read XML of %s: %s", uuid, e)
+            return (cached[1] if cached else DomainInfo()), 1
+        info = parse_domain_xml(xml)
+        if info.problems:
+            self.metadata_errors += 1
+            log.warning("domain %s: %s", uuid, "; ".join(info.problems))
+        if cached is not None and cached[1].nova != info.nova:
+            log.info("domain %s: Nova metadata changed", uuid)
+        with self._lock:
+            self._cache[uuid] = (now, info)
+        return info, 1

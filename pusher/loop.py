@@ -1,0 +1,436 @@
+"""The agent: collect on the interval's wall-clock boundaries, spool, drain, count.
+
+Two threads. The collecting thread ticks on multiples of `collect.interval`, turns each
+snapshot into samples (plus stale markers for series that ended and the agent's own
+metrics), encodes them and writes them to the spool. The sending thread drains the spool
+oldest first, one batch at a time, so every series reaches the receiver in timestamp order;
+it retries, holds, splits or drops according to the sender's `Outcome`, and counts each case.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pusher import __version__, catalog
+from pusher.catalog import LabelPairs, Sample, SeriesKey, label_pairs
+from pusher.collect import Collector, DomainStats, LibvirtUnavailable, Snapshot
+from pusher.config import Config
+from pusher.encode import STALE_NAN, Encoder, compress, decompress, metadata_bytes
+from pusher.sender import Outcome, Sender
+from pusher.spool import Row, Spool
+
+__all__ = ["Agent", "Counters", "build_samples", "split_request"]
+
+log = logging.getLogger(__name__)
+
+# Drop reasons reported from the first cycle on (at 0), so alerts see the series exist.
+KNOWN_DROP_REASONS = ("too_old", "spool_full", "spool_corrupt", "spool_unwritable", "too_large")
+# While credentials are refused, probe this often at the least, and log at most once a minute.
+HOLD_MIN_PROBE = 10.0
+HOLD_MAX_PROBE = 300.0
+HOLD_LOG_EVERY = 60.0
+
+
+@dataclass
+class Counters:
+    """The agent's own numbers, written by both threads under one lock."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cycles: int = 0
+    collect_errors: int = 0
+    collect_duration: float = 0.0
+    collected: int = 0
+    sent: int = 0
+    retried: int = 0
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    responses: collections.Counter[str] = field(default_factory=collections.Counter)
+    send_seconds: float = 0.0
+    last_success: float = 0.0
+
+
+# --- pure: snapshot -> samples ------------------------------------------------------------
+
+
+def identity_labels(
+    d: DomainStats, series_labels: Sequence[str], external: LabelPairs
+) -> LabelPairs:
+    """Labels on every series of one domain: identity, chosen Nova labels, external labels."""
+    labels = dict(external)
+    labels["domain"] = d.name
+    labels["uuid"] = d.uuid
+    if d.info.nova is not None:
+        nova = d.info.nova.labels()
+        for name in series_labels:
+            if name in nova:
+                labels[name] = nova[name]
+    return label_pairs(labels)
+
+
+def build_samples(
+    snapshot: Snapshot,
+    series_labels: Sequence[str],
+    external: LabelPairs,
+    unknown: set[str] | None = None,
+    shared_cache: dict[str, tuple[object, LabelPairs]] | None = None,
+) -> list[Sample]:
+    """Every domain's samples and its Nova info series, for one snapshot."""
+    out: list[Sample] = []
+    for d in snapshot.domains:
+        cache_key = (d.name, d.info)
+        cached = shared_cache.get(d.uuid) if shared_cache is not None else None
+        if cached is not None and cached[0] == cache_key:
+            shared = cached[1]
+        else:
+            shared = identity_labels(d, series_labels, external)
+            if shared_cache is not None:
+                shared_cache[d.uuid] = (cache_key, shared)
+        out.extend(catalog.domain_samples(d.stats, shared, unknown))
+        if d.info.nova is not None:
+            own = label_pairs(d.info.nova.labels())
+            out.append((("libvirt_domain_openstack_info", own, shared), 1.0))
+    return out
+
+
+def split_request(raw: bytes) -> list[bytes]:
+    """An uncompressed WriteRequest's top-level fields, each as its own bytes, in order."""
+    fields: list[bytes] = []
+    i = 0
+    while i < len(raw):
+        start = i
+        i += 1  # every field we write has a one-byte tag
+        length = shift = 0
+        while True:
+            b = raw[i]
+            i += 1
+            length |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        i += length
+        fields.append(raw[start:i])
+    return fields
+
+
+def _count_series(fields: Sequence[bytes]) -> int:
+    # Every TimeSeries this agent writes holds exactly one sample.
+    return sum(1 for f in fields if f[:1] == b"\x0a")
+
+
+@dataclass
+class _Part:
+    body: bytes  # compressed
+    samples: int
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: Config,
+        collector: Collector | None = None,
+        sender: Sender | None = None,
+        spool: Spool | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.collector = collector or Collector(cfg.libvirt_uri, cfg.nova_refresh_interval)
+        self.spool = spool
+        self.sender = sender
+        self.encoder = Encoder(cfg.remote_write_max_samples_per_send)
+        self.counters = Counters()
+        self.external = label_pairs(cfg.external_labels)
+        self._shared_cache: dict[str, tuple[object, LabelPairs]] = {}
+        self._unknown_keys: set[str] = set()
+        self._logged_unknown: set[str] = set()
+        self._previous: set[SeriesKey] = set()
+        self._last_metadata = float("-inf")
+        self._libvirt_up = 0
+        self._libvirt_domains = 0
+        self._metadata_errors_seen = 0
+        self.stop_event = threading.Event()  # stop collecting
+        self._wake = threading.Event()  # new data in the spool
+        self._send_deadline = float("inf")  # monotonic; set on shutdown
+        self._sender_thread: threading.Thread | None = None
+        self._last_hold_log = float("-inf")
+
+    # --- collecting
+
+    def collect_samples(self) -> tuple[int, list[Sample]]:
+        """One collection: (timestamp in ms, samples) including stale markers, without
+        the agent's own metrics. libvirt being unreachable is not an error here."""
+        start = time.monotonic()
+        snapshot: Snapshot | None
+        try:
+            snapshot = self.collector.collect()
+        except LibvirtUnavailable as e:
+            snapshot = None
+            with self.counters.lock:
+                self.counters.collect_errors += 1
+            log.error("%s", e)
+        ts_ms = snapshot.ts_ms if snapshot else int(self.clock() * 1000)
+        samples: list[Sample] = []
+        if snapshot is not None:
+            samples = build_samples(
+                snapshot, self.cfg.nova_series_labels, self.external,
+                self._unknown_keys, self._shared_cache,
+            )  # fmt: skip
+            live_uuids = {d.uuid for d in snapshot.domains}
+            for uuid in set(self._shared_cache) - live_uuids:
+                del self._shared_cache[uuid]
+            self._log_unknown_keys()
+            self._libvirt_domains = len(snapshot.domains)
+            samples.extend(self._stale_markers(samples))
+        self._libvirt_up = 1 if snapshot is not None else 0
+        samples.append((("libvirt_up", (), self.external), float(self._libvirt_up)))
+        if snapshot is not None:
+            samples.append((("libvirt_domains", (), self.external), float(self._libvirt_domains)))
+        with self.counters.lock:
+            self.counters.collect_duration = time.monotonic() - start
+        return ts_ms, samples
+
+    def _stale_markers(self, samples: list[Sample]) -> list[Sample]:
+        """Stale markers for the series of the last successful cycle that are gone now."""
+        current = {key for key, _ in samples}
+        gone = self._previous - current
+        self._previous = current
+        self.encoder.forget(gone)
+        return [(key, STALE_NAN) for key in gone]
+
+    def _log_unknown_keys(self) -> None:
+        new = self._unknown_keys - self._logged_unknown
+        if new:
+            log.info("libvirt stats keys not in the catalog (skipped): %s", ", ".join(sorted(new)))
+            self._logged_unknown |= new
+
+    def self_samples(self) -> list[Sample]:
+        c = self.counters
+        ext = self.external
+        requests, nbytes, oldest = self.spool.stats() if self.spool else (0, 0, None)
+        if self.spool:
+            for reason, n in self.spool.take_drops().items():
+                with c.lock:
+                    c.dropped[reason] += n
+        age = max(0.0, self.clock() - oldest / 1000) if oldest is not None else 0.0
+        meta_errors = self.collector.metadata_errors
+        with c.lock:
+            out: list[Sample] = [
+                (("pusher_build_info", (("version", __version__),), ext), 1.0),
+                (("pusher_cycles_total", (), ext), float(c.cycles)),
+                (("pusher_collect_duration_seconds", (), ext), c.collect_duration),
+                (("pusher_collect_errors_total", (), ext), float(c.collect_errors)),
+                (("pusher_samples_collected_total", (), ext), float(c.collected)),
+                (("pusher_samples_sent_total", (), ext), float(c.sent)),
+                (("pusher_samples_retried_total", (), ext), float(c.retried)),
+                (("pusher_send_duration_seconds_total", (), ext), c.send_seconds),
+                (("pusher_last_send_success_timestamp_seconds", (), ext), c.last_success),
+                (("pusher_spool_bytes", (), ext), float(nbytes)),
+                (("pusher_spool_requests", (), ext), float(requests)),
+                (("pusher_spool_oldest_sample_age_seconds", (), ext), age),
+                (("pusher_nova_metadata_errors_total", (), ext), float(meta_errors)),
+            ]
+            for reason in sorted(set(KNOWN_DROP_REASONS) | set(c.dropped)):
+                key = ("pusher_samples_dropped_total", (("reason", reason),), ext)
+                out.append((key, float(c.dropped[reason])))
+            for code, n in sorted(c.responses.items()):
+                out.append((("pusher_requests_total", (("code", code),), ext), float(n)))
+        return out
+
+    def run_cycle(self) -> int:
+        """Collect, add the agent's metrics, encode and spool one cycle; returns samples."""
+        assert self.spool is not None
+        ts_ms, samples = self.collect_samples()
+        with self.counters.lock:
+            self.counters.cycles += 1
+        samples.extend(self.self_samples())
+        with self.counters.lock:
+            # Counted before the write so the figure includes this very cycle next time.
+            self.counters.collected += len(samples)
+        metadata = b""
+        now = time.monotonic()
+        interval = self.cfg.remote_write_metadata_interval
+        if interval > 0 and now - self._last_metadata >= interval:
+            metadata = metadata_bytes(catalog.CATALOG)
+            self._last_metadata = now
+        self.spool.put(self.encoder.encode(samples, ts_ms, metadata))
+        self._wake.set()
+        return len(samples)
+
+    def run(self) -> None:
+        """Collect on every interval boundary until `stop()`, then drain within the grace."""
+        self.start_sender()
+        interval = self.cfg.collect_interval
+        try:
+            while not self.stop_event.is_set():
+                now = self.clock()
+                next_tick = (int(now / interval) + 1) * interval
+                if self.stop_event.wait(next_tick - now):
+                    break
+                try:
+                    self.run_cycle()
+                except Exception:  # one bad cycle must not end the agent
+                    log.exception("collection cycle failed")
+        finally:
+            self.shutdown(self.cfg.shutdown_grace)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # --- sending
+
+    def start_sender(self) -> None:
+        if self._sender_thread is None:
+            self._sender_thread = threading.Thread(target=self._drain, name="sender", daemon=True)
+            self._sender_thread.start()
+
+    def shutdown(self, grace: float) -> None:
+        """Send what can be sent within `grace` seconds; the rest stays in the spool."""
+        self.stop_event.set()
+        self._send_deadline = time.monotonic() + grace
+        self._wake.set()
+        if self._sender_thread is not None:
+            self._sender_thread.join(grace + 1.0)
+        if self.spool is not None:
+            requests, _, _ = self.spool.stats()
+            if requests:
+                log.info("%d request(s) left in the spool for the next start", requests)
+            self.spool.close()
+        self.collector.close()
+        if self.sender is not None:
+            self.sender.close()
+
+    def drain_once(self, deadline: float) -> bool:
+        """Send until the spool is empty or the deadline passes; True when it emptied."""
+        self._send_deadline = deadline
+        self.stop_event.set()
+        self._drain()
+        assert self.spool is not None
+        return self.spool.stats()[0] == 0
+
+    def _remaining(self) -> float:
+        return self._send_deadline - time.monotonic()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait for a backoff; False when the shutdown deadline leaves no time for it."""
+        if seconds >= self._remaining():
+            return False
+        if self.stop_event.is_set():
+            time.sleep(max(0.0, seconds))
+        else:
+            self.stop_event.wait(seconds)
+        return True
+
+    def _drain(self) -> None:
+        assert self.spool is not None and self.sender is not None
+        while self._remaining() > 0:
+            rows = self.spool.peek(self.cfg.remote_write_max_samples_per_send)
+            if not rows:
+                if self.stop_event.is_set():
+                    return
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            rows = self._drop_too_old(rows)
+            if rows and not self._deliver(rows):
+                return  # the deadline passed mid-way; the rows stay in the spool
+
+    def _drop_too_old(self, rows: list[Row]) -> list[Row]:
+        max_age = self.cfg.remote_write_max_sample_age
+        if max_age <= 0:
+            return rows
+        horizon = (self.clock() - max_age) * 1000
+        old = [r for r in rows if r.ts_ms < horizon]
+        if not old:
+            return rows
+        assert self.spool is not None
+        self.spool.remove(old)
+        n = sum(r.samples for r in old)
+        self._count_drop("too_old", n)
+        log.warning("dropped %d sample(s) older than remote_write.max_sample_age", n)
+        return [r for r in rows if r.ts_ms >= horizon]
+
+    def _deliver(self, rows: list[Row]) -> bool:
+        """Send one batch of spooled rows to the end; True when it is done with them."""
+        assert self.spool is not None and self.sender is not None
+        if len(rows) == 1:
+            parts = [_Part(rows[0].body, rows[0].samples)]
+        else:  # merge a backlog's rows into one request: fewer, larger requests drain faster
+            raw = b"".join(decompress(r.body) for r in rows)
+            parts = [_Part(compress(raw), sum(r.samples for r in rows))]
+        attempt = 0
+        backoff = self.cfg.remote_write_min_backoff
+        while parts:
+            part = parts[0]
+            if attempt:
+                with self.counters.lock:
+                    self.counters.retried += part.samples
+            outcome = self._post(part.body, attempt)
+            if outcome.kind == "ok":
+                parts.pop(0)
+                attempt, backoff = 0, self.cfg.remote_write_min_backoff
+                with self.counters.lock:
+                    self.counters.sent += part.samples
+                    self.counters.last_success = self.clock()
+            elif outcome.kind == "reject":
+                parts.pop(0)
+                self._count_drop(outcome.reason, part.samples)
+                log.error("receiver rejected %d sample(s) (%s %s): %s", part.samples,
+                          outcome.code, outcome.reason, outcome.message[:300])  # fmt: skip
+            elif outcome.kind == "too_large":
+                parts[0:1] = self._split(part)
+            elif outcome.kind == "hold":
+                self._log_hold(outcome)
+                attempt += 1
+                delay = min(max(HOLD_MIN_PROBE, backoff, outcome.retry_after or 0), HOLD_MAX_PROBE)
+                backoff = min(max(backoff * 2, HOLD_MIN_PROBE), HOLD_MAX_PROBE)
+                if not self._sleep(delay):
+                    return False
+            else:  # retry
+                attempt += 1
+                jittered = backoff / 2 + random.uniform(0, backoff / 2)
+                delay = outcome.retry_after if outcome.retry_after is not None else jittered
+                backoff = min(backoff * 2, self.cfg.remote_write_max_backoff)
+                log.warning("remote write failed (%s %s); retrying in %.2fs",
+                            outcome.code, outcome.message[:200], delay)  # fmt: skip
+                if not self._sleep(delay):
+                    return False
+        self.spool.remove(rows)
+        return True
+
+    def _post(self, body: bytes, attempt: int) -> Outcome:
+        assert self.sender is not None
+        start = time.monotonic()
+        outcome = self.sender.send(body, attempt)
+        with self.counters.lock:
+            self.counters.send_seconds += time.monotonic() - start
+            self.counters.responses[outcome.code] += 1
+        return outcome
+
+    def _split(self, part: _Part) -> list[_Part]:
+        fields = split_request(decompress(part.body))
+        if len(fields) < 2:
+            self._count_drop("too_large", part.samples)
+            log.error("a single series is larger than the receiver accepts; dropped")
+            return []
+        mid = len(fields) // 2
+        halves = (fields[:mid], fields[mid:])
+        log.warning("receiver answered 413; splitting a request of %d sample(s)", part.samples)
+        return [_Part(compress(b"".join(h)), _count_series(h)) for h in halves]
+
+    def _count_drop(self, reason: str, samples: int) -> None:
+        with self.counters.lock:
+            self.counters.dropped[reason] += samples
+
+    def _log_hold(self, outcome: Outcome) -> None:
+        now = time.monotonic()
+        if now - self._last_hold_log >= HOLD_LOG_EVERY:
+            self._last_hold_log = now
+            assert self.spool is not None
+            requests, _, _ = self.spool.stats()
+            log.error("receiver refused the credentials (%s); holding %d request(s) in the "
+                      "spool and probing again", outcome.code, requests)  # fmt: skip

@@ -1,0 +1,171 @@
+"""Nova's instance metadata, read from a libvirt domain's XML.
+
+Nova writes a `<nova:instance>` element into `<metadata>` of every guest it defines, in the
+namespace `http://openstack.org/xmlns/libvirt/nova/<version>` (1.0 on old guests, 1.1 today;
+a later version is read the same way). The parser is pure and never raises on odd input: a
+guest whose metadata is missing or unreadable is still exported, just without Nova labels.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+__all__ = ["NOVA_NS_PREFIX", "DomainInfo", "NovaInstance", "parse_domain_xml"]
+
+NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
+_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+# Documents larger than this are not Nova-generated domain XML; refuse to parse them.
+MAX_XML_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NovaInstance:
+    """The fields of `<nova:instance>`; empty strings where Nova wrote nothing."""
+
+    ns_version: str = ""
+    package_version: str = ""
+    name: str = ""
+    creation_time: str = ""
+    flavor_name: str = ""
+    flavor_id: str = ""
+    memory_mib: str = ""
+    disk_gib: str = ""
+    swap_mib: str = ""
+    ephemeral_gib: str = ""
+    vcpus: str = ""
+    extra_specs: tuple[tuple[str, str], ...] = ()
+    image_uuid: str = ""
+    user_name: str = ""
+    user_uuid: str = ""
+    project_name: str = ""
+    project_uuid: str = ""
+    root_type: str = ""
+    root_uuid: str = ""
+    # (port uuid, (ip address, ...))
+    ports: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def labels(self) -> dict[str, str]:
+        """Label name -> value for every non-empty field a label exists for."""
+        pairs = {
+            "instance_name": self.name,
+            "flavor": self.flavor_name,
+            "flavor_id": self.flavor_id,
+            "user_name": self.user_name,
+            "user_uuid": self.user_uuid,
+            "project_name": self.project_name,
+            "project_uuid": self.project_uuid,
+            "root_type": self.root_type,
+            "root_uuid": self.root_uuid,
+            "image_uuid": self.image_uuid,
+        }
+        return {k: v for k, v in pairs.items() if v}
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """What the agent keeps of one domain's XML."""
+
+    nova: NovaInstance | None = None
+    # Why parts of the XML could not be read (logged once per domain by the caller).
+    problems: tuple[str, ...] = ()
+
+
+def _local(tag: str) -> tuple[str, str]:
+    """'{ns}name' -> (ns, name)."""
+    if tag.startswith("{"):
+        ns, _, name = tag[1:].partition("}")
+        return ns, name
+    return "", tag
+
+
+def _text(el: ET.Element | None) -> str:
+    if el is None or el.text is None:
+        return ""
+    return el.text.strip()
+
+
+def _version_key(ns: str) -> tuple[int, int]:
+    m = _VERSION.match(ns[len(NOVA_NS_PREFIX) :])
+    return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+
+
+def _parse_instance(inst: ET.Element, ns: str) -> NovaInstance:
+    def child(parent: ET.Element | None, name: str) -> ET.Element | None:
+        return None if parent is None else parent.find(f"{{{ns}}}{name}")
+
+    flavor = child(inst, "flavor")
+    owner = child(inst, "owner")
+    user = child(owner, "user")
+    project = child(owner, "project")
+    root = child(inst, "root")
+    image = child(inst, "image")
+    package = child(inst, "package")
+    specs: list[tuple[str, str]] = []
+    extra = child(flavor, "extraSpecs")
+    if extra is not None:
+        for spec in extra.findall(f"{{{ns}}}extraSpec"):
+            specs.append((spec.get("name", ""), _text(spec)))
+    ports: list[tuple[str, tuple[str, ...]]] = []
+    ports_el = child(inst, "ports")
+    if ports_el is not None:
+        for port in ports_el.findall(f"{{{ns}}}port"):
+            ips = tuple(ip.get("address", "") for ip in port.findall(f"{{{ns}}}ip"))
+            ports.append((port.get("uuid", ""), tuple(i for i in ips if i)))
+    return NovaInstance(
+        ns_version=ns[len(NOVA_NS_PREFIX) :],
+        package_version=(package.get("version", "") if package is not None else ""),
+        name=_text(child(inst, "name")),
+        creation_time=_text(child(inst, "creationTime")),
+        flavor_name=(flavor.get("name", "") if flavor is not None else "").strip(),
+        flavor_id=(flavor.get("id", "") if flavor is not None else "").strip(),
+        memory_mib=_text(child(flavor, "memory")),
+        disk_gib=_text(child(flavor, "disk")),
+        swap_mib=_text(child(flavor, "swap")),
+        ephemeral_gib=_text(child(flavor, "ephemeral")),
+        vcpus=_text(child(flavor, "vcpus")),
+        extra_specs=tuple(specs),
+        image_uuid=(image.get("uuid", "") if image is not None else "").strip(),
+        user_name=_text(user),
+        user_uuid=(user.get("uuid", "") if user is not None else "").strip(),
+        project_name=_text(project),
+        project_uuid=(project.get("uuid", "") if project is not None else "").strip(),
+        root_type=(root.get("type", "") if root is not None else "").strip(),
+        root_uuid=(root.get("uuid", "") if root is not None else "").strip(),
+        ports=tuple(ports),
+    )
+
+
+def find_instance(root: ET.Element) -> tuple[ET.Element, str] | None:
+    """The newest-version `<nova:instance>` under `root` (a domain or the element itself)."""
+    candidates: list[tuple[ET.Element, str]] = []
+    for el in root.iter():
+        ns, name = _local(el.tag)
+        if name == "instance" and ns.startswith(NOVA_NS_PREFIX):
+            candidates.append((el, ns))
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: _version_key(c[1]))
+
+
+def parse_domain_xml(xml: str) -> DomainInfo:
+    """Parse a domain's XML (from XMLDesc) or a bare `<nova:instance>` element.
+
+    Never raises: what cannot be read is reported in `problems` and left out.
+    """
+    if len(xml) > MAX_XML_BYTES:
+        return DomainInfo(problems=("domain XML larger than 4 MiB",))
+    # libvirt never emits a DTD; one here can only be an entity-expansion attempt.
+    if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
+        return DomainInfo(problems=("domain XML carries a DTD",))
+    try:
+        root = ET.fromstring(xml)
+    except (ET.ParseError, ValueError) as e:
+        return DomainInfo(problems=(f"domain XML does not parse: {e}",))
+    except RecursionError:
+        return DomainInfo(problems=("domain XML nested too deeply",))
+    found = find_instance(root)
+    if found is None:
+        return DomainInfo()
+    return DomainInfo(nova=_parse_instance(*found))

@@ -1,0 +1,372 @@
+"""The spool: every request body is stored here before its first send, removed after a 2xx.
+
+SQLite in WAL mode (`<buffer.path>/spool.db`), one row per request body, in the order the
+cycles produced them; the row id is that order. Invariants:
+
+- rows leave only from the front (acknowledged, or dropped and counted), so the ids of the
+  rows present are contiguous; a gap found on open is data that was lost and is counted;
+- every body carries a CRC32: a row whose body does not match is dropped and counted;
+- the bodies add up to at most `max_bytes`: the oldest go first, counted as `spool_full`;
+- with `fsync` on (the default), SQLite syncs the WAL at every commit (synchronous=FULL): a
+  committed cycle survives `kill -9` and power loss, for one fsync per cycle.
+
+When the disk is full or the file cannot be written, new bodies wait in memory (bounded; the
+oldest go first, counted as `spool_unwritable`) and move into the file as soon as it takes
+writes again. A database that cannot be opened or fails its integrity check is moved aside,
+what can still be read from it is copied into a new one, and the rest is counted as
+`spool_corrupt`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pusher.encode import Request
+
+__all__ = ["Row", "Spool", "SpoolError"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms   INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    crc     INTEGER NOT NULL,
+    body    BLOB    NOT NULL
+)
+"""
+DB_NAME = "spool.db"
+# Bodies kept in memory while the file refuses writes.
+MEMORY_OVERFLOW_BYTES = 64 * 1024 * 1024
+
+
+class SpoolError(Exception):
+    """The spool directory is unusable (not creatable, unsafe permissions)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int  # negative for bodies waiting in memory
+    ts_ms: int
+    samples: int
+    body: bytes
+
+
+class Spool:
+    def __init__(self, directory: str, max_bytes: int, fsync: bool = True) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self.path = os.path.join(directory, DB_NAME)
+        self._lock = threading.Lock()
+        self._overflow: collections.deque[Row] = collections.deque()
+        self._overflow_bytes = 0
+        self._next_memory_id = -1
+        # reason -> samples dropped (read and reset by `take_drops`)
+        self._drops: collections.Counter[str] = collections.Counter()
+        self._prepare_directory()
+        self._db = self._open()
+        self._bytes, self._count, self._oldest_ts = self._totals()
+
+    # --- opening and recovery
+
+    def _prepare_directory(self) -> None:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            st = os.stat(self.directory)
+        except OSError as e:
+            raise SpoolError(f"buffer.path {self.directory}: {e.strerror}") from None
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SpoolError(
+                f"buffer.path {self.directory} is writable by group or others; "
+                "refusing to keep data there (chmod 700 it)"
+            )
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+        db.execute(_SCHEMA)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = None
+        try:
+            db = self._connect(self.path)
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            if result == "ok":
+                self._check_rows(db)
+                return db
+            problem = f"integrity check: {result}"
+        except sqlite3.DatabaseError as e:
+            problem = str(e)
+        if db is not None:
+            db.close()
+        return self._recover(problem)
+
+    def _check_rows(self, db: sqlite3.Connection) -> None:
+        """Drop rows whose body fails its CRC; count ids missing from the sequence."""
+        bad: list[tuple[int, int]] = []
+        ids: list[int] = []
+        for rid, samples, crc, body in db.execute(
+            "SELECT id, samples, crc, body FROM requests ORDER BY id"
+        ):
+            ids.append(rid)
+            if zlib.crc32(body) != crc:
+                bad.append((rid, samples))
+        if bad:
+            db.executemany("DELETE FROM requests WHERE id = ?", [(r,) for r, _ in bad])
+            self._drops["spool_corrupt"] += sum(s for _, s in bad)
+            log.error("spool: %d request(s) failed their checksum and were dropped", len(bad))
+        self._count_gaps(ids, db)
+
+    def _count_gaps(self, ids: list[int], db: sqlite3.Connection) -> None:
+        if len(ids) < 2:
+            return
+        missing = (ids[-1] - ids[0] + 1) - len(ids)
+        if missing > 0:
+            (avg,) = db.execute("SELECT AVG(samples) FROM requests").fetchone()
+            self._drops["spool_corrupt"] += int(missing * (avg or 0))
+            log.error("spool: %d request(s) missing from the sequence were lost", missing)
+
+    def _recover(self, problem: str) -> sqlite3.Connection:
+        aside = f"{self.path}.corrupt-{int(time.time())}"
+        log.error(
+            "spool %s is damaged (%s); moving it to %s and salvaging", self.path, problem, aside
+        )
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, aside + suffix)
+        db = self._connect(self.path)
+        kept, lost = self._salvage(aside, db)
+        log.error("spool: salvaged %d request(s); %d unreadable", kept, lost)
+        return db
+
+    def _salvage(self, old_path: str, new: sqlite3.Connection) -> tuple[int, int]:
+        """Copy every readable, checksum-valid row of a damaged database into `new`."""
+        try:
+            old = sqlite3.connect(f"file:{old_path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.DatabaseError:
+            return 0, 0
+        kept = lost = 0
+        kept_samples: list[int] = []
+        after = -1
+        with old:
+            bound = self._max_id(old)
+            while after < bound:
+                try:
+                    row = old.execute(
+                        "SELECT id, ts_ms, samples, crc, body FROM requests WHERE id > ? "
+                        "ORDER BY id LIMIT 1",
+                        (after,),
+                    ).fetchone()
+                except sqlite3.DatabaseError:
+                    after += 1  # step over a page we cannot read
+                    lost += 1
+                    continue
+                if row is None:
+                    break
+                rid, ts_ms, samples, crc, body = row
+                if zlib.crc32(body) == crc:
+                    new.execute(
+                        "INSERT INTO requests (ts_ms, samples, crc, body) VALUES (?, ?, ?, ?)",
+                        (ts_ms, samples, crc, body),
+                    )
+                    kept += 1
+                    kept_samples.append(samples)
+                else:
+                    lost += 1
+                    self._drops["spool_corrupt"] += samples
+                after = rid
+        if lost and kept_samples:
+            avg = sum(kept_samples) // len(kept_samples)
+            self._drops["spool_corrupt"] += avg * lost
+        old.close()
+        return kept, lost
+
+    @staticmethod
+    def _max_id(db: sqlite3.Connection) -> int:
+        for query in (
+            "SELECT seq FROM sqlite_sequence WHERE name = 'requests'",
+            "SELECT MAX(id) FROM requests",
+        ):
+            try:
+                row = db.execute(query).fetchone()
+                if row and row[0] is not None:
+                    return int(row[0])
+            except sqlite3.DatabaseError:
+                continue
+        return 0
+
+    def _totals(self) -> tuple[int, int, int | None]:
+        total, count, oldest = self._db.execute(
+            "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), MIN(ts_ms) FROM requests"
+        ).fetchone()
+        return int(total), int(count), oldest
+
+    # --- writing
+
+    def put(self, requests: Sequence[Request]) -> None:
+        """Store one cycle's requests (one transaction), making room by dropping the oldest."""
+        if not requests:
+            return
+        with self._lock:
+            rows = []
+            for r in requests:
+                rows.append(Row(self._next_memory_id, r.ts_ms, r.samples, r.body))
+                self._next_memory_id -= 1
+            self._overflow.extend(rows)
+            self._overflow_bytes += sum(len(r.body) for r in rows)
+            self._flush_overflow()
+            self._cap_overflow()
+
+    def _flush_overflow(self) -> None:
+        """Move bodies waiting in memory into the file, oldest first, in one transaction."""
+        if not self._overflow:
+            return
+        incoming = self._overflow_bytes
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._make_room(incoming)
+            for row in self._overflow:
+                self._db.execute(
+                    "INSERT INTO requests (ts_ms, samples, crc, body) VALUES (?, ?, ?, ?)",
+                    (row.ts_ms, row.samples, zlib.crc32(row.body), row.body),
+                )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            self._bytes, self._count, self._oldest_ts = self._totals_safe()
+            log.error("spool: cannot write %s (%s); holding %d request(s) in memory",
+                      self.path, e, len(self._overflow))  # fmt: skip
+            return
+        self._overflow.clear()
+        self._overflow_bytes = 0
+        self._bytes, self._count, self._oldest_ts = self._totals()
+
+    def _make_room(self, incoming: int) -> None:
+        over = self._bytes + incoming - self.max_bytes
+        if over <= 0:
+            return
+        freed = dropped = 0
+        cur = self._db.execute("SELECT id, samples, LENGTH(body) FROM requests ORDER BY id")
+        last_id = None
+        for rid, samples, size in cur:
+            if freed >= over:
+                break
+            freed += size
+            dropped += samples
+            last_id = rid
+        if last_id is not None:
+            self._db.execute("DELETE FROM requests WHERE id <= ?", (last_id,))
+            self._drops["spool_full"] += dropped
+            log.warning("spool full: dropped the oldest %d sample(s)", dropped)
+        if freed < over:
+            # The cycle alone is larger than the cap: keep as much of it as fits.
+            while self._overflow and self._overflow_bytes > self.max_bytes:
+                row = self._overflow.popleft()
+                self._overflow_bytes -= len(row.body)
+                self._drops["spool_full"] += row.samples
+
+    def _cap_overflow(self) -> None:
+        limit = min(MEMORY_OVERFLOW_BYTES, self.max_bytes)
+        while self._overflow and self._overflow_bytes > limit:
+            row = self._overflow.popleft()
+            self._overflow_bytes -= len(row.body)
+            self._drops["spool_unwritable"] += row.samples
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+    def _totals_safe(self) -> tuple[int, int, int | None]:
+        try:
+            return self._totals()
+        except sqlite3.Error:
+            return self._bytes, self._count, self._oldest_ts
+
+    # --- reading and acknowledging
+
+    def peek(self, max_samples: int) -> list[Row]:
+        """The oldest rows, in order, up to `max_samples` samples in all (at least one row)."""
+        with self._lock:
+            self._flush_overflow()
+            rows: list[Row] = []
+            total = 0
+            try:
+                cur = self._db.execute(
+                    "SELECT id, ts_ms, samples, crc, body FROM requests ORDER BY id LIMIT 256"
+                )
+                for rid, ts_ms, samples, crc, body in cur:
+                    if rows and total + samples > max_samples:
+                        break
+                    if zlib.crc32(body) != crc:
+                        self._db.execute("DELETE FROM requests WHERE id = ?", (rid,))
+                        self._drops["spool_corrupt"] += samples
+                        continue
+                    rows.append(Row(rid, ts_ms, samples, body))
+                    total += samples
+            except sqlite3.Error as e:
+                log.error("spool: cannot read %s: %s", self.path, e)
+            if not rows:
+                for row in self._overflow:
+                    if rows and total + row.samples > max_samples:
+                        break
+                    rows.append(row)
+                    total += row.samples
+            return rows
+
+    def remove(self, rows: Iterable[Row]) -> None:
+        """Acknowledge rows: they were delivered, or dropped and counted by the caller."""
+        ids = [r.id for r in rows]
+        with self._lock:
+            on_disk = [(i,) for i in ids if i >= 0]
+            if on_disk:
+                try:
+                    self._db.executemany("DELETE FROM requests WHERE id = ?", on_disk)
+                except sqlite3.Error as e:
+                    log.error("spool: cannot remove delivered rows: %s", e)
+                self._bytes, self._count, self._oldest_ts = self._totals_safe()
+            gone = {i for i in ids if i < 0}
+            if gone:
+                kept = [r for r in self._overflow if r.id not in gone]
+                self._overflow = collections.deque(kept)
+                self._overflow_bytes = sum(len(r.body) for r in kept)
+
+    def take_drops(self) -> dict[str, int]:
+        """Samples the spool itself dropped since the last call, by reason."""
+        with self._lock:
+            drops = dict(self._drops)
+            self._drops.clear()
+            return drops
+
+    # --- state
+
+    def stats(self) -> tuple[int, int, int | None]:
+        """(requests, bytes, oldest sample timestamp in ms or None) across file and memory."""
+        with self._lock:
+            oldest = self._oldest_ts
+            if oldest is None and self._overflow:
+                oldest = self._overflow[0].ts_ms
+            return (
+                self._count + len(self._overflow),
+                self._bytes + self._overflow_bytes,
+                oldest,
+            )
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.close()
