@@ -129,7 +129,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}vcpu_delay_seconds_total", "counter", "seconds", "Time the virtual CPU was runnable but waited for a host CPU (steal time).", "vcpu.<n>.delay", NS),
     _m(f"{_D}vcpu_halted", "gauge", "", "Whether the virtual CPU is halted (1) or not (0).", "vcpu.<n>.halted"),
     # --- interface
-    _m(f"{_D}interface_count", "gauge", "", "Number of network interfaces of the domain.", "net.count"),
+    _m(f"{_D}interfaces", "gauge", "", "Number of network interfaces of the domain.", "net.count"),
     _m(f"{_I}receive_bytes_total", "counter", "bytes", "Bytes received on the interface.", "net.<n>.rx.bytes"),
     _m(f"{_I}receive_packets_total", "counter", "", "Packets received on the interface.", "net.<n>.rx.pkts"),
     _m(f"{_I}receive_errors_total", "counter", "", "Receive errors on the interface.", "net.<n>.rx.errs"),
@@ -139,7 +139,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_I}transmit_errors_total", "counter", "", "Transmit errors on the interface.", "net.<n>.tx.errs"),
     _m(f"{_I}transmit_drops_total", "counter", "", "Transmitted packets dropped on the interface.", "net.<n>.tx.drop"),
     # --- block
-    _m(f"{_D}block_count", "gauge", "", "Number of block devices of the domain.", "block.count"),
+    _m(f"{_D}block_devices", "gauge", "", "Number of block devices of the domain.", "block.count"),
     _m(f"{_B}read_requests_total", "counter", "", "Read requests completed on the block device.", "block.<n>.rd.reqs"),
     _m(f"{_B}read_bytes_total", "counter", "bytes", "Bytes read from the block device.", "block.<n>.rd.bytes"),
     _m(f"{_B}read_time_seconds_total", "counter", "seconds", "Time spent on reads from the block device.", "block.<n>.rd.times", NS),

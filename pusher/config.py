@@ -57,6 +57,7 @@ DEFAULT_SERIES_LABELS = ("instance_name", "project_name", "project_uuid", "flavo
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_BARE_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -73,6 +74,10 @@ def parse_duration(text: str | int | float) -> float:
         raise ValueError("expected a duration such as 15s")
     if isinstance(text, int | float):
         seconds = float(text)
+    elif not isinstance(text, str):
+        raise ValueError(f"expected a duration such as 15s, got {type(text).__name__}")
+    elif _BARE_NUMBER.match(text.strip()):
+        seconds = float(text)  # a bare number from `${VAR}` expansion: seconds
     else:
         s = text.strip()
         parts = _DURATION_PART.findall(s)
@@ -185,7 +190,8 @@ def _str_map(v: Any) -> dict[str, str]:
         raise ValueError(f"expected a map, got {type(v).__name__}")
     out: dict[str, str] = {}
     for k, val in v.items():
-        if not isinstance(k, str) or not isinstance(val, str | int | float) or val is True:
+        scalar = isinstance(val, str | int | float) and not isinstance(val, bool)
+        if not isinstance(k, str) or not scalar:
             raise ValueError(f"entry {k!r} must map a name to a string")
         out[k] = str(val)
     return out

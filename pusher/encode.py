@@ -142,7 +142,7 @@ class Encoder:
         requests: list[Request] = []
         for start in range(0, max(len(samples), 1), self.max_samples):
             chunk = samples[start : start + self.max_samples]
-            out = bytearray(metadata if start == 0 else b"")
+            out = bytearray()
             for key, value in chunk:
                 packed = _DOUBLE.pack(value)
                 if packed == b"\x00" * 8:
@@ -151,6 +151,8 @@ class Encoder:
                     sample = _field_bytes(0x12, b"\x09" + packed + ts_field)
                 inner = self._series_label_bytes(key) + sample
                 out += b"\x0a" + _varint(len(inner)) + inner  # WriteRequest.timeseries = 1
+            if start == 0:
+                out += metadata  # field 3 after field 1: the order protobuf itself writes
             if out:
                 requests.append(Request(compress(bytes(out)), len(chunk), ts_ms))
         return requests

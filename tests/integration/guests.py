@@ -1,0 +1,269 @@
+"""Real QEMU test guests shaped like Nova's: domain XML with Nova metadata, create and destroy.
+
+The guests have no OS: they sit in their BIOS, which is enough for libvirt to report real cpu,
+vcpu, block, net and balloon stats (REFERENCE.md §8). TCG (`type='qemu'`), so KVM is optional.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypedDict
+from xml.sax.saxutils import escape, quoteattr
+
+import libvirt
+
+NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
+NOVA_NS = NOVA_NS_PREFIX + "1.1"
+DOMAIN_BASE = 0xA000  # domain names instance-0000a001, … keep clear of real Nova ids
+IMAGE_SIZE = "64M"
+
+# libvirt-python prints every error to stderr besides raising it; the exception is enough.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class Guest(TypedDict):
+    name: str  # libvirt domain name, instance-XXXXXXXX
+    uuid: str  # domain UUID == Nova instance UUID
+    instance_name: str  # nova:name
+    project: str
+    project_uuid: str
+    user: str
+    user_uuid: str
+    flavor: str
+    flavor_id: str
+    image_uuid: str
+    tap: str
+    ip: str
+    disks: list[str]  # image paths, vda first
+
+
+def nova_metadata_xml(
+    name: str,
+    uuid: str,
+    project: str,
+    user: str,
+    flavor: str,
+    *,
+    project_uuid: str,
+    user_uuid: str,
+    flavor_id: str | None = None,
+    image_uuid: str | None = None,
+    memory_mib: int = 64,
+    vcpus: int = 2,
+    disk_gib: int = 1,
+    extra_specs: dict[str, str] | None = None,
+    port_uuid: str | None = None,
+    ip: str = "10.0.0.5",
+    creation_time: str = "2026-11-20 10:00:00",
+    ns_version: str = "1.1",
+) -> str:
+    """A `<nova:instance>` element as Nova writes it (REFERENCE.md §5).
+
+    `uuid` is the instance UUID; it stands in for the root's uuid when there is no image.
+    `flavor_id` and `image_uuid` (Nova 2025.2+) are left out when None, and the ports
+    element exists only in namespace 1.1, as with real guests of older Nova releases.
+    """
+    specs = "".join(
+        f"<nova:extraSpec name={quoteattr(k)}>{escape(v)}</nova:extraSpec>"
+        for k, v in (extra_specs or {}).items()
+    )
+    flavor_id_attr = f" id={quoteattr(flavor_id)}" if flavor_id else ""
+    # Only the image's uuid attribute is meant to be read; the children are Glance's fields.
+    image = (
+        f'<nova:image uuid="{image_uuid}"><nova:containerFormat>bare</nova:containerFormat>'
+        "<nova:diskFormat>qcow2</nova:diskFormat><nova:minDisk>1</nova:minDisk>"
+        "<nova:minRam>0</nova:minRam></nova:image>"
+        if image_uuid
+        else ""
+    )
+    ports = (
+        f'<nova:ports><nova:port uuid="{port_uuid or uuid_str()}">'
+        f'<nova:ip type="fixed" address="{ip}" ipVersion="4"/></nova:port></nova:ports>'
+        if ns_version == "1.1"
+        else ""
+    )
+    return (
+        f'<nova:instance xmlns:nova="{NOVA_NS_PREFIX}{ns_version}">'
+        '<nova:package version="32.0.0"/>'
+        f"<nova:name>{escape(name)}</nova:name>"
+        f"<nova:creationTime>{creation_time}</nova:creationTime>"
+        f"<nova:flavor name={quoteattr(flavor)}{flavor_id_attr}>"
+        f"<nova:memory>{memory_mib}</nova:memory><nova:disk>{disk_gib}</nova:disk>"
+        f"<nova:swap>0</nova:swap><nova:ephemeral>0</nova:ephemeral>"
+        f"<nova:vcpus>{vcpus}</nova:vcpus>"
+        f"<nova:extraSpecs>{specs}</nova:extraSpecs>"
+        "</nova:flavor>"
+        f"{image}"
+        "<nova:owner>"
+        f'<nova:user uuid="{user_uuid}">{escape(user)}</nova:user>'
+        f'<nova:project uuid="{project_uuid}">{escape(project)}</nova:project>'
+        "</nova:owner>"
+        f'<nova:root type="image" uuid="{image_uuid or uuid}"/>'
+        f"{ports}"
+        "</nova:instance>"
+    )
+
+
+def domain_xml(
+    name: str,
+    uuid: str,
+    nova_xml: str,
+    disk_paths: list[str],
+    tap_name: str,
+    memory_mib: int = 64,
+    vcpus: int = 2,
+) -> str:
+    """A TCG domain with Nova metadata, virtio disks vda, vdb, … and one unmanaged-network NIC."""
+    disks = "".join(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file={quoteattr(path)}/><target dev='vd{chr(ord('a') + i)}' bus='virtio'/>"
+        "</disk>"
+        for i, path in enumerate(disk_paths)
+    )
+    # type='ethernet' with a managed tap needs no bridge or dnsmasq; libvirt creates the tap.
+    # The stats period is set as Nova does; with no OS there is no balloon driver in the guest,
+    # so only the host-side balloon.{current,maximum,rss} (and last-update=0) are reported.
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <metadata>{nova_xml}</metadata>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>{vcpus}</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <on_crash>destroy</on_crash>
+  <devices>
+    {disks}
+    <interface type='ethernet'>
+      <target dev='{tap_name}' managed='yes'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='pty'/>
+    <memballoon model='virtio'><stats period='5'/></memballoon>
+  </devices>
+</domain>"""
+
+
+def uuid_str() -> str:
+    return str(uuid.uuid4())
+
+
+def create_guests(
+    conn_uri: str, workdir: Path, count: int, prefix: str = "pusher-test", base: int = DOMAIN_BASE
+) -> list[Guest]:
+    """Defines and starts `count` guests named instance-{base+1:08x}, … (Nova names prefix-1, …).
+
+    Guests alternate between two projects and share one user. Same-named leftovers of an earlier
+    crashed run are removed first. `workdir` must be reachable by the qemu user (libvirt chowns
+    the images, not their directories), so it is made world-traversable here.
+    """
+    names = [f"instance-{base + i:08x}" for i in range(1, count + 1)]
+    destroy_guests(conn_uri, names)
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o755)
+    projects = [("demo", uuid_str()), ("ops", uuid_str())]
+    user, user_uuid = "alice", uuid_str()
+    guests: list[Guest] = []
+    conn = libvirt.open(conn_uri)
+    try:
+        for i, name in enumerate(names, start=1):
+            project, project_uuid = projects[(i - 1) % len(projects)]
+            instance_uuid, port_uuid = uuid_str(), uuid_str()
+            guest = Guest(
+                name=name,
+                uuid=instance_uuid,
+                instance_name=f"{prefix}-{i}",
+                project=project,
+                project_uuid=project_uuid,
+                user=user,
+                user_uuid=user_uuid,
+                flavor="m1.tiny",
+                flavor_id=uuid_str(),
+                image_uuid=uuid_str(),
+                tap=f"tap{port_uuid[:11]}",  # Nova's tap naming; fits IFNAMSIZ (15)
+                ip=f"10.0.0.{10 + i}",
+                disks=[str(workdir / f"{name}-{dev}.qcow2") for dev in ("vda", "vdb")],
+            )
+            for path in guest["disks"]:
+                subprocess.run(
+                    ["qemu-img", "create", "-q", "-f", "qcow2", path, IMAGE_SIZE],
+                    check=True,
+                    timeout=30,
+                )
+            nova = nova_metadata_xml(
+                guest["instance_name"],
+                instance_uuid,
+                project,
+                user,
+                guest["flavor"],
+                project_uuid=project_uuid,
+                user_uuid=user_uuid,
+                flavor_id=guest["flavor_id"],
+                image_uuid=guest["image_uuid"],
+                extra_specs={"hw:mem_page_size": "small"},
+                port_uuid=port_uuid,
+                ip=guest["ip"],
+            )
+            xml = domain_xml(name, instance_uuid, nova, guest["disks"], guest["tap"])
+            conn.defineXML(xml).create()
+            guests.append(guest)
+    except BaseException:
+        destroy_guests(conn_uri, names)
+        raise
+    finally:
+        conn.close()
+    return guests
+
+
+def destroy_guests(conn_uri: str, names: Iterable[str]) -> None:
+    """Stops and undefines the named domains, if they exist, and deletes their disk images."""
+    conn = libvirt.open(conn_uri)
+    try:
+        # A destroy returns only once QEMU is reaped, and QEMU's parent is PID 1, which in some
+        # sandboxes reaps only every second or two: destroy all guests at once.
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(lambda name: _remove_domain(conn, name), names))
+    finally:
+        conn.close()
+
+
+def _remove_domain(conn: libvirt.virConnect, name: str) -> None:
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return  # not there: nothing to do
+    disks = [
+        src.get("file", "") for src in ET.fromstring(dom.XMLDesc()).iterfind("devices/disk/source")
+    ]
+    if dom.isActive():
+        dom.destroy()
+    dom.undefine()
+    for path in disks:
+        if path and os.path.exists(path):
+            os.unlink(path)
+
+
+def domstats(conn_uri: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """`virsh domstats --raw` for the named domains: {domain: {key: value}}."""
+    out = subprocess.run(
+        ["virsh", "-c", conn_uri, "domstats", "--raw", *names],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    stats: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Domain: "):
+            current = stats.setdefault(line.removeprefix("Domain: ").strip("'"), {})
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            current[key] = value
+    return stats
