@@ -54,11 +54,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
+    # The agent's own loggers at the chosen level; libraries (urllib3…) at warnings only.
     logging.basicConfig(
-        level=getattr(logging, level.upper()),
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("pusher").setLevel(getattr(logging, level.upper()))
 
 
 def _summary(cfg: Config) -> str:

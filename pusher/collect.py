@@ -24,6 +24,10 @@ __all__ = ["Collector", "DomainStats", "LibvirtUnavailable", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
+# libvirt-python prints every error to stderr besides raising it; the exception (logged by the
+# agent with context) is enough.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
 STATS_GROUPS = (
     libvirt.VIR_DOMAIN_STATS_STATE
     | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL

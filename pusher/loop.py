@@ -10,6 +10,7 @@ it retries, holds, splits or drops according to the sender's `Outcome`, and coun
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import random
 import threading
@@ -158,6 +159,10 @@ class Agent:
         self._send_deadline = float("inf")  # monotonic; set on shutdown
         self._sender_thread: threading.Thread | None = None
         self._last_hold_log = float("-inf")
+        self._last_retry_log = float("-inf")
+        self._failing = 0  # failed attempts since the last success
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="libvirt")
+        self._pending: concurrent.futures.Future[Snapshot] | None = None
 
     # --- collecting
 
@@ -167,7 +172,7 @@ class Agent:
         start = time.monotonic()
         snapshot: Snapshot | None
         try:
-            snapshot = self.collector.collect()
+            snapshot = self._collect_with_deadline()
         except LibvirtUnavailable as e:
             snapshot = None
             with self.counters.lock:
@@ -193,6 +198,22 @@ class Agent:
         with self.counters.lock:
             self.counters.collect_duration = time.monotonic() - start
         return ts_ms, samples
+
+    def _collect_with_deadline(self) -> Snapshot:
+        """The bulk call on a worker thread, given up after `collect.timeout`.
+
+        A call that missed its deadline keeps running (libvirt cannot cancel it); until it
+        returns, later cycles do not start another one and report libvirt as unavailable.
+        """
+        if self._pending is not None and not self._pending.done():
+            raise LibvirtUnavailable("the previous libvirt call has not returned yet")
+        self._pending = self._executor.submit(self.collector.collect)
+        try:
+            return self._pending.result(timeout=self.cfg.collect_timeout)
+        except concurrent.futures.TimeoutError:
+            raise LibvirtUnavailable(
+                f"libvirt did not answer within collect.timeout ({self.cfg.collect_timeout:g}s)"
+            ) from None
 
     def _stale_markers(self, samples: list[Sample]) -> list[Sample]:
         """Stale markers for the series of the last successful cycle that are gone now."""
@@ -300,6 +321,7 @@ class Agent:
             if requests:
                 log.info("%d request(s) left in the spool for the next start", requests)
             self.spool.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self.collector.close()
         if self.sender is not None:
             self.sender.close()
@@ -371,6 +393,9 @@ class Agent:
                     self.counters.retried += part.samples
             outcome = self._post(part.body, attempt)
             if outcome.kind == "ok":
+                if self._failing:
+                    log.info("remote write recovered after %d failed attempt(s)", self._failing)
+                    self._failing = 0
                 parts.pop(0)
                 attempt, backoff = 0, self.cfg.remote_write_min_backoff
                 with self.counters.lock:
@@ -395,8 +420,7 @@ class Agent:
                 jittered = backoff / 2 + random.uniform(0, backoff / 2)
                 delay = outcome.retry_after if outcome.retry_after is not None else jittered
                 backoff = min(backoff * 2, self.cfg.remote_write_max_backoff)
-                log.warning("remote write failed (%s %s); retrying in %.2fs",
-                            outcome.code, outcome.message[:200], delay)  # fmt: skip
+                self._log_retry(outcome, delay)
                 if not self._sleep(delay):
                     return False
         self.spool.remove(rows)
@@ -425,6 +449,19 @@ class Agent:
     def _count_drop(self, reason: str, samples: int) -> None:
         with self.counters.lock:
             self.counters.dropped[reason] += samples
+
+    def _log_retry(self, outcome: Outcome, delay: float) -> None:
+        """The first failure of a streak, then at most one line a minute: an outage of hours
+        must not fill the disk with log lines."""
+        self._failing += 1
+        now = time.monotonic()
+        if self._failing == 1 or now - self._last_retry_log >= HOLD_LOG_EVERY:
+            self._last_retry_log = now
+            assert self.spool is not None
+            requests, _, _ = self.spool.stats()
+            log.warning("remote write failed (%s: %s); %d attempt(s) so far, %d request(s) "
+                        "spooled; retrying in %.2fs", outcome.code, outcome.message[:200],
+                        self._failing, requests, delay)  # fmt: skip
 
     def _log_hold(self, outcome: Outcome) -> None:
         now = time.monotonic()

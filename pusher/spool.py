@@ -12,7 +12,9 @@ cycles produced them; the row id is that order. Invariants:
 
 When the disk is full or the file cannot be written, new bodies wait in memory (bounded; the
 oldest go first, counted as `spool_unwritable`) and move into the file as soon as it takes
-writes again. A database that cannot be opened or fails its integrity check is moved aside,
+writes again. Acknowledged rows are behind a watermark kept in memory (`_acked`), so even
+when a full disk refuses to delete them they are never sent again; the deletion is retried.
+A database that cannot be opened or fails its integrity check is moved aside,
 what can still be read from it is copied into a new one, and the rest is counted as
 `spool_corrupt`.
 """
@@ -73,6 +75,7 @@ class Spool:
         self._overflow: collections.deque[Row] = collections.deque()
         self._overflow_bytes = 0
         self._next_memory_id = -1
+        self._acked = 0  # rows with an id up to this one are delivered or dropped
         # reason -> samples dropped (read and reset by `take_drops`)
         self._drops: collections.Counter[str] = collections.Counter()
         self._prepare_directory()
@@ -213,7 +216,9 @@ class Spool:
 
     def _totals(self) -> tuple[int, int, int | None]:
         total, count, oldest = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), MIN(ts_ms) FROM requests"
+            "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), MIN(ts_ms) FROM requests "
+            "WHERE id > ?",
+            (self._acked,),
         ).fetchone()
         return int(total), int(count), oldest
 
@@ -240,13 +245,17 @@ class Spool:
         incoming = self._overflow_bytes
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._make_room(incoming)
+            self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
+            dropped = self._make_room(incoming)
             for row in self._overflow:
                 self._db.execute(
                     "INSERT INTO requests (ts_ms, samples, crc, body) VALUES (?, ?, ?, ?)",
                     (row.ts_ms, row.samples, zlib.crc32(row.body), row.body),
                 )
             self._db.execute("COMMIT")
+            if dropped:
+                self._drops["spool_full"] += dropped
+                log.warning("spool full: dropped the oldest %d sample(s)", dropped)
         except sqlite3.Error as e:
             self._rollback()
             self._bytes, self._count, self._oldest_ts = self._totals_safe()
@@ -257,12 +266,24 @@ class Spool:
         self._overflow_bytes = 0
         self._bytes, self._count, self._oldest_ts = self._totals()
 
-    def _make_room(self, incoming: int) -> None:
+    def _delete_acked(self) -> None:
+        try:
+            self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
+        except sqlite3.Error as e:
+            # A full disk can refuse even a delete; the watermark keeps the rows from being
+            # sent again and the next removal tries once more.
+            log.warning("spool: cannot delete delivered rows yet: %s", e)
+
+    def _make_room(self, incoming: int) -> int:
+        """Delete the oldest rows so `incoming` bytes fit; returns the samples that took."""
         over = self._bytes + incoming - self.max_bytes
         if over <= 0:
-            return
+            return 0
         freed = dropped = 0
-        cur = self._db.execute("SELECT id, samples, LENGTH(body) FROM requests ORDER BY id")
+        cur = self._db.execute(
+            "SELECT id, samples, LENGTH(body) FROM requests WHERE id > ? ORDER BY id",
+            (self._acked,),
+        )
         last_id = None
         for rid, samples, size in cur:
             if freed >= over:
@@ -272,14 +293,13 @@ class Spool:
             last_id = rid
         if last_id is not None:
             self._db.execute("DELETE FROM requests WHERE id <= ?", (last_id,))
-            self._drops["spool_full"] += dropped
-            log.warning("spool full: dropped the oldest %d sample(s)", dropped)
         if freed < over:
             # The cycle alone is larger than the cap: keep as much of it as fits.
             while self._overflow and self._overflow_bytes > self.max_bytes:
                 row = self._overflow.popleft()
                 self._overflow_bytes -= len(row.body)
                 self._drops["spool_full"] += row.samples
+        return dropped
 
     def _cap_overflow(self) -> None:
         limit = min(MEMORY_OVERFLOW_BYTES, self.max_bytes)
@@ -308,13 +328,18 @@ class Spool:
             total = 0
             try:
                 cur = self._db.execute(
-                    "SELECT id, ts_ms, samples, crc, body FROM requests ORDER BY id LIMIT 256"
+                    "SELECT id, ts_ms, samples, crc, body FROM requests WHERE id > ? "
+                    "ORDER BY id LIMIT 256",
+                    (self._acked,),
                 )
                 for rid, ts_ms, samples, crc, body in cur:
                     if rows and total + samples > max_samples:
                         break
                     if zlib.crc32(body) != crc:
-                        self._db.execute("DELETE FROM requests WHERE id = ?", (rid,))
+                        if not rows:  # at the front: acknowledge it as dropped
+                            self._acked = max(self._acked, rid)
+                        else:
+                            self._db.execute("DELETE FROM requests WHERE id = ?", (rid,))
                         self._drops["spool_corrupt"] += samples
                         continue
                     rows.append(Row(rid, ts_ms, samples, body))
@@ -333,12 +358,11 @@ class Spool:
         """Acknowledge rows: they were delivered, or dropped and counted by the caller."""
         ids = [r.id for r in rows]
         with self._lock:
-            on_disk = [(i,) for i in ids if i >= 0]
+            on_disk = [i for i in ids if i >= 0]
             if on_disk:
-                try:
-                    self._db.executemany("DELETE FROM requests WHERE id = ?", on_disk)
-                except sqlite3.Error as e:
-                    log.error("spool: cannot remove delivered rows: %s", e)
+                # Rows leave from the front only, so a watermark says which are done.
+                self._acked = max(self._acked, *on_disk)
+                self._delete_acked()
                 self._bytes, self._count, self._oldest_ts = self._totals_safe()
             gone = {i for i in ids if i < 0}
             if gone:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -47,9 +47,16 @@ def run_once(config: Path, *extra: str, timeout: float = 60) -> subprocess.Compl
 
 
 class AgentProcess:
-    """The agent in serve mode, in the background; its log goes to a file."""
+    """The agent in serve mode, in the background; its log goes to a file.
+
+    Every instance is tracked so that a failed test never leaves an agent running
+    (`kill_leftovers`, called by an autouse fixture).
+    """
+
+    running: ClassVar[list[AgentProcess]] = []
 
     def __init__(self, config: Path, log_path: Path, args: Sequence[str] = ()) -> None:
+        AgentProcess.running.append(self)
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -74,6 +81,14 @@ class AgentProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        while cls.running:
+            agent = cls.running.pop()
+            if agent.proc.poll() is None:
+                agent.proc.kill()
+            agent.proc.wait()
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:

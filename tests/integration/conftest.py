@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agent import AgentProcess
 from guests import Guest, create_guests, destroy_guests, domstats
 from receiver import Receiver
 
@@ -30,6 +31,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_agents() -> Iterator[None]:
+    yield
+    AgentProcess.kill_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,303 @@
+"""Durable delivery: outages, kill -9, every receiver answer Mimir gives, a full or damaged spool.
+
+The agent runs as a real process against libvirt's test driver (its `state` stats are enough
+to see every cycle) and pushes over real HTTP to `FakeMimir`, which answers as Mimir does and
+rejects out-of-order samples, so "arrived in order with no gap" is checked on what it stored.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent import AgentProcess, wait_for, write_config
+from fakemimir import FakeMimir, Reply, gaps
+
+INTERVAL_MS = 1000
+TEST_DRIVER = {"uri": "test:///default"}
+FAST_RETRY = {"min_backoff": "50ms", "max_backoff": "500ms", "timeout": "2s"}
+
+
+@pytest.fixture
+def mimir() -> Iterator[FakeMimir]:
+    m = FakeMimir()
+    yield m
+    m.stop()
+
+
+def _config(tmp_path: Path, mimir: FakeMimir, **sections: Any) -> Path:
+    sections.setdefault("libvirt", TEST_DRIVER)
+    sections["remote_write"] = {**FAST_RETRY, **sections.get("remote_write", {})}
+    return write_config(tmp_path, mimir.url, **sections)
+
+
+def _cycles(mimir: FakeMimir) -> list[tuple[int, float]]:
+    return mimir.one("libvirt_up")
+
+
+def _wait_cycles(mimir: FakeMimir, n: int, timeout: float = 30) -> None:
+    wait_for(lambda: len(mimir.find("libvirt_up")) == 1 and len(_cycles(mimir)) >= n,
+             timeout, f"{n} cycles at the receiver")  # fmt: skip
+
+
+def _wait_caught_up(mimir: FakeMimir, timeout: float = 60) -> None:
+    """Until the receiver holds a cycle from the last two seconds (the backlog is through)."""
+    wait_for(lambda: mimir.find("libvirt_up") and _cycles(mimir)[-1][0] > (time.time() - 2) * 1000,
+             timeout, "the backlog to drain")  # fmt: skip
+
+
+def _dropped(mimir: FakeMimir) -> dict[str, float]:
+    out = {}
+    for labels, samples in mimir.find("pusher_samples_dropped_total").items():
+        out[dict(labels)["reason"]] = samples[-1][1]
+    return out
+
+
+def _stop(agent: AgentProcess) -> str:
+    status = agent.stop()
+    log = agent.log()
+    assert status == 0, log
+    assert "Traceback" not in log, log
+    return log
+
+
+def test_receiver_down_for_a_while_loses_nothing_and_keeps_order(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
+    _wait_cycles(mimir, 2)
+    mimir.stop()
+    time.sleep(6)
+    mimir.start()
+    _wait_caught_up(mimir)
+    time.sleep(1.5)  # one more cycle carries the final self-metrics
+    _stop(agent)
+
+    cycles = _cycles(mimir)
+    assert gaps(cycles, INTERVAL_MS) == []
+    assert len(cycles) >= 9
+    for series in mimir.find("libvirt_domain_state_code").values():
+        assert gaps(series, INTERVAL_MS) == []
+    assert not any(_dropped(mimir).values()), _dropped(mimir)
+    assert [s.status for s in mimir.seen if s.status != 200] == []  # order was never broken
+
+
+def test_kill_9_during_an_outage_and_restart_loses_only_the_dead_seconds(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    config = _config(tmp_path, mimir)
+    first = AgentProcess(config, tmp_path / "agent1.log")
+    _wait_cycles(mimir, 2)
+    mimir.stop()
+    time.sleep(3)
+    killed_at = time.time()
+    first.kill()
+    time.sleep(2)
+    restarted_at = time.time()
+    second = AgentProcess(config, tmp_path / "agent2.log")
+    time.sleep(3)
+    mimir.start()
+    _wait_caught_up(mimir)
+    _stop(second)
+
+    cycles = _cycles(mimir)
+    holes = gaps(cycles, INTERVAL_MS)
+    # The only hole is the time no agent ran (plus the restart's start-up and its first tick).
+    assert len(holes) <= 1, holes
+    for a, b in holes:
+        assert a >= (killed_at - 1.5) * 1000 and b <= (restarted_at + 4) * 1000, (holes, killed_at)
+    # The cycles spooled before the kill were delivered by the second process.
+    assert any(ts < killed_at * 1000 - 2000 for ts, _ in cycles)
+    assert not any(_dropped(mimir).values())
+
+
+def test_5xx_is_retried_with_retry_attempt_header_until_delivered(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    mimir.script = [Reply(500, "internal error"), Reply(503, "ingesters unavailable")]
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
+    _wait_cycles(mimir, 3)
+    _stop(agent)
+    assert [s.status for s in mimir.seen[:3]] == [500, 503, 200]
+    assert "Retry-Attempt" not in mimir.seen[0].headers
+    assert [s.headers.get("Retry-Attempt") for s in mimir.seen[1:3]] == ["1", "2"]
+    assert mimir.seen[0].size == mimir.seen[2].size  # the same request, sent again
+    assert gaps(_cycles(mimir), INTERVAL_MS) == []
+    assert mimir.latest("pusher_samples_retried_total") > 0
+
+
+def test_429_honours_retry_after(tmp_path: Path, mimir: FakeMimir) -> None:
+    mimir.script = [Reply(429, "err-mimir-tenant-max-ingestion-rate", {"Retry-After": "2"})]
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
+    _wait_cycles(mimir, 2)
+    _stop(agent)
+    first, second = mimir.seen[0], mimir.seen[1]
+    assert first.status == 429 and second.status == 200
+    assert second.at - first.at >= 1.9
+    assert second.headers.get("Retry-Attempt") == "1"
+    assert not any(_dropped(mimir).values())
+
+
+def test_400_drops_the_request_counts_the_mimir_reason_and_never_resends(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    body = "failed pushing to ingester: user=openstack: the sample has been rejected because "
+    body += "another sample with a more recent timestamp has already been ingested "
+    body += "(err-mimir-sample-out-of-order)"
+    mimir.script = [Reply(400, body)]
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
+    wait_for(lambda: _dropped(mimir).get("sample-out-of-order"), 30, "the drop to be reported")
+    log = _stop(agent)
+    rejected = mimir.seen[0]
+    assert rejected.status == 400
+    assert _dropped(mimir)["sample-out-of-order"] == rejected.samples
+    assert "Retry-Attempt" not in mimir.seen[1].headers  # the next one is a new request
+    assert "sample-out-of-order" in log
+
+
+def test_401_holds_the_backlog_and_loses_nothing_when_credentials_work_again(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    refusing = {"on": True}
+    mimir.hook = lambda _seen: Reply(401, "invalid token") if refusing["on"] else None
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
+    wait_for(lambda: len(mimir.seen) >= 1, 10, "a first attempt")
+    time.sleep(4)
+    refusing["on"] = False  # the token was rotated
+    _wait_caught_up(mimir, timeout=40)  # the hold probes every 10 s at most
+    log = _stop(agent)
+
+    cycles = _cycles(mimir)
+    assert gaps(cycles, INTERVAL_MS) == []
+    assert cycles[0][0] <= mimir.seen[0].at * 1000  # the cycles refused first arrived too
+    assert not any(_dropped(mimir).values())
+    assert log.count("refused the credentials") == 1  # logged once a minute, not per probe
+
+
+def test_413_splits_the_request_and_delivers_the_halves(tmp_path: Path, mimir: FakeMimir) -> None:
+    mimir.max_body = 1200  # the first request, carrying the metric metadata, is larger
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
+    _wait_cycles(mimir, 3)
+    _stop(agent)
+    assert mimir.seen[0].status == 413
+    assert any(s.status == 200 and s.size <= 1200 for s in mimir.seen[1:])
+    assert gaps(_cycles(mimir), INTERVAL_MS) == []
+    assert not any(_dropped(mimir).values())
+
+
+def test_spool_at_its_cap_drops_the_oldest_counts_them_and_keeps_running(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    mimir.stop()
+    agent = AgentProcess(
+        _config(tmp_path, mimir, buffer={"max_bytes": "8KiB"}), tmp_path / "agent.log"
+    )
+    time.sleep(8)
+    mimir.start()
+    _wait_caught_up(mimir)
+    time.sleep(1.5)
+    _stop(agent)
+    assert _dropped(mimir)["spool_full"] > 0
+    cycles = _cycles(mimir)
+    assert cycles[-1][0] > (time.time() - 4) * 1000  # it went on collecting and sending
+
+
+def _fill_spool(tmp_path: Path, mimir: FakeMimir, seconds: float) -> Path:
+    """Run the agent with the receiver down; return the spool file it leaves behind."""
+    mimir.stop()
+    config = _config(tmp_path, mimir, shutdown_grace="0s")
+    agent = AgentProcess(config, tmp_path / "agent1.log")
+    time.sleep(seconds)
+    _stop(agent)
+    db = tmp_path / "spool" / "spool.db"
+    (count,) = sqlite3.connect(db).execute("SELECT COUNT(*) FROM requests").fetchone()
+    assert count >= seconds - 2
+    return db
+
+
+def test_truncated_spool_starts_keeps_what_is_readable_and_counts_the_rest(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    db = _fill_spool(tmp_path, mimir, 6)
+    size = db.stat().st_size
+    with db.open("r+b") as f:
+        f.truncate(size // 2)
+    mimir.start()
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent2.log")
+    _wait_cycles(mimir, 3)
+    log = _stop(agent)
+    assert "damaged" in log or "missing from the sequence" in log
+    assert list((tmp_path / "spool").glob("spool.db.corrupt-*")) or _dropped(mimir)
+
+
+def test_garbage_spool_file_is_moved_aside_and_the_agent_runs(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    (spool / "spool.db").write_bytes(os.urandom(64 * 1024))
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
+    _wait_cycles(mimir, 2)
+    _stop(agent)
+    assert list(spool.glob("spool.db.corrupt-*"))
+
+
+def test_corrupted_rows_are_dropped_and_counted_the_rest_delivered(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    db = _fill_spool(tmp_path, mimir, 6)
+    with sqlite3.connect(db) as conn:
+        (first,) = conn.execute("SELECT MIN(id) FROM requests").fetchone()
+        conn.execute("UPDATE requests SET body = X'00112233' WHERE id = ?", (first + 1,))
+    mimir.start()
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent2.log")
+    _wait_caught_up(mimir)
+    time.sleep(1.5)
+    _stop(agent)
+    assert _dropped(mimir)["spool_corrupt"] > 0
+    assert len(_cycles(mimir)) >= 5  # the intact spooled cycles and the new ones
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k,mode=0700", "tmpfs", str(mount)],
+                   check=True)  # fmt: skip
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_does_not_crash_and_is_counted(
+    tmp_path: Path, mimir: FakeMimir, small_disk: Path
+) -> None:
+    mimir.stop()
+    config = _config(tmp_path, mimir, buffer={"path": str(small_disk / "spool"),
+                                               "max_bytes": "64KiB"})  # fmt: skip
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    # Fill what the spool leaves free of the small filesystem.
+    time.sleep(2)
+    try:
+        with (small_disk / "filler").open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:
+        pass  # full
+    time.sleep(8)
+    mimir.start()
+    _wait_caught_up(mimir)
+    time.sleep(1.5)
+    log = _stop(agent)
+    assert "cannot write" in log
+    # Everything was delivered from memory, or what did not fit there was counted.
+    dropped = _dropped(mimir)
+    assert gaps(_cycles(mimir), INTERVAL_MS) == [] or dropped["spool_unwritable"] > 0
