@@ -18,7 +18,7 @@ from pusher import __version__, config
 from pusher.collect import Collector
 from pusher.config import Config, ConfigError
 from pusher.encode import exposition
-from pusher.loop import Agent
+from pusher.loop import Agent, check_health
 from pusher.sender import Sender
 from pusher.spool import Spool, SpoolError
 
@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         help="print one cycle in Prometheus text format; push nothing",
     )
     mode.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    mode.add_argument(
+        "--health",
+        action="store_true",
+        help="exit 0 if the running agent cycled recently and is delivering "
+        "(reads buffer.path/health.json; for container healthchecks)",
+    )
     p.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="override log.level"
     )
@@ -90,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.dry_run:
         return _dry_run(cfg)
+    if args.health:
+        healthy, why = check_health(cfg.buffer_path, time.time())
+        print(("healthy: " if healthy else "unhealthy: ") + why)
+        return 0 if healthy else 1
     if not cfg.remote_write_url:
         print("libvirt-pusher: config error: remote_write.url: required", file=sys.stderr)
         return 2

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import logging
+import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pusher import __version__, catalog
@@ -26,7 +28,7 @@ from pusher.encode import STALE_NAN, Encoder, compress, decompress, metadata_byt
 from pusher.sender import Outcome, Sender
 from pusher.spool import Row, Spool
 
-__all__ = ["Agent", "Counters", "build_samples", "split_request"]
+__all__ = ["Agent", "Counters", "build_samples", "check_health", "split_request"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,46 @@ def build_samples(
             own = label_pairs(d.info.nova.labels())
             out.append((("libvirt_domain_openstack_info", own, shared), 1.0))
     return out
+
+
+HEALTH_FILE = "health.json"
+# --health fails when a backlog has had no successful send for this long.
+HEALTH_MAX_SEND_AGE = 600.0
+
+
+def write_health(directory: str, state: Mapping[str, object]) -> None:
+    path = os.path.join(directory, HEALTH_FILE)
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)  # readers never see a half-written file
+    except OSError as e:
+        log.debug("cannot write %s: %s", path, e)
+
+
+def check_health(directory: str, now: float) -> tuple[bool, str]:
+    """(healthy, why) from the agent's health file: a cycle within three intervals, and no
+    backlog left unsent for more than HEALTH_MAX_SEND_AGE."""
+    path = os.path.join(directory, HEALTH_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        cycle_at = float(state["cycle_at"])
+        interval = float(state["interval"])
+        last_send = float(state["last_send_success"])
+        oldest = state["oldest_pending_ms"]
+        pending = int(state["spool_requests"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return False, f"no readable health file at {path}: {e}"
+    if now - cycle_at > 3 * interval + 5:
+        return False, f"last cycle {now - cycle_at:.0f}s ago (interval {interval:g}s)"
+    if pending and oldest is not None:
+        waiting = now - max(last_send, float(oldest) / 1000)
+        if waiting > HEALTH_MAX_SEND_AGE:
+            return False, f"{pending} request(s) unsent; no successful send for {waiting:.0f}s"
+    libvirt = "up" if state.get("libvirt_up") else "DOWN"
+    return True, f"last cycle {now - cycle_at:.1f}s ago, libvirt {libvirt}, {pending} pending"
 
 
 def split_request(raw: bytes) -> list[bytes]:
@@ -280,7 +322,23 @@ class Agent:
             self._last_metadata = now
         self.spool.put(self.encoder.encode(samples, ts_ms, metadata))
         self._wake.set()
+        self._write_health(ts_ms / 1000)
         return len(samples)
+
+    def _write_health(self, cycle_at: float) -> None:
+        """`<buffer.path>/health.json`, read by `libvirt-pusher --health` (no port needed)."""
+        assert self.spool is not None
+        requests, _, oldest = self.spool.stats()
+        with self.counters.lock:
+            state = {
+                "cycle_at": cycle_at,
+                "interval": self.cfg.collect_interval,
+                "libvirt_up": self._libvirt_up,
+                "last_send_success": self.counters.last_success,
+                "spool_requests": requests,
+                "oldest_pending_ms": oldest,
+            }
+        write_health(self.spool.directory, state)
 
     def run(self) -> None:
         """Collect on every interval boundary until `stop()`, then drain within the grace."""
