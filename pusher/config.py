@@ -66,6 +66,7 @@ _SIZE_UNITS = {
 }  # fmt: skip
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -151,7 +152,10 @@ def _positive_duration(v: Any) -> float:
 
 
 def _size(v: Any) -> int:
-    return parse_size(v)
+    n = parse_size(v)
+    if n < 4096:
+        raise ValueError("must be at least 4KiB")
+    return n
 
 
 def _bool(v: Any) -> bool:
@@ -213,9 +217,11 @@ def _headers(v: Any) -> dict[str, str]:
         "content-encoding", "content-type", "x-prometheus-remote-write-version",
         "user-agent", "x-scope-orgid", "retry-attempt", "content-length",
     }  # fmt: skip
-    for k in out:
+    for k, val in out.items():
         if k.lower() in reserved:
             raise ValueError(f"header {k!r} is set by the agent and cannot be overridden")
+        if not _HEADER_NAME.match(k) or any(c in val for c in "\r\n\0"):
+            raise ValueError(f"header {k!r} has an invalid name or value")
     return out
 
 
@@ -287,8 +293,8 @@ def _flatten(tree: Any, prefix: str, out: dict[str, Any]) -> None:
     if not isinstance(tree, dict):
         raise ConfigError(prefix, f"expected a map, got {type(tree).__name__}")
     for k, v in tree.items():
-        if not isinstance(k, str):
-            raise ConfigError(prefix, f"key {k!r} is not a string")
+        if not isinstance(k, str) or "." in k or not k:
+            raise ConfigError(prefix or str(k), f"key {k!r} is not a plain name")
         key = f"{prefix}.{k}" if prefix else k
         if key in _SCHEMA:
             out[key] = v
@@ -330,7 +336,10 @@ def _cross_check(cfg: Config) -> None:
         raise ConfigError("remote_write.min_backoff", "must not exceed remote_write.max_backoff")
     if cfg.collect_timeout > cfg.collect_interval:
         raise ConfigError("collect.timeout", "must not exceed collect.interval")
-    taken = {"domain", "uuid", *NOVA_LABELS}
+    # Labels the agent puts on its own series; an external label of the same name would be
+    # overridden on some series and not on others.
+    taken = {"domain", "uuid", "vcpu", "target_device", "source_file", "reason", "code",
+             "version", *NOVA_LABELS}  # fmt: skip
     for name in cfg.external_labels:
         if name in taken:
             raise ConfigError(f"external_labels.{name}", "clashes with a label the agent sets")

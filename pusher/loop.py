@@ -527,5 +527,6 @@ class Agent:
             self._last_hold_log = now
             assert self.spool is not None
             requests, _, _ = self.spool.stats()
-            log.error("receiver refused the credentials (%s); holding %d request(s) in the "
-                      "spool and probing again", outcome.code, requests)  # fmt: skip
+            log.error("receiver refused the request (%s: %s); holding %d request(s) in the "
+                      "spool and probing again", outcome.code, outcome.message[:200],
+                      requests)  # fmt: skip

@@ -5,8 +5,9 @@ specification and Mimir's behaviour call for; the loop acts on it:
 
     ok          2xx: delivered
     retry       network error, timeout, 5xx, 429: send the same body again after a backoff
-                (`retry_after` when the receiver said how long)
-    hold        401, 403: credentials are wrong or expired; keep everything and probe slowly
+                (`retry_after` when the receiver said how long, capped at 10 minutes)
+    hold        401, 403, 3xx: the credentials or the URL are wrong; keep everything and
+                probe slowly
     too_large   413: split the request and send the halves
     reject      any other 4xx (400 above all): the receiver kept what was valid; never resend,
                 count the samples under `reason` (Mimir's `err-mimir-…` id when it gave one)
@@ -15,6 +16,7 @@ specification and Mimir's behaviour call for; the loop acts on it:
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -31,6 +33,8 @@ USER_AGENT = f"libvirt-pusher/{__version__}"
 # An error body is read up to this size: enough for Mimir's message, bounded against a
 # receiver that answers with megabytes or never stops.
 MAX_ERROR_BODY = 4096
+# A receiver's Retry-After is honoured up to this; beyond it is a misconfiguration.
+MAX_RETRY_AFTER = 600.0
 _MIMIR_ID = re.compile(r"err-mimir-([a-z0-9-]+)")
 
 Kind = Literal["ok", "retry", "hold", "too_large", "reject"]
@@ -51,16 +55,21 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            return None
+        return min(max(0.0, seconds), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, delay), MAX_RETRY_AFTER)
 
 
 def mimir_reason(body: str, code: int) -> str:
@@ -81,8 +90,6 @@ class Sender:
         self.url = url
         self.timeout = timeout
         self.session = session or requests.Session()
-        # Never follow a redirect: it could carry the body (and credentials) to another host.
-        self.session.max_redirects = 0
         base = dict(headers or {})
         base.update({
             "Content-Encoding": "snappy",
@@ -101,6 +108,7 @@ class Sender:
         try:
             resp = self.session.post(
                 self.url, data=body, headers=headers, timeout=self.timeout,
+                # Never follow a redirect: it could carry the body (and credentials) elsewhere.
                 stream=True, allow_redirects=False,
             )  # fmt: skip
         except requests.RequestException as e:
@@ -123,7 +131,9 @@ class Sender:
         if code == 413:
             return Outcome("too_large", str(code), message=text)
         if 300 <= code < 400:
-            return Outcome("retry", str(code), message="redirect refused: " + text)
+            # A redirect means a wrong URL: keep everything, as for refused credentials.
+            where = resp.headers.get("Location", "")
+            return Outcome("hold", str(code), message=f"redirect to {where!r} refused")
         return Outcome("reject", str(code), reason=mimir_reason(text, code), message=text)
 
     def close(self) -> None:

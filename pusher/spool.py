@@ -3,8 +3,8 @@
 SQLite in WAL mode (`<buffer.path>/spool.db`), one row per request body, in the order the
 cycles produced them; the row id is that order. Invariants:
 
-- rows leave only from the front (acknowledged, or dropped and counted), so the ids of the
-  rows present are contiguous; a gap found on open is data that was lost and is counted;
+- rows leave from the front (acknowledged, or dropped and counted): a watermark in memory
+  marks the acknowledged prefix, so nothing is read twice even while a delete cannot be made;
 - every body carries a CRC32: a row whose body does not match is dropped and counted;
 - the bodies add up to at most `max_bytes`: the oldest go first, counted as `spool_full`;
 - with `fsync` on (the default), SQLite syncs the WAL at every commit (synchronous=FULL): a
@@ -76,6 +76,7 @@ class Spool:
         self._overflow_bytes = 0
         self._next_memory_id = -1
         self._acked = 0  # rows with an id up to this one are delivered or dropped
+        self._last_write_error_log = float("-inf")
         # reason -> samples dropped (read and reset by `take_drops`)
         self._drops: collections.Counter[str] = collections.Counter()
         self._prepare_directory()
@@ -97,6 +98,9 @@ class Spool:
             )
 
     def _connect(self, path: str) -> sqlite3.Connection:
+        # Create the file 0600 before SQLite does: its -wal and -shm files take its mode.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
@@ -121,32 +125,24 @@ class Spool:
         return self._recover(problem)
 
     def _check_rows(self, db: sqlite3.Connection) -> None:
-        """Drop rows whose body fails its CRC; count ids missing from the sequence."""
+        """Drop rows whose body fails its CRC, counting their samples."""
         bad: list[tuple[int, int]] = []
-        ids: list[int] = []
         for rid, samples, crc, body in db.execute(
             "SELECT id, samples, crc, body FROM requests ORDER BY id"
         ):
-            ids.append(rid)
             if zlib.crc32(body) != crc:
                 bad.append((rid, samples))
         if bad:
             db.executemany("DELETE FROM requests WHERE id = ?", [(r,) for r, _ in bad])
             self._drops["spool_corrupt"] += sum(s for _, s in bad)
             log.error("spool: %d request(s) failed their checksum and were dropped", len(bad))
-        self._count_gaps(ids, db)
-
-    def _count_gaps(self, ids: list[int], db: sqlite3.Connection) -> None:
-        if len(ids) < 2:
-            return
-        missing = (ids[-1] - ids[0] + 1) - len(ids)
-        if missing > 0:
-            (avg,) = db.execute("SELECT AVG(samples) FROM requests").fetchone()
-            self._drops["spool_corrupt"] += int(missing * (avg or 0))
-            log.error("spool: %d request(s) missing from the sequence were lost", missing)
 
     def _recover(self, problem: str) -> sqlite3.Connection:
-        aside = f"{self.path}.corrupt-{int(time.time())}"
+        aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        n = 1
+        while os.path.exists(aside if n == 1 else f"{aside}.{n}"):
+            n += 1
+        aside = aside if n == 1 else f"{aside}.{n}"
         log.error(
             "spool %s is damaged (%s); moving it to %s and salvaging", self.path, problem, aside
         )
@@ -164,7 +160,11 @@ class Spool:
             old = sqlite3.connect(f"file:{old_path}?mode=ro", uri=True, check_same_thread=False)
         except sqlite3.DatabaseError:
             return 0, 0
-        kept = lost = 0
+        # A truncated file's header promises more pages than there are, and SQLite then
+        # refuses every query; with the schema treated as writable it reads what is there.
+        with contextlib.suppress(sqlite3.DatabaseError):
+            old.execute("PRAGMA writable_schema=ON")
+        kept = lost = unreadable = 0
         kept_samples: list[int] = []
         after = -1
         with old:
@@ -177,8 +177,8 @@ class Spool:
                         (after,),
                     ).fetchone()
                 except sqlite3.DatabaseError:
-                    after += 1  # step over a page we cannot read
-                    lost += 1
+                    after += 1  # step over a row we cannot read
+                    unreadable += 1
                     continue
                 if row is None:
                     break
@@ -194,11 +194,12 @@ class Spool:
                     lost += 1
                     self._drops["spool_corrupt"] += samples
                 after = rid
-        if lost and kept_samples:
+        if unreadable and kept_samples:
+            # How many samples an unreadable row held is unknown: count the average row.
             avg = sum(kept_samples) // len(kept_samples)
-            self._drops["spool_corrupt"] += avg * lost
+            self._drops["spool_corrupt"] += avg * unreadable
         old.close()
-        return kept, lost
+        return kept, lost + unreadable
 
     @staticmethod
     def _max_id(db: sqlite3.Connection) -> int:
@@ -259,8 +260,11 @@ class Spool:
         except sqlite3.Error as e:
             self._rollback()
             self._bytes, self._count, self._oldest_ts = self._totals_safe()
-            log.error("spool: cannot write %s (%s); holding %d request(s) in memory",
-                      self.path, e, len(self._overflow))  # fmt: skip
+            now = time.monotonic()
+            if now - self._last_write_error_log >= 60:
+                self._last_write_error_log = now
+                log.error("spool: cannot write %s (%s); holding %d request(s) in memory",
+                          self.path, e, len(self._overflow))  # fmt: skip
             return
         self._overflow.clear()
         self._overflow_bytes = 0

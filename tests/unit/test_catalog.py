@@ -1,0 +1,446 @@
+"""pusher.catalog: the metric table, libvirt stats -> samples, labels, and docs/metrics.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pusher import catalog
+from pusher.catalog import (
+    CATALOG,
+    MAX_LABEL_VALUE_BYTES,
+    domain_samples,
+    label_pairs,
+    series_labels,
+    truncate_label_value,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Prometheus's metric and label name grammar.
+METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+UUID = "5d3c8a2e-1f4b-4c2a-9d1e-7a6b5c4d3e2f"
+DISK = f"/var/lib/nova/instances/{UUID}/disk"
+CONFIG_DRIVE = f"/var/lib/nova/instances/{UUID}/disk.config"
+
+# One record of conn.getAllDomainStats(state|cpu_total|balloon|vcpu|interface|block, NOWAIT)
+# for a running QEMU guest with 2 vCPUs, 1 NIC, 2 disks and balloon stats, as libvirt-python
+# returns it: ints for (u)llong parameters, bool for boolean ones, str for strings.
+STATS: dict[str, object] = {
+    "state.state": 1,
+    "state.reason": 1,
+    "cpu.time": 48_237_316_000,
+    "cpu.user": 30_170_000_000,
+    "cpu.system": 14_560_000_000,
+    "cpu.haltpoll.success.time": 1_234_567_000,
+    "cpu.haltpoll.fail.time": 89_012_000,
+    "balloon.current": 2_097_152,
+    "balloon.maximum": 4_194_304,
+    "balloon.swap_in": 1_024,
+    "balloon.swap_out": 2_048,
+    "balloon.major_fault": 412,
+    "balloon.minor_fault": 1_532_877,
+    "balloon.unused": 1_523_712,
+    "balloon.available": 2_034_284,
+    "balloon.usable": 1_700_084,
+    "balloon.last-update": 1_763_892_000,
+    "balloon.disk_caches": 221_936,
+    "balloon.hugetlb_pgalloc": 3,
+    "balloon.hugetlb_pgfail": 1,
+    "balloon.rss": 612_144,
+    "vcpu.current": 2,
+    "vcpu.maximum": 4,
+    "vcpu.0.state": 1,
+    "vcpu.0.time": 21_870_000_000,
+    "vcpu.0.wait": 5_000_000,
+    "vcpu.0.halted": True,
+    "vcpu.0.delay": 118_362,
+    "vcpu.1.state": 1,
+    "vcpu.1.time": 19_620_000_000,
+    "vcpu.1.wait": 0,
+    "vcpu.1.halted": False,
+    "vcpu.1.delay": 97_231,
+    "net.count": 1,
+    "net.0.name": "tap5d3c8a2e-1f",
+    "net.0.rx.bytes": 9_876_543,
+    "net.0.rx.pkts": 65_432,
+    "net.0.rx.errs": 0,
+    "net.0.rx.drop": 7,
+    "net.0.tx.bytes": 1_234_567,
+    "net.0.tx.pkts": 12_345,
+    "net.0.tx.errs": 2,
+    "net.0.tx.drop": 0,
+    "block.count": 2,
+    "block.0.name": "vda",
+    "block.0.path": DISK,
+    "block.0.backingIndex": 2,
+    "block.0.rd.reqs": 10_234,
+    "block.0.rd.bytes": 312_918_016,
+    "block.0.rd.times": 4_567_891_234,
+    "block.0.wr.reqs": 5_678,
+    "block.0.wr.bytes": 98_304_000,
+    "block.0.wr.times": 12_345_678_901,
+    "block.0.fl.reqs": 321,
+    "block.0.fl.times": 987_654_321,
+    "block.0.allocation": 1_610_612_736,
+    "block.0.capacity": 21_474_836_480,
+    "block.0.physical": 1_611_071_488,
+    "block.1.name": "sda",
+    "block.1.path": CONFIG_DRIVE,
+    "block.1.rd.reqs": 120,
+    "block.1.rd.bytes": 491_520,
+    "block.1.rd.times": 23_456_789,
+    "block.1.wr.reqs": 0,
+    "block.1.wr.bytes": 0,
+    "block.1.wr.times": 0,
+    "block.1.fl.reqs": 0,
+    "block.1.fl.times": 0,
+    "block.1.allocation": 491_520,
+    "block.1.capacity": 491_520,
+    "block.1.physical": 491_520,
+}
+# Keys that are labels or bookkeeping, not values.
+NOT_VALUES = {"net.0.name", "block.0.name", "block.0.path", "block.1.name", "block.1.path",
+              "block.0.backingIndex"}  # fmt: skip
+
+# The libvirt stats units (REFERENCE.md §4), written out independently of the catalog.
+NS_KEYS = {"cpu.time", "cpu.user", "cpu.system", "cpu.haltpoll.success.time",
+           "cpu.haltpoll.fail.time", "vcpu.<n>.time", "vcpu.<n>.wait", "vcpu.<n>.delay",
+           "block.<n>.rd.times", "block.<n>.wr.times", "block.<n>.fl.times"}  # fmt: skip
+KIB_KEYS = {"balloon.current", "balloon.maximum", "balloon.swap_in", "balloon.swap_out",
+            "balloon.unused", "balloon.available", "balloon.usable", "balloon.rss",
+            "balloon.disk_caches"}  # fmt: skip
+
+SHARED = (("domain", "instance-0000002a"), ("host", "kvm-1"), ("uuid", UUID))
+
+
+def pattern(key: str) -> str:
+    """'vcpu.1.time' -> 'vcpu.<n>.time' (the catalog's source notation)."""
+    return re.sub(r"^(vcpu|net|block)\.\d+\.", r"\1.<n>.", key)
+
+
+def samples_by_name(samples: list[catalog.Sample]) -> dict[str, dict[tuple, float]]:
+    out: dict[str, dict[tuple, float]] = {}
+    for (name, own, shared), value in samples:
+        assert shared is SHARED
+        assert own not in out.get(name, {}), f"duplicate series {name}{own}"
+        out.setdefault(name, {})[own] = value
+    return out
+
+
+# --- the table ---------------------------------------------------------------------------
+
+
+def test_metric_names_are_valid_and_unique() -> None:
+    names = [m.name for m in CATALOG]
+    assert len(names) == len(set(names))
+    for name in names:
+        assert METRIC_NAME.match(name), name
+        assert name == name.lower(), name
+        assert not name.startswith("__"), name
+
+
+def test_counters_and_only_counters_end_in_total() -> None:
+    for m in CATALOG:
+        assert m.type in ("counter", "gauge"), m.name
+        assert (m.type == "counter") == m.name.endswith("_total"), m.name
+
+
+def test_unit_suffix_matches_the_unit() -> None:
+    for m in CATALOG:
+        base = m.name.removesuffix("_total")
+        if m.unit == "seconds":
+            assert base.endswith("_seconds"), m.name
+        elif m.unit == "bytes":
+            assert base.endswith("_bytes"), m.name
+        else:
+            assert m.unit == "", m.name
+            assert not base.endswith(("_seconds", "_bytes")), m.name
+
+
+def test_source_units_are_converted_to_base_units() -> None:
+    for m in CATALOG:
+        if m.source in NS_KEYS:
+            assert (m.unit, m.scale) == ("seconds", 1e-9), m.name
+        elif m.source in KIB_KEYS:
+            assert (m.unit, m.scale) == ("bytes", 1024.0), m.name
+        else:
+            assert m.scale == 1.0, m.name
+
+
+def test_label_names_are_valid_and_help_is_one_sentence() -> None:
+    for m in CATALOG:
+        for label in m.labels:
+            assert LABEL_NAME.match(label) and not label.startswith("__"), (m.name, label)
+        assert len(set(m.labels)) == len(m.labels), m.name
+        assert m.help.endswith(".") and "\n" not in m.help, m.name
+        assert m.help[0].isupper(), m.name
+
+
+def test_device_metrics_carry_their_device_labels() -> None:
+    for m in CATALOG:
+        if m.source.startswith("vcpu.<n>."):
+            assert m.labels == ("vcpu",), m.name
+        elif m.source.startswith("net.<n>."):
+            assert m.labels == ("target_device",), m.name
+        elif m.source.startswith("block.<n>."):
+            assert m.labels == ("target_device", "source_file"), m.name
+
+
+def test_every_source_key_is_one_metric_except_the_documented_alias() -> None:
+    sources: dict[str, list[str]] = {}
+    for m in CATALOG:
+        if m.source:
+            sources.setdefault(m.source, []).append(m.name)
+    shared = {s: names for s, names in sources.items() if len(names) > 1}
+    # balloon.current feeds both lineage names: info_memory_usage_bytes and actual_balloon_bytes.
+    assert shared == {
+        "balloon.current": [
+            "libvirt_domain_info_memory_usage_bytes",
+            "libvirt_domain_memory_stats_actual_balloon_bytes",
+        ]
+    }
+
+
+LINEAGE = [
+    "libvirt_up",
+    "libvirt_domain_info_maximum_memory_bytes",
+    "libvirt_domain_info_memory_usage_bytes",
+    "libvirt_domain_info_virtual_cpus",
+    "libvirt_domain_info_cpu_time_seconds_total",
+    *(f"libvirt_domain_vcpu_{x}_seconds_total" for x in ("time", "wait", "delay")),
+    *(f"libvirt_domain_memory_stats_{x}_bytes"
+      for x in ("actual_balloon", "available", "unused", "usable", "rss", "disk_cache")),
+    "libvirt_domain_memory_stats_major_fault_total",
+    "libvirt_domain_memory_stats_minor_fault_total",
+    *(f"libvirt_domain_block_stats_{op}_{x}_total"
+      for op in ("read", "write") for x in ("bytes", "requests")),
+    *(f"libvirt_domain_block_stats_{op}_time_seconds_total" for op in ("read", "write", "flush")),
+    "libvirt_domain_block_stats_flush_requests_total",
+    *(f"libvirt_domain_block_stats_{x}_bytes" for x in ("allocation", "capacity", "physicalsize")),
+    *(f"libvirt_domain_interface_stats_{d}_{x}_total"
+      for d in ("receive", "transmit") for x in ("bytes", "packets", "errors", "drops")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", LINEAGE)
+def test_libvirt_exporter_lineage_names_exist_for_existing_dashboards(name: str) -> None:
+    assert catalog.by_name(name).name == name
+
+
+def test_openstack_info_carries_every_nova_label() -> None:
+    from pusher.config import NOVA_LABELS
+
+    assert set(catalog.by_name("libvirt_domain_openstack_info").labels) == set(NOVA_LABELS)
+
+
+# --- domain_samples on a full record -----------------------------------------------------
+
+
+def test_full_record_maps_every_numeric_key_and_reports_none_unknown() -> None:
+    unknown: set[str] = set()
+    samples = domain_samples(STATS, SHARED, unknown)
+    assert unknown == set()
+    sources = {m.source for m in CATALOG}
+    expected = 0
+    for key, value in STATS.items():
+        if key in NOT_VALUES:
+            continue
+        assert isinstance(value, int), key  # bool is an int too
+        assert pattern(key) in sources, f"{key} has no metric"
+        expected += sum(1 for m in CATALOG if m.source == pattern(key))
+    assert len(samples) == expected
+
+
+def test_full_record_values_are_in_base_units() -> None:
+    samples = domain_samples(STATS, SHARED)
+    by_source: dict[str, list[float]] = {}
+    for (name, own, _), value in samples:
+        m = catalog.by_name(name)
+        index = dict(own).get("vcpu") or {"vda": "0", "sda": "1", "tap5d3c8a2e-1f": "0"}.get(
+            dict(own).get("target_device", ""), ""
+        )
+        key = m.source.replace("<n>", index)
+        by_source.setdefault(key, []).append(value)
+    for key, raw in STATS.items():
+        if key in NOT_VALUES:
+            continue
+        if pattern(key) in NS_KEYS:
+            want = int(raw) / 1e9  # type: ignore[call-overload]
+        elif key in KIB_KEYS:
+            want = int(raw) * 1024  # type: ignore[call-overload]
+        else:
+            want = float(raw)  # type: ignore[arg-type]
+        for got in by_source[key]:
+            assert got == pytest.approx(want, rel=1e-15, abs=0), key
+
+
+def test_full_record_spot_values() -> None:
+    s = samples_by_name(domain_samples(STATS, SHARED))
+    vda = (("source_file", DISK), ("target_device", "vda"))
+    sda = (("source_file", CONFIG_DRIVE), ("target_device", "sda"))
+    tap = (("target_device", "tap5d3c8a2e-1f"),)
+    assert s["libvirt_domain_info_cpu_time_seconds_total"][()] == pytest.approx(48.237316)
+    assert s["libvirt_domain_info_memory_usage_bytes"][()] == 2_147_483_648.0
+    assert s["libvirt_domain_memory_stats_actual_balloon_bytes"][()] == 2_147_483_648.0
+    assert s["libvirt_domain_info_maximum_memory_bytes"][()] == 4_294_967_296.0
+    assert s["libvirt_domain_memory_stats_swap_out_bytes_total"][()] == 2_097_152.0
+    assert s["libvirt_domain_memory_stats_major_fault_total"][()] == 412.0
+    assert s["libvirt_domain_memory_stats_last_update_timestamp_seconds"][()] == 1_763_892_000.0
+    assert s["libvirt_domain_vcpu_time_seconds_total"] == {
+        (("vcpu", "0"),): pytest.approx(21.87),
+        (("vcpu", "1"),): pytest.approx(19.62),
+    }
+    assert s["libvirt_domain_vcpu_wait_seconds_total"][(("vcpu", "0"),)] == pytest.approx(0.005)
+    assert s["libvirt_domain_vcpu_halted"] == {(("vcpu", "0"),): 1.0, (("vcpu", "1"),): 0.0}
+    assert s["libvirt_domain_interface_stats_receive_bytes_total"] == {tap: 9_876_543.0}
+    assert s["libvirt_domain_interface_stats_transmit_errors_total"] == {tap: 2.0}
+    assert s["libvirt_domain_block_stats_read_bytes_total"] == {vda: 312_918_016.0, sda: 491_520.0}
+    assert s["libvirt_domain_block_stats_write_time_seconds_total"][vda] == pytest.approx(
+        12.345678901
+    )
+    assert s["libvirt_domain_block_stats_capacity_bytes"][vda] == 21_474_836_480.0
+    assert s["libvirt_domain_block_stats_physicalsize_bytes"][sda] == 491_520.0
+    assert s["libvirt_domain_state_code"][()] == 1.0
+
+
+def test_bool_values_become_one_and_zero() -> None:
+    samples = domain_samples({"vcpu.0.halted": True, "vcpu.1.halted": False}, ())
+    values = {own: v for (_, own, _), v in samples}
+    assert values == {(("vcpu", "0"),): 1.0, (("vcpu", "1"),): 0.0}
+    assert all(type(v) is float for v in values.values())
+
+
+def test_device_labels_are_sorted_pairs() -> None:
+    for (name, own, _), _v in domain_samples(STATS, SHARED):
+        assert list(own) == sorted(own), name
+        assert len({k for k, _ in own}) == len(own), name
+
+
+def test_interface_without_a_name_is_labelled_by_its_index() -> None:
+    samples = domain_samples({"net.3.rx.bytes": 10}, ())
+    assert [own for (_, own, _), _ in samples] == [(("target_device", "net3"),)]
+
+
+def test_block_device_without_a_path_has_no_source_file_label() -> None:
+    stats = {"block.0.name": "vdb", "block.0.rd.reqs": 5}  # a network disk (rbd): no path
+    samples = domain_samples(stats, ())
+    assert [own for (_, own, _), _ in samples] == [(("target_device", "vdb"),)]
+
+
+def test_a_stopped_guest_gives_only_what_libvirt_reported() -> None:
+    samples = domain_samples({"state.state": 5, "state.reason": 2}, SHARED)
+    assert sorted((k[0], v) for k, v in samples) == [
+        ("libvirt_domain_state_code", 5.0),
+        ("libvirt_domain_state_reason_code", 2.0),
+    ]
+
+
+def test_unknown_numeric_keys_are_reported_and_skipped() -> None:
+    stats = dict(STATS)
+    added = {
+        "perf.cycles": 123,
+        "iothread.count": 1,
+        "dirtyrate.calc_status": 2,
+        "block.0.newfangled": 5,
+        "vcpu.x.time": 9,
+        "balloon.brand_new": 4,
+    }
+    stats.update(added)
+    stats["vm.some.string"] = "text"  # strings are never values
+    unknown: set[str] = set()
+    samples = domain_samples(stats, SHARED, unknown)
+    assert unknown == set(added)
+    assert len(samples) == len(domain_samples(STATS, SHARED))
+
+
+def test_unknown_keys_are_skipped_without_a_set() -> None:
+    assert domain_samples({"perf.cycles": 1}, ()) == []
+
+
+# --- label values and series labels ------------------------------------------------------
+
+
+def test_long_label_value_is_cut_to_2048_bytes() -> None:
+    assert MAX_LABEL_VALUE_BYTES == 2048
+    assert truncate_label_value("a" * 3000) == "a" * 2048
+    assert truncate_label_value("a" * 2048) == "a" * 2048
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["€" * 700, "a" + "€" * 700, "aa" + "€" * 700, "实" * 1000, "\U0001f600" * 600,
+     "a" * 2047 + "é", "a" * 2046 + "é" + "x"],
+)  # fmt: skip
+def test_truncation_cuts_on_a_utf8_character_boundary(value: str) -> None:
+    cut = truncate_label_value(value)
+    raw = cut.encode("utf-8")
+    assert len(raw) <= 2048
+    assert len(raw) > 2048 - 4  # at most one partial character dropped
+    assert value.startswith(cut)
+
+
+def test_short_values_are_untouched() -> None:
+    assert truncate_label_value("Ünïcødé-实例") == "Ünïcødé-实例"
+
+
+def test_block_path_label_is_truncated() -> None:
+    path = "/var/lib/nova/instances/" + "ü" * 2000
+    samples = domain_samples(
+        {"block.0.name": "vda", "block.0.path": path, "block.0.rd.reqs": 1}, ()
+    )
+    own = dict(samples[0][0][1])
+    assert len(own["source_file"].encode()) <= 2048
+    assert path.startswith(own["source_file"])
+
+
+def test_label_pairs_sorts_drops_empty_values_and_cuts() -> None:
+    pairs = label_pairs({"zone": "b", "az": "", "app": "x" * 3000, "Zeta": "y"})
+    assert pairs == (("Zeta", "y"), ("app", "x" * 2048), ("zone", "b"))
+
+
+def test_series_labels_are_sorted_bytewise_with_name() -> None:
+    key = (
+        "libvirt_domain_vcpu_time_seconds_total",
+        (("vcpu", "1"),),
+        (("uuid", UUID), ("host", "kvm-1"), ("Zone", "eu"), ("domain", "instance-1")),
+    )
+    assert series_labels(key) == [
+        ("Zone", "eu"),  # uppercase sorts before "__name__" in byte order, as Mimir checks
+        ("__name__", "libvirt_domain_vcpu_time_seconds_total"),
+        ("domain", "instance-1"),
+        ("host", "kvm-1"),
+        ("uuid", UUID),
+        ("vcpu", "1"),
+    ]
+
+
+def test_series_own_labels_win_over_shared_ones() -> None:
+    key = ("pusher_requests_total", (("code", "204"), ("host", "own")), (("host", "shared"),))
+    labels = series_labels(key)
+    assert labels == [("__name__", "pusher_requests_total"), ("code", "204"), ("host", "own")]
+
+
+def test_series_name_cannot_be_overridden_by_labels() -> None:
+    key = ("real_name", (("__name__", "fake"),), (("__name__", "fake2"),))
+    assert series_labels(key) == [("__name__", "real_name")]
+
+
+# --- the generated docs ------------------------------------------------------------------
+
+
+def test_docs_metrics_md_is_generated_from_the_catalog() -> None:
+    committed = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
+    assert committed == catalog.markdown(), (
+        "docs/metrics.md is stale; regenerate it with: python -m pusher.catalog > docs/metrics.md"
+    )
+
+
+def test_markdown_lists_every_metric_once() -> None:
+    text = catalog.markdown()
+    for m in CATALOG:
+        assert text.count(f"| `{m.name}` |") == 1, m.name

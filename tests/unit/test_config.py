@@ -1,0 +1,542 @@
+"""pusher.config: the YAML schema, its parsers, `${VAR}` expansion, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pusher import __version__, config
+from pusher.config import (
+    DEFAULT_SERIES_LABELS,
+    Config,
+    ConfigError,
+    from_mapping,
+    load,
+    parse_duration,
+    parse_size,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(text: str, env: dict[str, str] | None = None, hostname: str = "node-1") -> Config:
+    return from_mapping(yaml.safe_load(textwrap.dedent(text)), env or {}, hostname)
+
+
+def config_error(text: str, env: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(text, env)
+    return info.value
+
+
+# --- defaults --------------------------------------------------------------------------
+
+
+def test_empty_document_gives_the_documented_defaults() -> None:
+    cfg = from_mapping(None, {}, "node-1")
+    assert cfg.libvirt_uri == "qemu:///system"
+    assert cfg.collect_interval == 15.0
+    assert cfg.collect_timeout == 10.0
+    assert cfg.remote_write_url == ""
+    assert cfg.remote_write_tenant == ""
+    assert cfg.remote_write_timeout == 30.0
+    assert cfg.remote_write_max_samples_per_send == 2000
+    assert dict(cfg.remote_write_headers) == {}
+    assert cfg.remote_write_min_backoff == 0.03
+    assert cfg.remote_write_max_backoff == 5.0
+    assert cfg.remote_write_max_sample_age == 3600.0
+    assert cfg.remote_write_metadata_interval == 60.0
+    assert dict(cfg.external_labels) == {"host": "node-1"}
+    assert cfg.buffer_path == "/var/lib/libvirt-pusher"
+    assert cfg.buffer_max_bytes == 2**30
+    assert cfg.buffer_fsync is True
+    assert cfg.nova_series_labels == DEFAULT_SERIES_LABELS
+    assert cfg.nova_refresh_interval == 600.0
+    assert cfg.log_level == "info"
+    assert cfg.shutdown_grace == 10.0
+
+
+def test_empty_sections_mean_defaults() -> None:
+    cfg = parse("remote_write:\ncollect:\nbuffer:\n")
+    assert cfg == from_mapping(None, {}, "node-1")
+
+
+def test_load_without_a_file_gives_defaults() -> None:
+    assert load(None, env={}).remote_write_max_samples_per_send == 2000
+
+
+# --- every key of the schema -------------------------------------------------------------
+
+FULL = """
+libvirt:
+  uri: qemu+ssh://root@kvm-1/system
+collect:
+  interval: 1m
+  timeout: 45s
+remote_write:
+  url: https://mimir.example.com/api/v1/push
+  tenant: edge-eu-1
+  timeout: 20s
+  max_samples_per_send: 500
+  headers:
+    Authorization: Bearer s3cr3t
+    X-Custom: "1"
+  min_backoff: 100ms
+  max_backoff: 30s
+  max_sample_age: 2h
+  metadata_interval: 5m
+external_labels:
+  region: eu-west
+  dc: ams1
+buffer:
+  path: /srv/spool
+  max_bytes: 512MiB
+  fsync: false
+nova:
+  series_labels: [instance_name, flavor_id, image_uuid]
+  refresh_interval: 1h30m
+log:
+  level: DEBUG
+shutdown_grace: 2500ms
+"""
+
+
+def test_every_schema_key_is_read_from_yaml() -> None:
+    cfg = parse(FULL)
+    assert cfg.libvirt_uri == "qemu+ssh://root@kvm-1/system"
+    assert cfg.collect_interval == 60.0
+    assert cfg.collect_timeout == 45.0
+    assert cfg.remote_write_url == "https://mimir.example.com/api/v1/push"
+    assert cfg.remote_write_tenant == "edge-eu-1"
+    assert cfg.remote_write_timeout == 20.0
+    assert cfg.remote_write_max_samples_per_send == 500
+    assert dict(cfg.remote_write_headers) == {"Authorization": "Bearer s3cr3t", "X-Custom": "1"}
+    assert cfg.remote_write_min_backoff == pytest.approx(0.1)
+    assert cfg.remote_write_max_backoff == 30.0
+    assert cfg.remote_write_max_sample_age == 7200.0
+    assert cfg.remote_write_metadata_interval == 300.0
+    assert dict(cfg.external_labels) == {"region": "eu-west", "dc": "ams1", "host": "node-1"}
+    assert cfg.buffer_path == "/srv/spool"
+    assert cfg.buffer_max_bytes == 512 * 2**20
+    assert cfg.buffer_fsync is False
+    assert cfg.nova_series_labels == ("instance_name", "flavor_id", "image_uuid")
+    assert cfg.nova_refresh_interval == 5400.0
+    assert cfg.log_level == "debug"
+    assert cfg.shutdown_grace == 2.5
+
+
+def test_the_full_example_covers_every_schema_key() -> None:
+    # When a key is added to the schema, add it to FULL above (and to the test reading it).
+    tree = yaml.safe_load(FULL)
+    flat: dict[str, object] = {}
+    config._flatten(tree, "", flat)
+    assert set(flat) == set(config._SCHEMA)
+
+
+def test_repeated_series_labels_are_kept_once_in_order() -> None:
+    cfg = parse("nova: {series_labels: [flavor, instance_name, flavor]}")
+    assert cfg.nova_series_labels == ("flavor", "instance_name")
+
+
+def test_an_empty_remote_write_url_is_allowed_by_the_schema() -> None:
+    # --check-config and the agent require it; --dry-run does not.
+    assert parse("remote_write: {url: ''}").remote_write_url == ""
+
+
+# --- durations and sizes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("15s", 15.0),
+        ("1m", 60.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("1m500ms", 60.5),
+        ("1d", 86400.0),
+        ("1.5s", 1.5),
+        (" 15s ", 15.0),
+        ("0s", 0.0),
+        (15, 15.0),
+        (2.5, 2.5),
+        (0, 0.0),
+        ("15", 15.0),  # a bare number, as `${VAR}` expansion yields it
+        ("0.25", 0.25),
+    ],
+)
+def test_parse_duration_accepts(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "s", "15x", "15 s", "-5s", "1h30", "15S", "ms", "5mss", "1.s", "abc", -1, float("inf"),
+     float("nan"), True, [1], {"s": 1}],
+)  # fmt: skip
+def test_parse_duration_rejects(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1GiB", 2**30),
+        ("512MiB", 512 * 2**20),
+        ("512 MiB", 512 * 2**20),
+        ("1.5KiB", 1536),
+        ("10MB", 10_000_000),
+        ("2kb", 2000),
+        ("1gib", 2**30),
+        ("1TiB", 2**40),
+        ("100B", 100),
+        ("4096", 4096),
+        (2048, 2048),
+        (0, 0),
+    ],
+)
+def test_parse_size_accepts(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "1XB", "1 G", "-1", "-1GiB", "1GiBs", -5, True])
+def test_parse_size_rejects(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)  # type: ignore[arg-type]
+
+
+def test_durations_and_sizes_in_yaml_become_seconds_and_bytes() -> None:
+    cfg = parse("collect: {interval: 1h30m, timeout: 500ms}\nbuffer: {max_bytes: 1GiB}")
+    assert (cfg.collect_interval, cfg.collect_timeout, cfg.buffer_max_bytes) == (5400, 0.5, 2**30)
+
+
+# --- environment expansion ---------------------------------------------------------------
+
+
+def test_env_reference_is_expanded() -> None:
+    cfg = parse("remote_write: {tenant: '${TENANT}'}", {"TENANT": "team-a"})
+    assert cfg.remote_write_tenant == "team-a"
+
+
+def test_env_reference_inside_a_longer_string() -> None:
+    cfg = parse(
+        "remote_write: {url: 'https://${HOST}:${PORT:-8080}/api/v1/push'}", {"HOST": "mimir"}
+    )
+    assert cfg.remote_write_url == "https://mimir:8080/api/v1/push"
+
+
+def test_env_default_is_used_only_when_unset() -> None:
+    text = "remote_write: {tenant: '${TENANT:-fallback}'}"
+    assert parse(text, {}).remote_write_tenant == "fallback"
+    assert parse(text, {"TENANT": "set"}).remote_write_tenant == "set"
+    # Set but empty is still set.
+    assert parse(text, {"TENANT": ""}).remote_write_tenant == ""
+
+
+def test_env_empty_default_is_allowed() -> None:
+    assert parse("remote_write: {tenant: '${T:-}'}").remote_write_tenant == ""
+
+
+def test_double_dollar_is_a_literal_dollar() -> None:
+    cfg = parse(
+        "remote_write: {headers: {X-A: 'pa$$word', X-B: '$${NOT_EXPANDED}'}}", {"NOT_EXPANDED": "!"}
+    )
+    assert dict(cfg.remote_write_headers) == {"X-A": "pa$word", "X-B": "${NOT_EXPANDED}"}
+
+
+def test_dollar_without_braces_is_left_alone() -> None:
+    assert parse("remote_write: {tenant: '$HOME'}", {"HOME": "/x"}).remote_write_tenant == "$HOME"
+
+
+def test_env_expansion_in_maps_and_lists() -> None:
+    cfg = parse(
+        "external_labels: {dc: '${DC}'}\nnova: {series_labels: ['${L1}', flavor]}",
+        {"DC": "ams1", "L1": "instance_name"},
+    )
+    assert cfg.external_labels["dc"] == "ams1"
+    assert cfg.nova_series_labels == ("instance_name", "flavor")
+
+
+def test_env_expansion_yields_durations_and_sizes() -> None:
+    cfg = parse(
+        "collect: {interval: '${I:-30}', timeout: '${T}'}\nbuffer: {max_bytes: '${B:-64MiB}'}",
+        {"T": "5s"},
+    )
+    assert (cfg.collect_interval, cfg.collect_timeout) == (30.0, 5.0)
+    assert cfg.buffer_max_bytes == 64 * 2**20
+
+
+def test_env_value_is_not_expanded_again() -> None:
+    cfg = parse("remote_write: {tenant: '${A}'}", {"A": "${B}", "B": "nope"})
+    assert cfg.remote_write_tenant == "${B}"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("remote_write: {tenant: '${MISSING}'}", "remote_write.tenant"),
+        ("remote_write: {url: 'https://${MISSING}/push'}", "remote_write.url"),
+        ("external_labels: {dc: '${MISSING}'}", "external_labels.dc"),
+        ("remote_write: {headers: {Authorization: 'Bearer ${MISSING}'}}",
+         "remote_write.headers.Authorization"),
+        ("nova: {series_labels: ['${MISSING}']}", "nova.series_labels"),
+    ],
+)  # fmt: skip
+def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) -> None:
+    err = config_error(text)
+    assert err.key == key
+    assert "MISSING" in str(err)
+    assert str(err).startswith(key + ":")
+
+
+# --- errors name the dotted key ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        # unknown keys, top level and nested
+        ("bogus: 1", "bogus"),
+        ("remote_write: {bogus: 1}", "remote_write.bogus"),
+        ("collect: {interval: 15s, intervall: 10s}", "collect.intervall"),
+        ("remote_write: {url: {nested: 1}}", "remote_write.url"),
+        ("libvirt: {uri: qemu:///system, extra: {deep: 1}}", "libvirt.extra"),
+        # a section that is not a map
+        ("libvirt: qemu:///system", "libvirt"),
+        ("remote_write: [a, b]", "remote_write"),
+        # wrong types
+        ("libvirt: {uri: 5}", "libvirt.uri"),
+        ("remote_write: {tenant: [a]}", "remote_write.tenant"),
+        ("remote_write: {url: 5}", "remote_write.url"),
+        ("remote_write: {max_samples_per_send: '100'}", "remote_write.max_samples_per_send"),
+        ("remote_write: {max_samples_per_send: 1.5}", "remote_write.max_samples_per_send"),
+        ("remote_write: {max_samples_per_send: true}", "remote_write.max_samples_per_send"),
+        ("remote_write: {headers: [a]}", "remote_write.headers"),
+        ("remote_write: {headers: {X-A: [1]}}", "remote_write.headers"),
+        ("remote_write: {headers: {X-A: false}}", "remote_write.headers"),
+        ("remote_write: {headers: {X-A: }}", "remote_write.headers"),
+        ("collect: {interval: {a: 1}}", "collect.interval"),
+        ("collect: {interval: [15]}", "collect.interval"),
+        ("collect: {interval: true}", "collect.interval"),
+        ("buffer: {path: 5}", "buffer.path"),
+        ("buffer: {fsync: 'yes please'}", "buffer.fsync"),
+        ("buffer: {fsync: 1}", "buffer.fsync"),
+        ("buffer: {max_bytes: [1]}", "buffer.max_bytes"),
+        ("nova: {series_labels: instance_name}", "nova.series_labels"),
+        ("nova: {series_labels: [1]}", "nova.series_labels"),
+        ("log: {level: 5}", "log.level"),
+        ("external_labels: [a]", "external_labels"),
+        ("external_labels: {dc: false}", "external_labels"),
+        ("external_labels: {dc: [a]}", "external_labels"),
+        # bad values
+        ("libvirt: {uri: qemu}", "libvirt.uri"),
+        ("collect: {interval: 0}", "collect.interval"),
+        ("collect: {interval: 0s}", "collect.interval"),
+        ("collect: {interval: -5}", "collect.interval"),
+        ("collect: {interval: fifteen}", "collect.interval"),
+        ("collect: {interval: .inf}", "collect.interval"),
+        ("collect: {timeout: 1h}", "collect.timeout"),  # longer than the 15s interval
+        ("remote_write: {url: 'ftp://mimir/push'}", "remote_write.url"),
+        ("remote_write: {url: 'mimir:9009/api/v1/push'}", "remote_write.url"),
+        ("remote_write: {url: 'http://'}", "remote_write.url"),
+        ("remote_write: {timeout: 0}", "remote_write.timeout"),
+        ("remote_write: {max_samples_per_send: 0}", "remote_write.max_samples_per_send"),
+        ("remote_write: {min_backoff: 0}", "remote_write.min_backoff"),
+        ("remote_write: {max_sample_age: -1h}", "remote_write.max_sample_age"),
+        ("remote_write: {min_backoff: 10s, max_backoff: 1s}", "remote_write.min_backoff"),
+        ("remote_write: {min_backoff: 6s}", "remote_write.min_backoff"),  # default max is 5s
+        ("buffer: {max_bytes: 1XB}", "buffer.max_bytes"),
+        ("buffer: {max_bytes: -1}", "buffer.max_bytes"),
+        ("nova: {series_labels: [instance_name, hostname]}", "nova.series_labels"),
+        ("nova: {refresh_interval: 0}", "nova.refresh_interval"),
+        ("log: {level: verbose}", "log.level"),
+        ("shutdown_grace: -1s", "shutdown_grace"),
+    ],
+)
+def test_bad_config_raises_config_error_naming_the_dotted_key(text: str, key: str) -> None:
+    err = config_error(text)
+    assert err.key == key
+    assert str(err).startswith(f"{key}: ")
+    assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Content-Encoding", "Content-Type", "X-Prometheus-Remote-Write-Version", "User-Agent",
+     "X-Scope-OrgID", "Retry-Attempt", "Content-Length", "content-type", "USER-AGENT",
+     "x-scope-orgid"],
+)  # fmt: skip
+def test_reserved_headers_cannot_be_configured(header: str) -> None:
+    err = config_error(f"remote_write: {{headers: {{'{header}': x}}}}")
+    assert err.key == "remote_write.headers"
+    assert header in str(err)
+
+
+@pytest.mark.parametrize("name", ["1abc", "a-b", "a.b", "__meta", "__name__", "ü", "a b", ""])
+def test_bad_external_label_names_are_rejected(name: str) -> None:
+    err = config_error(f"external_labels: {{'{name}': x}}")
+    assert err.key == "external_labels"
+
+
+def test_external_label_with_empty_value_is_rejected() -> None:
+    assert config_error("external_labels: {dc: ''}").key == "external_labels"
+
+
+@pytest.mark.parametrize("name", ["domain", "uuid", "instance_name", "project_uuid", "image_uuid"])
+def test_external_label_clashing_with_an_agent_label_names_the_label(name: str) -> None:
+    assert config_error(f"external_labels: {{{name}: x}}").key == f"external_labels.{name}"
+
+
+def test_valid_label_names_are_accepted() -> None:
+    cfg = parse("external_labels: {_private: a, Zone: b, az9: c}")
+    assert {"_private", "Zone", "az9"} <= set(cfg.external_labels)
+
+
+def test_numbers_in_string_maps_become_strings() -> None:
+    cfg = parse("external_labels: {rack: 12}\nremote_write: {headers: {X-Shard: 3}}")
+    assert cfg.external_labels["rack"] == "12"
+    assert cfg.remote_write_headers["X-Shard"] == "3"
+
+
+def test_top_level_that_is_not_a_map_is_an_error() -> None:
+    with pytest.raises(ConfigError):
+        parse("- a\n- b\n")
+
+
+def test_config_error_is_a_value_error_with_the_key() -> None:
+    err = ConfigError("a.b", "broken")
+    assert isinstance(err, ValueError)
+    assert (err.key, str(err)) == ("a.b", "a.b: broken")
+
+
+# --- the host label ----------------------------------------------------------------------
+
+
+def test_host_label_defaults_to_the_hostname() -> None:
+    cfg = from_mapping({}, {})
+    assert cfg.external_labels["host"] == socket.gethostname()
+
+
+def test_host_label_can_be_overridden() -> None:
+    cfg = parse("external_labels: {host: kvm-17.example}")
+    assert cfg.external_labels["host"] == "kvm-17.example"
+
+
+# --- the file loader ---------------------------------------------------------------------
+
+
+def test_load_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "pusher.yaml"
+    path.write_text("remote_write:\n  url: http://mimir:8080/api/v1/push\n", encoding="utf-8")
+    assert load(str(path), env={}).remote_write_url == "http://mimir:8080/api/v1/push"
+
+
+def test_load_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(str(tmp_path / "nope.yaml"), env={})
+
+
+def test_load_of_invalid_yaml_says_which_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("collect:\n  interval: 15s\n bad: [\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 3 is not valid YAML"):
+        load(str(path), env={})
+
+
+def test_load_of_a_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("remote_write: {tenant: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(str(path), env={})
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pusher", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PUSHER_TEST_")},
+    )
+
+
+def write(tmp_path: Path, text: str, name: str = "pusher.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return str(path)
+
+
+def assert_one_line_config_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("libvirt-pusher: config error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("remote_write:\n  url: http://m/push\n  timeout: forever\n", "remote_write.timeout"),
+        ("remote_write:\n  url: http://m/push\n  extra: 1\n", "remote_write.extra"),
+        ("remote_write:\n  url: http://m/push\ncollect:\n  interval: {a: 1}\n", "collect.interval"),
+        ("remote_write:\n  url: http://m/push\n  tenant: ${PUSHER_TEST_UNSET_VAR}\n",
+         "remote_write.tenant"),
+        ("remote_write:\n  tenant: a\n", "remote_write.url"),
+    ],
+)  # fmt: skip
+def test_cli_check_config_exits_2_with_one_line_naming_the_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    result = run_cli("--check-config", "-c", write(tmp_path, text))
+    assert_one_line_config_error(result, key)
+    assert result.stdout == ""
+
+
+def test_cli_check_config_of_a_missing_file_exits_2(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    assert_one_line_config_error(run_cli("--check-config", "-c", missing), missing)
+
+
+def test_cli_check_config_of_invalid_yaml_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "remote_write:\n  url: [http://m/push\n")
+    assert_one_line_config_error(run_cli("--check-config", "-c", path), "not valid YAML")
+
+
+def test_cli_check_config_of_a_valid_file_exits_0(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        remote_write:
+          url: https://mimir.example.com/api/v1/push
+          tenant: edge
+        external_labels:
+          dc: ams1
+        """,
+    )
+    result = run_cli("--check-config", "-c", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config OK")
+    assert "https://mimir.example.com/api/v1/push" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_version_prints_the_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"libvirt-pusher {__version__}"
