@@ -120,6 +120,7 @@ class Config:
     remote_write_max_backoff: float = 5.0
     remote_write_max_sample_age: float = 3600.0
     remote_write_metadata_interval: float = 60.0
+    remote_write_order: str = "fifo"
     external_labels: Mapping[str, str] = field(default_factory=dict)
     buffer_path: str = "/var/lib/libvirt-pusher"
     buffer_max_bytes: int = 2**30
@@ -234,6 +235,13 @@ def _series_labels(v: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v))
 
 
+def _order(v: Any) -> str:
+    s = _str(v)
+    if s not in ("fifo", "backfill"):
+        raise ValueError(f"{v!r} is not fifo or backfill")
+    return s
+
+
 def _log_level(v: Any) -> str:
     s = _str(v).lower()
     if s not in _LOG_LEVELS:
@@ -255,6 +263,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "remote_write.max_backoff": ("remote_write_max_backoff", _positive_duration),
     "remote_write.max_sample_age": ("remote_write_max_sample_age", _duration),
     "remote_write.metadata_interval": ("remote_write_metadata_interval", _duration),
+    "remote_write.order": ("remote_write_order", _order),
     "external_labels": ("external_labels", _labels),
     "buffer.path": ("buffer_path", _str),
     "buffer.max_bytes": ("buffer_max_bytes", _size),

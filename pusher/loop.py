@@ -197,9 +197,9 @@ class Agent:
         self._libvirt_domains = 0
         self._metadata_errors_seen = 0
         self.stop_event = threading.Event()  # stop collecting
-        self._wake = threading.Event()  # new data in the spool
+        self._lane_wake: dict[str, threading.Event] = {}  # set when the spool has new data
         self._send_deadline = float("inf")  # monotonic; set on shutdown
-        self._sender_thread: threading.Thread | None = None
+        self._sender_threads: list[threading.Thread] = []
         self._last_hold_log = float("-inf")
         self._last_retry_log = float("-inf")
         self._failing = 0  # failed attempts since the last success
@@ -321,7 +321,7 @@ class Agent:
             metadata = metadata_bytes(catalog.CATALOG)
             self._last_metadata = now
         self.spool.put(self.encoder.encode(samples, ts_ms, metadata))
-        self._wake.set()
+        self._wake_lanes()
         self._write_health(ts_ms / 1000)
         return len(samples)
 
@@ -363,17 +363,25 @@ class Agent:
     # --- sending
 
     def start_sender(self) -> None:
-        if self._sender_thread is None:
-            self._sender_thread = threading.Thread(target=self._drain, name="sender", daemon=True)
-            self._sender_thread.start()
+        """One lane in `fifo` order. In `backfill` order two: the fresh lane sends the
+        newest cycles at once, the backlog lane sends the older ones behind it, so a long
+        backlog (or a receiver throttling it) never delays what dashboards show now."""
+        if self._sender_threads:
+            return
+        lanes = ["fresh", "backlog"] if self.cfg.remote_write_order == "backfill" else ["all"]
+        for lane in lanes:
+            t = threading.Thread(target=self._drain, args=(lane,), name=f"send-{lane}",
+                                 daemon=True)  # fmt: skip
+            t.start()
+            self._sender_threads.append(t)
 
     def shutdown(self, grace: float) -> None:
         """Send what can be sent within `grace` seconds; the rest stays in the spool."""
         self.stop_event.set()
         self._send_deadline = time.monotonic() + grace
-        self._wake.set()
-        if self._sender_thread is not None:
-            self._sender_thread.join(grace + 1.0)
+        self._wake_lanes()
+        for t in self._sender_threads:
+            t.join(max(0.0, self._remaining()) + 1.0)
         if self.spool is not None:
             requests, _, _ = self.spool.stats()
             if requests:
@@ -392,6 +400,10 @@ class Agent:
         assert self.spool is not None
         return self.spool.stats()[0] == 0
 
+    def _wake_lanes(self) -> None:
+        for event in list(self._lane_wake.values()):
+            event.set()
+
     def _remaining(self) -> float:
         return self._send_deadline - time.monotonic()
 
@@ -405,19 +417,36 @@ class Agent:
             self.stop_event.wait(seconds)
         return True
 
-    def _drain(self) -> None:
+    def _fresh_since_ms(self) -> int:
+        """Rows from the last two cycles count as fresh."""
+        return int((self.clock() - 2 * self.cfg.collect_interval) * 1000)
+
+    def _drain(self, lane: str = "all") -> None:
         assert self.spool is not None and self.sender is not None
+        wake = self._lane_wake.setdefault(lane, threading.Event())
         while self._remaining() > 0:
-            rows = self.spool.peek(self.cfg.remote_write_max_samples_per_send)
+            since = before = None
+            if lane == "fresh":
+                since = self._fresh_since_ms()
+            elif lane == "backlog":
+                before = self._fresh_since_ms()
+            rows = self.spool.peek(
+                self.cfg.remote_write_max_samples_per_send, since, before, claim=True
+            )
             if not rows:
                 if self.stop_event.is_set():
                     return
-                self._wake.wait(1.0)
-                self._wake.clear()
+                wake.wait(1.0)
+                wake.clear()
                 continue
             rows = self._drop_too_old(rows)
-            if rows and not self._deliver(rows):
-                return  # the deadline passed mid-way; the rows stay in the spool
+            if not rows:
+                continue
+            result = self._deliver(rows, lane)
+            if result != "done":
+                self.spool.release(rows)  # for the backlog lane, or the next start
+            if result == "deadline":
+                return
 
     def _drop_too_old(self, rows: list[Row]) -> list[Row]:
         max_age = self.cfg.remote_write_max_sample_age
@@ -434,8 +463,10 @@ class Agent:
         log.warning("dropped %d sample(s) older than remote_write.max_sample_age", n)
         return [r for r in rows if r.ts_ms >= horizon]
 
-    def _deliver(self, rows: list[Row]) -> bool:
-        """Send one batch of spooled rows to the end; True when it is done with them."""
+    def _deliver(self, rows: list[Row], lane: str = "all") -> str:
+        """Send one batch of spooled rows to the end: "done" when they are delivered or
+        dropped, "deadline" when the shutdown deadline came first, "handover" when the
+        fresh lane's rows aged into the backlog lane's while it was retrying them."""
         assert self.spool is not None and self.sender is not None
         if len(rows) == 1:
             parts = [_Part(rows[0].body, rows[0].samples)]
@@ -472,7 +503,9 @@ class Agent:
                 delay = min(max(HOLD_MIN_PROBE, backoff, outcome.retry_after or 0), HOLD_MAX_PROBE)
                 backoff = min(max(backoff * 2, HOLD_MIN_PROBE), HOLD_MAX_PROBE)
                 if not self._sleep(delay):
-                    return False
+                    return "deadline"
+                if self._aged_out(rows, lane):
+                    return "handover"
             else:  # retry
                 attempt += 1
                 jittered = backoff / 2 + random.uniform(0, backoff / 2)
@@ -480,9 +513,14 @@ class Agent:
                 backoff = min(backoff * 2, self.cfg.remote_write_max_backoff)
                 self._log_retry(outcome, delay)
                 if not self._sleep(delay):
-                    return False
+                    return "deadline"
+                if self._aged_out(rows, lane):
+                    return "handover"
         self.spool.remove(rows)
-        return True
+        return "done"
+
+    def _aged_out(self, rows: list[Row], lane: str) -> bool:
+        return lane == "fresh" and max(r.ts_ms for r in rows) < self._fresh_since_ms()
 
     def _post(self, body: bytes, attempt: int) -> Outcome:
         assert self.sender is not None

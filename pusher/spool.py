@@ -76,6 +76,8 @@ class Spool:
         self._overflow_bytes = 0
         self._next_memory_id = -1
         self._acked = 0  # rows with an id up to this one are delivered or dropped
+        self._done: set[int] = set()  # acknowledged rows beyond the watermark
+        self._claimed: set[int] = set()  # rows a sending lane holds
         self._last_write_error_log = float("-inf")
         # reason -> samples dropped (read and reset by `take_drops`)
         self._drops: collections.Counter[str] = collections.Counter()
@@ -270,9 +272,28 @@ class Spool:
         self._overflow_bytes = 0
         self._bytes, self._count, self._oldest_ts = self._totals()
 
+    def _advance_watermark(self) -> None:
+        """Move the watermark over every acknowledged row at the front."""
+        try:
+            while True:
+                row = self._db.execute(
+                    "SELECT id FROM requests WHERE id > ? ORDER BY id LIMIT 1", (self._acked,)
+                ).fetchone()
+                if row is None:
+                    self._acked = max(self._acked, *self._done, 0)
+                    break
+                if row[0] not in self._done:
+                    break
+                self._acked = row[0]
+        except sqlite3.Error as e:
+            log.warning("spool: cannot read %s: %s", self.path, e)
+        self._done = {i for i in self._done if i > self._acked}
+
     def _delete_acked(self) -> None:
         try:
             self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
+            # Acknowledged out of order (the backfill lanes): gone, but behind the front.
+            self._db.executemany("DELETE FROM requests WHERE id = ?", [(i,) for i in self._done])
         except sqlite3.Error as e:
             # A full disk can refuse even a delete; the watermark keeps the rows from being
             # sent again and the next removal tries once more.
@@ -324,19 +345,34 @@ class Spool:
 
     # --- reading and acknowledging
 
-    def peek(self, max_samples: int) -> list[Row]:
-        """The oldest rows, in order, up to `max_samples` samples in all (at least one row)."""
+    def peek(
+        self,
+        max_samples: int,
+        since_ms: int | None = None,
+        before_ms: int | None = None,
+        claim: bool = False,
+    ) -> list[Row]:
+        """The oldest rows not claimed, in order, up to `max_samples` samples in all (at
+        least one row), optionally only those with `since_ms <= ts < before_ms`.
+
+        With `claim`, the rows are held until `remove` or `release`, so two sending lanes
+        never get the same row.
+        """
+        lo = since_ms if since_ms is not None else -(2**63)
+        hi = before_ms if before_ms is not None else 2**63 - 1
         with self._lock:
             self._flush_overflow()
             rows: list[Row] = []
             total = 0
             try:
                 cur = self._db.execute(
-                    "SELECT id, ts_ms, samples, crc, body FROM requests WHERE id > ? "
-                    "ORDER BY id LIMIT 256",
-                    (self._acked,),
+                    "SELECT id, ts_ms, samples, crc, body FROM requests "
+                    "WHERE id > ? AND ts_ms >= ? AND ts_ms < ? ORDER BY id LIMIT 512",
+                    (self._acked, lo, hi),
                 )
                 for rid, ts_ms, samples, crc, body in cur:
+                    if rid in self._claimed or rid in self._done:
+                        continue
                     if rows and total + samples > max_samples:
                         break
                     if zlib.crc32(body) != crc:
@@ -352,20 +388,30 @@ class Spool:
                 log.error("spool: cannot read %s: %s", self.path, e)
             if not rows:
                 for row in self._overflow:
+                    if row.id in self._claimed or not lo <= row.ts_ms < hi:
+                        continue
                     if rows and total + row.samples > max_samples:
                         break
                     rows.append(row)
                     total += row.samples
+            if claim:
+                self._claimed.update(r.id for r in rows)
             return rows
+
+    def release(self, rows: Iterable[Row]) -> None:
+        """Give claimed rows back unsent (a lane stopped before it was done with them)."""
+        with self._lock:
+            self._claimed.difference_update(r.id for r in rows)
 
     def remove(self, rows: Iterable[Row]) -> None:
         """Acknowledge rows: they were delivered, or dropped and counted by the caller."""
         ids = [r.id for r in rows]
         with self._lock:
+            self._claimed.difference_update(ids)
             on_disk = [i for i in ids if i >= 0]
             if on_disk:
-                # Rows leave from the front only, so a watermark says which are done.
-                self._acked = max(self._acked, *on_disk)
+                self._done.update(on_disk)
+                self._advance_watermark()
                 self._delete_acked()
                 self._bytes, self._count, self._oldest_ts = self._totals_safe()
             gone = {i for i in ids if i < 0}

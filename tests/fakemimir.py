@@ -42,6 +42,7 @@ class Seen:
     size: int
     samples: int
     status: int
+    newest_ts: int = 0  # the newest sample timestamp in the request (ms)
 
 
 def _bits(v: float) -> int:
@@ -49,9 +50,11 @@ def _bits(v: float) -> int:
 
 
 class FakeMimir:
-    def __init__(self, port: int = 0, max_body: int | None = None) -> None:
+    def __init__(self, port: int = 0, max_body: int | None = None, ooo_window_ms: int = 0) -> None:
         self.port = port
         self.max_body = max_body  # larger bodies get 413
+        # A tenant's out_of_order_time_window: older samples within it are accepted.
+        self.ooo_window_ms = ooo_window_ms
         self.script: list[Reply] = []  # answered in turn before normal processing
         self.hook: Callable[[Seen], Reply | None] | None = None
         self.series: dict[Labels, list[tuple[int, float]]] = {}
@@ -100,7 +103,10 @@ class FakeMimir:
     def _handle(self, headers: dict[str, str], body: bytes) -> Reply:
         with self.lock:
             req = remote_write_pb2.WriteRequest.FromString(snappy.uncompress(body))
-            seen = Seen(time.time(), headers, len(body), len(req.timeseries), 0)
+            stamps = [s.timestamp for ts in req.timeseries for s in ts.samples]
+            seen = Seen(
+                time.time(), headers, len(body), len(req.timeseries), 0, max(stamps, default=0)
+            )
             self.seen.append(seen)
             reply = self._decide(seen, headers, body, req)
             seen.status = reply.status
@@ -123,7 +129,11 @@ class FakeMimir:
             stored = self.series.setdefault(labels, [])
             for s in ts.samples:
                 if stored and s.timestamp < stored[-1][0]:
-                    errors.append("err-mimir-sample-out-of-order")
+                    if stored[-1][0] - s.timestamp > self.ooo_window_ms:
+                        errors.append("err-mimir-sample-out-of-order")
+                    elif all(t != s.timestamp for t, _ in stored):
+                        stored.append((s.timestamp, s.value))
+                        stored.sort(key=lambda tv: tv[0])
                     continue
                 if stored and s.timestamp == stored[-1][0]:
                     if _bits(s.value) != _bits(stored[-1][1]):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from agent import AgentProcess, wait_for, write_config
-from fakemimir import FakeMimir, Reply, gaps
+from fakemimir import FakeMimir, Reply, Seen, gaps
 
 INTERVAL_MS = 1000
 TEST_DRIVER = {"uri": "test:///default"}
@@ -180,6 +180,39 @@ def test_401_holds_the_backlog_and_loses_nothing_when_credentials_work_again(
     assert log.count("probing again") == 1  # logged once a minute, not per probe
 
 
+def test_backfill_sends_fresh_data_while_the_backlog_is_throttled(tmp_path: Path) -> None:
+    mimir = FakeMimir(ooo_window_ms=3_600_000)
+    back_at = float("inf")
+
+    def throttle_backlog(seen: Seen) -> Reply | None:
+        # For 5 s after the outage, the tenant's rate limit refuses the backlog.
+        if time.time() < back_at + 5 and seen.newest_ts < (back_at - 3) * 1000:
+            return Reply(429, "err-mimir-tenant-max-ingestion-rate", {"Retry-After": "1"})
+        return None
+
+    mimir.hook = throttle_backlog
+    try:
+        config = _config(tmp_path, mimir, remote_write={"order": "backfill"})
+        mimir.stop()
+        agent = AgentProcess(config, tmp_path / "agent.log")
+        time.sleep(8)
+        back_at = time.time()
+        mimir.start()
+        wait_for(lambda: len(mimir.find("libvirt_up")) == 1, 10, "fresh data")
+        fresh_after = time.time() - back_at
+        wait_for(lambda: len(_cycles(mimir)) >= 13, 30, "the backlog behind the fresh data")
+        _stop(agent)
+    finally:
+        mimir.stop()
+    # In fifo order the fresh cycles would wait behind the throttled backlog for 5 s.
+    assert fresh_after < 2.5, fresh_after
+    assert any(s.status == 429 for s in mimir.seen)
+    cycles = mimir.one("libvirt_up")
+    assert gaps(cycles, INTERVAL_MS) == []
+    assert cycles[0][0] < (back_at - 6) * 1000  # and the whole backlog arrived
+    assert not any(_dropped(mimir).values())
+
+
 def test_413_splits_the_request_and_delivers_the_halves(tmp_path: Path, mimir: FakeMimir) -> None:
     mimir.max_body = 1200  # the first request, carrying the metric metadata, is larger
     agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
@@ -301,3 +334,29 @@ def test_disk_full_does_not_crash_and_is_counted(
     # Everything was delivered from memory, or what did not fit there was counted.
     dropped = _dropped(mimir)
     assert gaps(_cycles(mimir), INTERVAL_MS) == [] or dropped["spool_unwritable"] > 0
+
+
+def test_sigterm_sends_within_the_grace_then_leaves_the_rest_for_the_next_start(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    mimir.stop()
+    config = _config(tmp_path, mimir, shutdown_grace="2s")
+    agent = AgentProcess(config, tmp_path / "agent1.log")
+    time.sleep(4)
+    stopped_at = time.time()
+    assert agent.stop(timeout=10) == 0, agent.log()
+    took = time.time() - stopped_at
+    assert 1.5 <= took < 5, took  # it tried for the grace period, then left
+    assert "left in the spool" in agent.log()
+    spooled = (
+        sqlite3.connect(tmp_path / "spool" / "spool.db")
+        .execute("SELECT COUNT(*), MIN(ts_ms) FROM requests")
+        .fetchone()
+    )
+    assert spooled[0] >= 3
+
+    mimir.start()
+    second = AgentProcess(config, tmp_path / "agent2.log")
+    _wait_caught_up(mimir)
+    _stop(second)
+    assert _cycles(mimir)[0][0] == spooled[1]  # the first spooled cycle arrived

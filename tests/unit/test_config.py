@@ -53,6 +53,7 @@ def test_empty_document_gives_the_documented_defaults() -> None:
     assert cfg.remote_write_max_backoff == 5.0
     assert cfg.remote_write_max_sample_age == 3600.0
     assert cfg.remote_write_metadata_interval == 60.0
+    assert cfg.remote_write_order == "fifo"
     assert dict(cfg.external_labels) == {"host": "node-1"}
     assert cfg.buffer_path == "/var/lib/libvirt-pusher"
     assert cfg.buffer_max_bytes == 2**30
@@ -92,6 +93,7 @@ remote_write:
   max_backoff: 30s
   max_sample_age: 2h
   metadata_interval: 5m
+  order: backfill
 external_labels:
   region: eu-west
   dc: ams1
@@ -121,6 +123,7 @@ def test_every_schema_key_is_read_from_yaml() -> None:
     assert cfg.remote_write_min_backoff == pytest.approx(0.1)
     assert cfg.remote_write_max_backoff == 30.0
     assert cfg.remote_write_max_sample_age == 7200.0
+    assert cfg.remote_write_order == "backfill"
     assert cfg.remote_write_metadata_interval == 300.0
     assert dict(cfg.external_labels) == {"region": "eu-west", "dc": "ams1", "host": "node-1"}
     assert cfg.buffer_path == "/srv/spool"

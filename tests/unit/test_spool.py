@@ -375,3 +375,36 @@ def test_bodies_held_in_memory_can_be_acknowledged(spool_dir, opened) -> None:
     assert [r.samples for r in spool.peek(100)] == [6]
     spool.remove(spool.peek(100))
     assert spool.stats() == (0, 0, None)
+
+
+def test_claimed_rows_go_to_one_lane_only_until_released(opened, spool_dir) -> None:
+    spool = open_spool(opened, spool_dir)
+    spool.put([req(10, ts_ms=1000), req(10, ts_ms=2000), req(10, ts_ms=3000)])
+    first = spool.peek(10, claim=True)
+    second = spool.peek(10, claim=True)
+    assert [r.ts_ms for r in first] == [1000]
+    assert [r.ts_ms for r in second] == [2000]
+    spool.release(first)
+    assert [r.ts_ms for r in spool.peek(10, claim=True)] == [1000]
+
+
+def test_time_window_selects_fresh_and_backlog_rows(opened, spool_dir) -> None:
+    spool = open_spool(opened, spool_dir)
+    spool.put([req(10, ts_ms=1000), req(10, ts_ms=2000), req(10, ts_ms=3000)])
+    assert [r.ts_ms for r in spool.peek(100, since_ms=2000)] == [2000, 3000]
+    assert [r.ts_ms for r in spool.peek(100, before_ms=2000)] == [1000]
+
+
+def test_rows_acknowledged_out_of_order_are_gone_and_the_front_follows(opened, spool_dir) -> None:
+    spool = open_spool(opened, spool_dir)
+    spool.put([req(10, ts_ms=t) for t in (1000, 2000, 3000)])
+    newest = spool.peek(100, since_ms=3000, claim=True)
+    spool.remove(newest)  # the fresh lane delivered the newest first
+    assert [r.ts_ms for r in spool.peek(100)] == [1000, 2000]
+    spool.remove(spool.peek(100))
+    assert spool.peek(100) == []
+    assert spool.stats()[0] == 0
+    spool.close()
+    reopened = open_spool(opened, spool_dir)
+    assert reopened.peek(100) == []
+    assert reopened.take_drops() == {}

@@ -1,0 +1,154 @@
+"""Drain speed: spooled backlog -> wire, on one core, and the spool's bytes per sample.
+
+    python benchmarks/drain.py [--guests 300] [--cycles 40] [--receiver null|prometheus]
+
+Fills a fresh spool with `cycles` cycles of `guests` guests (the recorded snapshot, scaled),
+exactly as the agent writes them, then lets the agent's own sending code drain it to a
+receiver on loopback and reports samples per second of wall time and per CPU second of the
+agent's process. The `null` receiver is a separate process that reads each body and answers
+204, so the figure is the agent's; `prometheus` uses Debian's Prometheus as a real receiver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import snapshot  # noqa: E402
+
+from pusher import catalog  # noqa: E402
+from pusher.config import from_mapping  # noqa: E402
+from pusher.encode import Encoder, metadata_bytes  # noqa: E402
+from pusher.loop import Agent, build_samples  # noqa: E402
+from pusher.sender import Sender  # noqa: E402
+from pusher.spool import Spool  # noqa: E402
+
+NULL_RECEIVER = textwrap.dedent("""
+    import http.server, sys
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"receiver on port {port} did not start")
+
+
+def start_receiver(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    if kind == "null":
+        proc = subprocess.Popen([sys.executable, "-c", NULL_RECEIVER, str(port)])
+        url = f"http://127.0.0.1:{port}/api/v1/push"
+    else:
+        (workdir / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\n")
+        proc = subprocess.Popen(
+            ["prometheus", f"--config.file={workdir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+             "--web.enable-remote-write-receiver"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/api/v1/write"
+    wait_port(port)
+    return proc, url
+
+
+def fill(spool: Spool, guests: int, cycles: int, interval_ms: int, max_samples: int) -> int:
+    snap = snapshot(guests, 0)
+    external = (("cluster", "bench"), ("host", "compute-1"))
+    encoder = Encoder(max_samples)
+    samples = build_samples(snap, ("instance_name", "project_name", "project_uuid", "flavor"),
+                            external)  # fmt: skip
+    start_ms = int(time.time() * 1000) - cycles * interval_ms
+    total = 0
+    for c in range(cycles):
+        # Counters move a little every cycle, like real ones.
+        values = [(k, v + c) for k, v in samples]
+        meta = metadata_bytes(catalog.CATALOG) if c % 4 == 0 else b""
+        requests = encoder.encode(values, start_ms + c * interval_ms, meta)
+        spool.put(requests)
+        total += len(values)
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--guests", type=int, default=300)
+    ap.add_argument("--cycles", type=int, default=40)
+    ap.add_argument("--receiver", choices=["null", "prometheus"], default="null")
+    ap.add_argument("--max-samples-per-send", type=int, default=2000)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        proc, url = start_receiver(args.receiver, workdir)
+        try:
+            cfg = from_mapping({
+                "remote_write": {"url": url, "tenant": "openstack",
+                                 "max_samples_per_send": args.max_samples_per_send},
+                "buffer": {"path": str(workdir / "spool")},
+                "collect": {"interval": "15s"},
+            })  # fmt: skip
+            spool = Spool(cfg.buffer_path, cfg.buffer_max_bytes, cfg.buffer_fsync)
+            t0 = time.perf_counter()
+            total = fill(spool, args.guests, args.cycles, 15000,
+                         cfg.remote_write_max_samples_per_send)  # fmt: skip
+            fill_s = time.perf_counter() - t0
+            requests, body_bytes, _ = spool.stats()
+            db = Path(cfg.buffer_path) / "spool.db"
+            with sqlite3.connect(db) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            file_bytes = sum(
+                p.stat().st_size for p in Path(cfg.buffer_path).glob("spool.db*")
+            )
+            agent = Agent(cfg, sender=Sender(url, "openstack"), spool=spool)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            emptied = agent.drain_once(time.monotonic() + 600)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            sent = agent.counters.sent
+        finally:
+            proc.terminate()
+            proc.wait()
+
+    print(f"backlog: {args.guests} guests x {args.cycles} cycles = {total:,} samples "
+          f"in {requests:,} spooled requests (filled in {fill_s:.2f}s)")
+    print(f"spool: {body_bytes / total:.2f} body bytes per sample, "
+          f"{file_bytes / total:.2f} file bytes per sample (SQLite file after checkpoint)")
+    print(f"drain to {args.receiver} receiver: {sent:,} samples in {wall:.2f}s wall, "
+          f"{cpu:.2f}s CPU of the agent process")
+    print(f"  {sent / wall:,.0f} samples/s wall, {sent / cpu:,.0f} samples per CPU second"
+          f"{'' if emptied else '  (NOT EMPTIED)'}")
+    print(f"  python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()
