@@ -23,7 +23,7 @@ quietly() {
 
 # --- Debian packages -------------------------------------------------------------------------
 packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config
-          gcc prometheus docker-compose)
+          gcc prometheus docker-compose systemd)
 venv_stale() { [[ ! -e .venv/.installed || pyproject.toml -nt .venv/.installed ]]; }
 if venv_stale; then
     # Debian's own python3 needs these for `-m venv` and to build libvirt-python (sdist only on
