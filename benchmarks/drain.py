@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import snapshot  # noqa: E402
+from common import snapshot
 
-from pusher import catalog  # noqa: E402
-from pusher.config import from_mapping  # noqa: E402
-from pusher.encode import Encoder, metadata_bytes  # noqa: E402
-from pusher.loop import Agent, build_samples  # noqa: E402
-from pusher.sender import Sender  # noqa: E402
-from pusher.spool import Spool  # noqa: E402
+from pusher import catalog
+from pusher.config import from_mapping
+from pusher.encode import Encoder, metadata_bytes
+from pusher.loop import Agent, build_samples
+from pusher.sender import Sender
+from pusher.spool import Spool
 
 NULL_RECEIVER = textwrap.dedent("""
     import http.server, sys
@@ -127,9 +127,7 @@ def main() -> None:
             db = Path(cfg.buffer_path) / "spool.db"
             with sqlite3.connect(db) as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            file_bytes = sum(
-                p.stat().st_size for p in Path(cfg.buffer_path).glob("spool.db*")
-            )
+            file_bytes = sum(p.stat().st_size for p in Path(cfg.buffer_path).glob("spool.db*"))
             agent = Agent(cfg, sender=Sender(url, "openstack"), spool=spool)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             emptied = agent.drain_once(time.monotonic() + 600)
@@ -139,14 +137,22 @@ def main() -> None:
             proc.terminate()
             proc.wait()
 
-    print(f"backlog: {args.guests} guests x {args.cycles} cycles = {total:,} samples "
-          f"in {requests:,} spooled requests (filled in {fill_s:.2f}s)")
-    print(f"spool: {body_bytes / total:.2f} body bytes per sample, "
-          f"{file_bytes / total:.2f} file bytes per sample (SQLite file after checkpoint)")
-    print(f"drain to {args.receiver} receiver: {sent:,} samples in {wall:.2f}s wall, "
-          f"{cpu:.2f}s CPU of the agent process")
-    print(f"  {sent / wall:,.0f} samples/s wall, {sent / cpu:,.0f} samples per CPU second"
-          f"{'' if emptied else '  (NOT EMPTIED)'}")
+    print(
+        f"backlog: {args.guests} guests x {args.cycles} cycles = {total:,} samples "
+        f"in {requests:,} spooled requests (filled in {fill_s:.2f}s)"
+    )
+    print(
+        f"spool: {body_bytes / total:.2f} body bytes per sample, "
+        f"{file_bytes / total:.2f} file bytes per sample (SQLite file after checkpoint)"
+    )
+    print(
+        f"drain to {args.receiver} receiver: {sent:,} samples in {wall:.2f}s wall, "
+        f"{cpu:.2f}s CPU of the agent process"
+    )
+    print(
+        f"  {sent / wall:,.0f} samples/s wall, {sent / cpu:,.0f} samples per CPU second"
+        f"{'' if emptied else '  (NOT EMPTIED)'}"
+    )
     print(f"  python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
 
 

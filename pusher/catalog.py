@@ -12,6 +12,7 @@ converted to seconds and bytes, and every counter ends in `_total`.
 
 from __future__ import annotations
 
+import operator
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,7 @@ from typing import Literal
 __all__ = [
     "CATALOG",
     "DEVICE_PREFIXES",
+    "DomainPlan",
     "LabelPairs",
     "Metric",
     "Sample",
@@ -28,6 +30,7 @@ __all__ = [
     "by_name",
     "domain_samples",
     "label_pairs",
+    "plan_domain",
     "series_labels",
 ]
 
@@ -225,38 +228,74 @@ def _number(value: object) -> float | None:
     return None
 
 
-def domain_samples(
+@dataclass(eq=False)  # compared and hashed by identity: the encoder caches bytes per plan
+class DomainPlan:
+    """How one domain's stats record becomes samples: which keys feed which series.
+
+    Built once and reused while the domain's set of stats keys and its labels stay the same,
+    so a cycle costs one C-level lookup of all values (`values`) instead of parsing every
+    key and building every series' labels again.
+    """
+
+    signature: tuple[str, ...]  # the stats keys, in libvirt's order
+    shared: LabelPairs
+    keys: tuple[str, ...]  # numeric stats key per series (a key may feed two series)
+    scales: tuple[float, ...]
+    series: tuple[SeriesKey, ...]
+
+    def __post_init__(self) -> None:
+        self._get = operator.itemgetter(*self.keys) if self.keys else None
+
+    def values(self, stats: Mapping[str, object]) -> list[float]:
+        if self._get is None:
+            return []
+        raw = self._get(stats)
+        if len(self.keys) == 1:
+            raw = (raw,)
+        return [v * s for v, s in zip(raw, self.scales, strict=True)]
+
+
+def plan_domain(
     stats: Mapping[str, object], shared: LabelPairs, unknown: set[str] | None = None
-) -> list[Sample]:
-    """One domain's `getAllDomainStats` record -> samples in base units.
+) -> DomainPlan:
+    """The plan for one domain's `getAllDomainStats` record.
 
     `shared` are the labels every series of this domain carries (identity, Nova, external).
     Keys the catalog does not know are added to `unknown` (for a one-time log) and skipped.
     """
-    out: list[Sample] = []
+    keys: list[str] = []
+    scales: list[float] = []
+    series: list[SeriesKey] = []
     device_labels: dict[tuple[str, str], LabelPairs] = {}
     for key, raw in stats.items():
-        value = _number(raw)
-        if value is None:
+        if _number(raw) is None:
             continue  # strings: device names and paths, used as labels below
         metrics = _DOMAIN_KEYS.get(key)
-        if metrics is not None:
-            for m in metrics:
-                out.append(((m.name, (), shared), value * m.scale))
-            continue
-        prefix, _, tail = key.partition(".")
-        index, _, rest = tail.partition(".")
-        dev_metrics = _DEVICE_KEYS.get((prefix, rest))
-        if dev_metrics is None or not index.isdigit():
-            if unknown is not None and rest not in _LABEL_KEYS:
-                unknown.add(key)
-            continue
-        own = device_labels.get((prefix, index))
-        if own is None:
-            own = device_labels[(prefix, index)] = _device_labels(stats, prefix, index)
-        for m in dev_metrics:
-            out.append(((m.name, own, shared), value * m.scale))
-    return out
+        own: LabelPairs = ()
+        if metrics is None:
+            prefix, _, tail = key.partition(".")
+            index, _, rest = tail.partition(".")
+            metrics = _DEVICE_KEYS.get((prefix, rest))
+            if metrics is None or not index.isdigit():
+                if unknown is not None and rest not in _LABEL_KEYS:
+                    unknown.add(key)
+                continue
+            own = device_labels.get((prefix, index)) or ()
+            if not own:
+                own = device_labels[(prefix, index)] = _device_labels(stats, prefix, index)
+        for m in metrics:
+            keys.append(key)
+            scales.append(m.scale)
+            series.append((m.name, own, shared))
+    return DomainPlan(tuple(stats), shared, tuple(keys), tuple(scales), tuple(series))
+
+
+def domain_samples(
+    stats: Mapping[str, object], shared: LabelPairs, unknown: set[str] | None = None
+) -> list[Sample]:
+    """One domain's `getAllDomainStats` record -> samples in base units (via its plan)."""
+    plan = plan_domain(stats, shared, unknown)
+    return list(zip(plan.series, plan.values(stats), strict=True))
 
 
 def _device_labels(stats: Mapping[str, object], prefix: str, index: str) -> LabelPairs:

@@ -122,8 +122,9 @@ def _dry_run(cfg: Config) -> int:
     collector = Collector(cfg.libvirt_uri, cfg.nova_refresh_interval, use_events=False)
     agent = Agent(cfg, collector=collector)
     try:
-        _ts_ms, samples = agent.collect_samples()
-        samples.extend(agent.self_samples())
+        cycle = agent.collect_cycle()
+        cycle.samples.extend(agent.self_samples())
+        samples = cycle.all_samples()
     finally:
         collector.close()
     sys.stdout.write(exposition(samples))

@@ -75,28 +75,64 @@ def identity_labels(
     return label_pairs(labels)
 
 
+@dataclass(frozen=True)
+class DomainSeries:
+    """A domain's plan and its other series, kept while its name, Nova data and stats keys
+    stay the same."""
+
+    name: str
+    info: object  # the DomainInfo it was built from (compared by identity: it is cached)
+    plan: catalog.DomainPlan
+    extra: tuple[SeriesKey, ...]  # the Nova info series, when there is Nova data
+
+    def keys(self) -> set[SeriesKey]:
+        return {*self.plan.series, *self.extra}
+
+
+def plan_snapshot(
+    snapshot: Snapshot,
+    series_labels: Sequence[str],
+    external: LabelPairs,
+    cache: dict[str, DomainSeries],
+    unknown: set[str] | None = None,
+) -> dict[str, DomainSeries]:
+    """Every domain's series for this snapshot, reusing `cache` (uuid -> DomainSeries)
+    for domains whose name, Nova data and stats keys did not change."""
+    out: dict[str, DomainSeries] = {}
+    for d in snapshot.domains:
+        cached = cache.get(d.uuid)
+        if (
+            cached is not None
+            and cached.name == d.name
+            and cached.info is d.info
+            and cached.plan.signature == tuple(d.stats)
+        ):
+            out[d.uuid] = cached
+            continue
+        shared = identity_labels(d, series_labels, external)
+        if cached is not None and cached.plan.shared == shared:
+            shared = cached.plan.shared  # the same tuple: the encoder's heads stay valid
+        plan = catalog.plan_domain(d.stats, shared, unknown)
+        extra: tuple[SeriesKey, ...] = ()
+        if d.info.nova is not None:
+            own = label_pairs(d.info.nova.labels())
+            extra = (("libvirt_domain_openstack_info", own, shared),)
+        out[d.uuid] = DomainSeries(d.name, d.info, plan, extra)
+    return out
+
+
 def build_samples(
     snapshot: Snapshot,
     series_labels: Sequence[str],
     external: LabelPairs,
     unknown: set[str] | None = None,
-    shared_cache: dict[str, tuple[object, LabelPairs]] | None = None,
 ) -> list[Sample]:
-    """Every domain's samples and its Nova info series, for one snapshot."""
+    """Every domain's samples and its Nova info series, for one snapshot, as a list."""
     out: list[Sample] = []
-    for d in snapshot.domains:
-        cache_key = (d.name, d.info)
-        cached = shared_cache.get(d.uuid) if shared_cache is not None else None
-        if cached is not None and cached[0] == cache_key:
-            shared = cached[1]
-        else:
-            shared = identity_labels(d, series_labels, external)
-            if shared_cache is not None:
-                shared_cache[d.uuid] = (cache_key, shared)
-        out.extend(catalog.domain_samples(d.stats, shared, unknown))
-        if d.info.nova is not None:
-            own = label_pairs(d.info.nova.labels())
-            out.append((("libvirt_domain_openstack_info", own, shared), 1.0))
+    stats = {d.uuid: d.stats for d in snapshot.domains}
+    for uuid, ds in plan_snapshot(snapshot, series_labels, external, {}, unknown).items():
+        out.extend(zip(ds.plan.series, ds.plan.values(stats[uuid]), strict=True))
+        out.extend((key, 1.0) for key in ds.extra)
     return out
 
 
@@ -166,6 +202,24 @@ def _count_series(fields: Sequence[bytes]) -> int:
 
 
 @dataclass
+class Cycle:
+    """One cycle's data: domain plans with their values, and the other samples."""
+
+    ts_ms: int
+    plans: list[tuple[catalog.DomainPlan, list[float]]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+
+    def count(self) -> int:
+        return len(self.samples) + sum(len(values) for _, values in self.plans)
+
+    def all_samples(self) -> list[Sample]:
+        out: list[Sample] = []
+        for plan, values in self.plans:
+            out.extend(zip(plan.series, values, strict=True))
+        return out + self.samples
+
+
+@dataclass
 class _Part:
     body: bytes  # compressed
     samples: int
@@ -188,10 +242,9 @@ class Agent:
         self.encoder = Encoder(cfg.remote_write_max_samples_per_send)
         self.counters = Counters()
         self.external = label_pairs(cfg.external_labels)
-        self._shared_cache: dict[str, tuple[object, LabelPairs]] = {}
+        self._domains: dict[str, DomainSeries] = {}  # the last successful cycle's
         self._unknown_keys: set[str] = set()
         self._logged_unknown: set[str] = set()
-        self._previous: set[SeriesKey] = set()
         self._last_metadata = float("-inf")
         self._libvirt_up = 0
         self._libvirt_domains = 0
@@ -208,9 +261,9 @@ class Agent:
 
     # --- collecting
 
-    def collect_samples(self) -> tuple[int, list[Sample]]:
-        """One collection: (timestamp in ms, samples) including stale markers, without
-        the agent's own metrics. libvirt being unreachable is not an error here."""
+    def collect_cycle(self) -> Cycle:
+        """One collection, with stale markers and without the agent's own metrics.
+        libvirt being unreachable is not an error here: `libvirt_up` says it."""
         start = time.monotonic()
         snapshot: Snapshot | None
         try:
@@ -220,26 +273,28 @@ class Agent:
             with self.counters.lock:
                 self.counters.collect_errors += 1
             log.error("%s", e)
-        ts_ms = snapshot.ts_ms if snapshot else int(self.clock() * 1000)
-        samples: list[Sample] = []
+        cycle = Cycle(snapshot.ts_ms if snapshot else int(self.clock() * 1000))
         if snapshot is not None:
-            samples = build_samples(
+            domains = plan_snapshot(
                 snapshot, self.cfg.nova_series_labels, self.external,
-                self._unknown_keys, self._shared_cache,
+                self._domains, self._unknown_keys,
             )  # fmt: skip
-            live_uuids = {d.uuid for d in snapshot.domains}
-            for uuid in set(self._shared_cache) - live_uuids:
-                del self._shared_cache[uuid]
+            stats = {d.uuid: d.stats for d in snapshot.domains}
+            for uuid, ds in domains.items():
+                cycle.plans.append((ds.plan, ds.plan.values(stats[uuid])))
+                cycle.samples.extend((key, 1.0) for key in ds.extra)
+            cycle.samples.extend(self._stale_markers(domains))
+            self._domains = domains
             self._log_unknown_keys()
             self._libvirt_domains = len(snapshot.domains)
-            samples.extend(self._stale_markers(samples))
         self._libvirt_up = 1 if snapshot is not None else 0
-        samples.append((("libvirt_up", (), self.external), float(self._libvirt_up)))
+        cycle.samples.append((("libvirt_up", (), self.external), float(self._libvirt_up)))
         if snapshot is not None:
-            samples.append((("libvirt_domains", (), self.external), float(self._libvirt_domains)))
+            n = float(self._libvirt_domains)
+            cycle.samples.append((("libvirt_domains", (), self.external), n))
         with self.counters.lock:
             self.counters.collect_duration = time.monotonic() - start
-        return ts_ms, samples
+        return cycle
 
     def _collect_with_deadline(self) -> Snapshot:
         """The bulk call on a worker thread, given up after `collect.timeout`.
@@ -257,11 +312,15 @@ class Agent:
                 f"libvirt did not answer within collect.timeout ({self.cfg.collect_timeout:g}s)"
             ) from None
 
-    def _stale_markers(self, samples: list[Sample]) -> list[Sample]:
-        """Stale markers for the series of the last successful cycle that are gone now."""
-        current = {key for key, _ in samples}
-        gone = self._previous - current
-        self._previous = current
+    def _stale_markers(self, domains: dict[str, DomainSeries]) -> list[Sample]:
+        """Stale markers for the series of the last successful cycle that are gone now:
+        domains that went away, devices that did, and series whose labels changed."""
+        gone: set[SeriesKey] = set()
+        for uuid, old in self._domains.items():
+            new = domains.get(uuid)
+            if new is old:
+                continue  # the same plan: the same series
+            gone |= old.keys() - new.keys() if new is not None else old.keys()
         self.encoder.forget(gone)
         return [(key, STALE_NAN) for key in gone]
 
@@ -307,23 +366,24 @@ class Agent:
     def run_cycle(self) -> int:
         """Collect, add the agent's metrics, encode and spool one cycle; returns samples."""
         assert self.spool is not None
-        ts_ms, samples = self.collect_samples()
+        cycle = self.collect_cycle()
         with self.counters.lock:
             self.counters.cycles += 1
-        samples.extend(self.self_samples())
+        cycle.samples.extend(self.self_samples())
+        n = cycle.count()
         with self.counters.lock:
             # Counted before the write so the figure includes this very cycle next time.
-            self.counters.collected += len(samples)
+            self.counters.collected += n
         metadata = b""
         now = time.monotonic()
         interval = self.cfg.remote_write_metadata_interval
         if interval > 0 and now - self._last_metadata >= interval:
             metadata = metadata_bytes(catalog.CATALOG)
             self._last_metadata = now
-        self.spool.put(self.encoder.encode(samples, ts_ms, metadata))
+        self.spool.put(self.encoder.encode(cycle.samples, cycle.ts_ms, metadata, cycle.plans))
         self._wake_lanes()
-        self._write_health(ts_ms / 1000)
-        return len(samples)
+        self._write_health(cycle.ts_ms / 1000)
+        return n
 
     def _write_health(self, cycle_at: float) -> None:
         """`<buffer.path>/health.json`, read by `libvirt-pusher --health` (no port needed)."""

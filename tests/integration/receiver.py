@@ -18,10 +18,13 @@ PROMETHEUS_CONFIG = "global:\n  scrape_interval: 15s\n"  # no scrape configs: it
 class Receiver:
     """Debian's `prometheus` running as a remote-write receiver on a free loopback port."""
 
-    def __init__(self, workdir: Path) -> None:
-        with socket.socket() as s:  # the port could be taken again before prometheus binds it
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        """`port` and an existing `workdir` restart a receiver with the data it had."""
+        if port is None:
+            with socket.socket() as s:  # could be taken again before prometheus binds it
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        workdir.mkdir(parents=True, exist_ok=True)
         self.base_url = f"http://127.0.0.1:{port}"
         self.write_url = f"{self.base_url}/api/v1/write"
         self.log_path = workdir / "prometheus.log"

@@ -1,0 +1,140 @@
+"""The agent's pure core: per-domain plans, their reuse, and stale markers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pusher.collect import DomainStats, Snapshot
+from pusher.config import from_mapping
+from pusher.encode import is_stale
+from pusher.loop import Agent, plan_snapshot, split_request
+from pusher.nova import DomainInfo, NovaInstance
+
+EXT = (("cluster", "c1"), ("host", "h1"))
+LABELS = ("instance_name", "project_name")
+
+
+def stats(disks: int = 1) -> dict[str, object]:
+    s: dict[str, object] = {"state.state": 1, "cpu.time": 5_000_000_000, "vcpu.0.time": 10}
+    for i in range(disks):
+        s[f"block.{i}.name"] = f"vd{'abc'[i]}"
+        s[f"block.{i}.rd.bytes"] = 1000 * (i + 1)
+    return s
+
+
+def domain(uuid: str, st: dict[str, object], info: DomainInfo, name: str = "") -> DomainStats:
+    return DomainStats(name or f"instance-{uuid}", uuid, st, info)
+
+
+class FakeCollector:
+    """Hands the agent prepared snapshots, one per cycle."""
+
+    def __init__(self, snapshots: list[list[DomainStats]]) -> None:
+        self.snapshots = snapshots
+        self.metadata_errors = 0
+        self.ts = 1_000_000
+
+    def collect(self) -> Snapshot:
+        self.ts += 15_000
+        return Snapshot(self.ts, self.snapshots.pop(0), 0.0, 0)
+
+    def close(self) -> None:
+        pass
+
+
+def agent_for(snapshots: list[list[DomainStats]]) -> Agent:
+    cfg = from_mapping({"nova": {"series_labels": list(LABELS)}}, hostname="h1")
+    return Agent(cfg, collector=FakeCollector(snapshots))  # type: ignore[arg-type]
+
+
+WEB = DomainInfo(nova=NovaInstance(name="web-1", project_name="demo"))
+
+
+def test_unchanged_domain_reuses_its_plan() -> None:
+    info = WEB
+    snap = Snapshot(1, [domain("u1", stats(), info)], 0.0, 0)
+    first = plan_snapshot(snap, LABELS, EXT, {})
+    again = plan_snapshot(snap, LABELS, EXT, first)
+    assert again["u1"] is first["u1"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["new key", "renamed domain", "new nova info"],
+)
+def test_changed_domain_gets_a_new_plan(change: str) -> None:
+    snap = Snapshot(1, [domain("u1", stats(), WEB)], 0.0, 0)
+    first = plan_snapshot(snap, LABELS, EXT, {})
+    if change == "new key":
+        d = domain("u1", stats(disks=2), WEB)
+    elif change == "renamed domain":
+        d = domain("u1", stats(), WEB, name="other")
+    else:
+        d = domain("u1", stats(), DomainInfo(nova=NovaInstance(name="web-2")))
+    again = plan_snapshot(Snapshot(2, [d], 0.0, 0), LABELS, EXT, first)
+    assert again["u1"] is not first["u1"]
+
+
+def _stale_names(agent: Agent) -> dict[str, list[dict[str, str]]]:
+    cycle = agent.collect_cycle()
+    out: dict[str, list[dict[str, str]]] = {}
+    for (name, own, shared), value in cycle.samples:
+        if is_stale(value):
+            out.setdefault(name, []).append({**dict(shared), **dict(own)})
+    return out
+
+
+def test_vanished_device_domain_and_renamed_instance_get_stale_markers_once() -> None:
+    a = domain("u1", stats(disks=2), WEB)
+    b = domain("u2", stats(), DomainInfo())
+    renamed = DomainInfo(nova=NovaInstance(name="web-renamed", project_name="demo"))
+    agent = agent_for([
+        [a, b],
+        [domain("u1", stats(disks=1), WEB), b],  # vdb detached
+        [domain("u1", stats(disks=1), WEB)],  # u2 gone
+        [domain("u1", stats(disks=1), renamed)],  # Nova renamed u1
+        [domain("u1", stats(disks=1), renamed)],  # nothing changed
+    ])  # fmt: skip
+    assert _stale_names(agent) == {}
+    detached = _stale_names(agent)
+    assert list(detached) == ["libvirt_domain_block_stats_read_bytes_total"]
+    assert detached["libvirt_domain_block_stats_read_bytes_total"][0]["target_device"] == "vdb"
+    gone = _stale_names(agent)
+    assert {d["uuid"] for series in gone.values() for d in series} == {"u2"}
+    assert len(gone["libvirt_domain_state_code"]) == 1
+    renamed_stale = _stale_names(agent)
+    # every series of u1 carried the old name; all of them, and its info series, end
+    assert all(d["instance_name"] == "web-1" for s in renamed_stale.values() for d in s)
+    assert "libvirt_domain_openstack_info" in renamed_stale
+    assert _stale_names(agent) == {}
+
+
+def test_libvirt_down_marks_nothing_stale() -> None:
+    class Down(FakeCollector):
+        def collect(self) -> Snapshot:
+            from pusher.collect import LibvirtUnavailable
+
+            raise LibvirtUnavailable("down")
+
+    agent = agent_for([[domain("u1", stats(), WEB)]])
+    agent.collect_cycle()
+    agent.collector = Down([])  # type: ignore[assignment]
+    cycle = agent.collect_cycle()
+    assert not any(is_stale(v) for _, v in cycle.samples)
+    up = [v for (name, _, _), v in cycle.samples if name == "libvirt_up"]
+    assert up == [0.0]
+    assert cycle.plans == []
+
+
+def test_plan_values_are_in_base_units() -> None:
+    snap = Snapshot(1, [domain("u1", stats(), WEB)], 0.0, 0)
+    plan = plan_snapshot(snap, LABELS, EXT, {})["u1"].plan
+    values = dict(zip([k[0] for k in plan.series], plan.values(stats()), strict=True))
+    assert math.isclose(values["libvirt_domain_info_cpu_time_seconds_total"], 5.0)
+
+
+def test_split_request_keeps_every_field_whole() -> None:
+    raw = b"\x0a\x03abc" + b"\x0a\x81\x01" + b"x" * 129 + b"\x1a\x01z"
+    assert split_request(raw) == [b"\x0a\x03abc", b"\x0a\x81\x01" + b"x" * 129, b"\x1a\x01z"]
