@@ -101,6 +101,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}state_reason_code", "gauge", "", "Reason for the domain state as libvirt's per-state reason number.", "state.reason"),
     # --- Nova
     _m(f"{_D}openstack_info", "gauge", "", "Nova instance data of the domain; the value is always 1.", labels=("instance_name", "flavor", "flavor_id", "user_name", "user_uuid", "project_name", "project_uuid", "root_type", "root_uuid", "image_uuid")),
+    _m(f"{_D}stats_timeouts_total", "counter", "", "Cycles in which the domain's stats did not arrive within collect.timeout (a stuck QEMU monitor); its other series keep their last values meanwhile."),
     # --- cpu_total
     _m(f"{_D}info_cpu_time_seconds_total", "counter", "seconds", "CPU time used by the domain.", "cpu.time", NS),
     _m(f"{_D}info_cpu_user_seconds_total", "counter", "seconds", "User-mode CPU time used by the domain.", "cpu.user", NS),

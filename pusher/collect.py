@@ -8,6 +8,7 @@ or when the safety-net refresh interval has passed, and the parsed result is cac
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -101,6 +102,7 @@ class Collector:
         self._cache: dict[str, tuple[float, DomainInfo]] = {}  # uuid -> (fetched at, info)
         self._dirty: set[str] = set()  # uuids whose XML changed since it was read
         self._lock = threading.Lock()
+        self._each_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.metadata_errors = 0
 
     # --- connection
@@ -167,6 +169,9 @@ class Collector:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.domainEventDeregisterAny(cid)
         self._callback_ids.clear()
+        if self._each_pool is not None:
+            self._each_pool.shutdown(wait=False, cancel_futures=True)
+            self._each_pool = None
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
 
@@ -199,6 +204,49 @@ class Collector:
             for gone in set(self._cache) - seen:
                 del self._cache[gone]
         return Snapshot(ts_ms, domains, duration, fetches)
+
+    def collect_each(
+        self, timeout: float, skip: set[str], workers: int = 8
+    ) -> tuple[Snapshot, set[str]]:
+        """The fallback when the bulk call hangs: one stats call per domain, in parallel,
+        all given up after `timeout`. Returns what answered in time and the UUIDs of the
+        domains that did not (their QEMU monitor is stuck). Domains in `skip` are known to
+        be stuck already and are not called.
+
+        These calls wait for a domain's job (no NOWAIT), so the stuck domain is the one that
+        does not answer; libvirt gives up such a wait after about 30 s, freeing the thread.
+        """
+        conn = self._connect()
+        ts_ms = int(self.clock() * 1000)
+        start = time.monotonic()
+        try:
+            doms = [d for d in conn.listAllDomains(0) if d.UUIDString() not in skip]
+        except libvirt.libvirtError as e:
+            raise LibvirtUnavailable(f"listAllDomains failed: {e}") from None
+        pool = self._each_pool
+        if pool is None:
+            pool = self._each_pool = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix="libvirt-each"
+            )
+        futures = {pool.submit(conn.domainListGetStats, [d], STATS_GROUPS, 0): d for d in doms}
+        done, not_done = concurrent.futures.wait(futures, timeout=timeout)
+        now = self.clock()
+        domains: list[DomainStats] = []
+        stuck = {futures[f].UUIDString() for f in not_done}
+        fetches = 0
+        for f in done:
+            try:
+                records = f.result()
+            except libvirt.libvirtError as e:
+                log.debug("per-domain stats failed: %s", e)
+                stuck.add(futures[f].UUIDString())
+                continue
+            for dom, stats in records:
+                uuid = dom.UUIDString()
+                info, fetched = self._info(dom, uuid, now)
+                fetches += fetched
+                domains.append(DomainStats(dom.name(), uuid, stats, info))
+        return Snapshot(ts_ms, domains, time.monotonic() - start, fetches), stuck
 
     def _alive(self) -> bool:
         try:

@@ -8,14 +8,17 @@ and bad values raise `ConfigError` naming the key, which the CLI turns into exit
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
 import socket
+import ssl
+import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -27,15 +30,24 @@ __all__ = [
     "load",
     "parse_duration",
     "parse_size",
+    "read_secret",
+    "redact_url",
+    "valid_token",
 ]
 
 
 class ConfigError(ValueError):
-    """A configuration problem; `key` is the dotted key it concerns."""
+    """A configuration problem; `key` is the dotted key it concerns.
+
+    Its text is one line: control characters from the document are shown escaped."""
 
     def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
+        text = f"{key}: {message}" if key else message
+        super().__init__(_CONTROL.sub(lambda m: repr(m.group())[1:-1], text))
         self.key = key
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 # Every label the Nova metadata can give; the first names follow the libvirt-exporter lineage.
@@ -67,6 +79,61 @@ _SIZE_UNITS = {
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$"
+)
+# Credential files are small; anything larger is the wrong file.
+MAX_SECRET_BYTES = 64 * 1024
+# A config document is small: more nodes than this under one key is an alias bomb.
+_MAX_NODES = 10_000
+_MAX_DEPTH = 32
+REDACTED = "<redacted>"
+
+
+def redact_url(url: str) -> str:
+    """`url` fit to print: its userinfo (`user:password@`) and query values replaced."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        f"{p.partition('=')[0]}={REDACTED}" if "=" in p else p for p in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def read_secret(path: str) -> bytes:
+    """A credential file's content without surrounding whitespace.
+
+    Raises ValueError saying why it cannot be used, never what it holds.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_SECRET_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_SECRET_BYTES // 1024} KiB")
+    data = data.strip()
+    if not data:
+        raise ValueError(f"{path} is empty")
+    return data
+
+
+def valid_token(token: bytes) -> bool:
+    """A bearer token fit for a header: printable ASCII without spaces (RFC 6750)."""
+    return bool(token) and all(0x21 <= b <= 0x7E for b in token)
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -100,13 +167,16 @@ def parse_size(text: str | int) -> int:
         m = _SIZE.match(str(text).strip())
         if not m:
             raise ValueError(f"{text!r} is not a size such as 512MiB or 1GiB")
-        n = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "B").lower()])
+        f = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "B").lower()]
+        if not math.isfinite(f):
+            raise ValueError(f"{text!r} is too large")
+        n = int(f)
     if n < 0:
         raise ValueError(f"{text!r} is negative")
     return n
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Config:
     libvirt_uri: str = "qemu:///system"
     collect_interval: float = 15.0
@@ -121,6 +191,15 @@ class Config:
     remote_write_max_sample_age: float = 3600.0
     remote_write_metadata_interval: float = 60.0
     remote_write_order: str = "fifo"
+    remote_write_tls_ca_file: str = ""
+    remote_write_tls_cert_file: str = ""
+    remote_write_tls_key_file: str = ""
+    remote_write_tls_server_name: str = ""
+    remote_write_tls_insecure_skip_verify: bool = False
+    remote_write_basic_auth_username: str = ""
+    remote_write_basic_auth_password_file: str = ""
+    remote_write_bearer_token_file: str = ""
+    remote_write_proxy_url: str = ""
     external_labels: Mapping[str, str] = field(default_factory=dict)
     buffer_path: str = "/var/lib/libvirt-pusher"
     buffer_max_bytes: int = 2**30
@@ -129,6 +208,21 @@ class Config:
     nova_refresh_interval: float = 600.0
     log_level: str = "info"
     shutdown_grace: float = 10.0
+
+    def __repr__(self) -> str:
+        # Credentials live in files, but a URL may carry `user:password@` and a header a
+        # token: neither is ever printed.
+        parts = []
+        for f in fields(self):
+            value: Any = getattr(self, f.name)
+            if f.name in ("remote_write_url", "remote_write_proxy_url") and value:
+                value = redact_url(value)
+            elif f.name == "remote_write_headers":
+                value = dict.fromkeys(value, REDACTED)
+            parts.append(f"{f.name}={value!r}")
+        return f"Config({', '.join(parts)})"
+
+    __str__ = __repr__
 
 
 # --- value parsers: each takes the raw YAML value and returns the typed value or raises
@@ -175,9 +269,79 @@ def _url(v: Any) -> str:
     s = _str(v).strip()
     if not s:
         return ""
-    parts = urlsplit(s)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{s!r} is not an http:// or https:// URL")
+    try:
+        parts = urlsplit(s)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
+        ok = False
+    if not ok or any(c.isspace() or ord(c) < 0x20 for c in s):
+        raise ValueError(f"{redact_url(s)!r} is not an http:// or https:// URL")
+    return s
+
+
+def _file(v: Any) -> str:
+    """A path to a readable regular file (checked now, read by whoever uses it)."""
+    s = _str(v).strip()
+    if not s:
+        return ""
+    try:
+        # O_NONBLOCK: a FIFO must not hang the agent's start.
+        fd = os.open(s, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise ValueError(f"cannot read {s}: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{s} is not a regular file")
+    finally:
+        os.close(fd)
+    return s
+
+
+def _secret_file(v: Any) -> str:
+    s = _str(v).strip()
+    if s:
+        read_secret(s)
+    return s
+
+
+def _token_file(v: Any) -> str:
+    s = _secret_file(v)
+    if s and not valid_token(read_secret(s)):
+        raise ValueError(f"{s} holds spaces, control or non-ASCII characters, not a token")
+    return s
+
+
+def _username(v: Any) -> str:
+    s = _str(v)
+    if ":" in s or any(ord(c) < 0x20 or ord(c) == 0x7F for c in s):
+        raise ValueError("must not contain ':' or control characters")
+    return s
+
+
+def _server_name(v: Any) -> str:
+    s = _str(v).strip()
+    if not s:
+        return ""
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        if not _HOSTNAME.match(s):
+            raise ValueError(f"{s!r} is not a host name") from None
+    return s
+
+
+def _proxy_url(v: Any) -> str:
+    s = _str(v).strip()
+    if not s:
+        return ""
+    try:
+        ok = urlsplit(s).scheme in ("http", "https") and bool(urlsplit(s).hostname)
+        _ = urlsplit(s).port
+    except ValueError:
+        ok = False
+    if not ok or any(c.isspace() or ord(c) < 0x20 for c in s):
+        raise ValueError(f"{redact_url(s)!r} is not an http:// or https:// proxy URL")
     return s
 
 
@@ -264,6 +428,18 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "remote_write.max_sample_age": ("remote_write_max_sample_age", _duration),
     "remote_write.metadata_interval": ("remote_write_metadata_interval", _duration),
     "remote_write.order": ("remote_write_order", _order),
+    "remote_write.tls.ca_file": ("remote_write_tls_ca_file", _file),
+    "remote_write.tls.cert_file": ("remote_write_tls_cert_file", _file),
+    "remote_write.tls.key_file": ("remote_write_tls_key_file", _file),
+    "remote_write.tls.server_name": ("remote_write_tls_server_name", _server_name),
+    "remote_write.tls.insecure_skip_verify": ("remote_write_tls_insecure_skip_verify", _bool),
+    "remote_write.basic_auth.username": ("remote_write_basic_auth_username", _username),
+    "remote_write.basic_auth.password_file": (
+        "remote_write_basic_auth_password_file",
+        _secret_file,
+    ),
+    "remote_write.bearer_token_file": ("remote_write_bearer_token_file", _token_file),
+    "remote_write.proxy_url": ("remote_write_proxy_url", _proxy_url),
     "external_labels": ("external_labels", _labels),
     "buffer.path": ("buffer_path", _str),
     "buffer.max_bytes": ("buffer_max_bytes", _size),
@@ -277,7 +453,14 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
 _MAP_KEYS = {"external_labels", "remote_write.headers"}
 
 
-def _expand_env(value: Any, key: str, env: Mapping[str, str]) -> Any:
+def _expand_env(
+    value: Any, key: str, env: Mapping[str, str], budget: list[int] | None = None, depth: int = 0
+) -> Any:
+    # YAML aliases can make a small document a huge (or cyclic) tree: walk a bounded part.
+    budget = [_MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0 or depth > _MAX_DEPTH:
+        raise ConfigError(key, "nested too deeply or too large")
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -292,9 +475,9 @@ def _expand_env(value: Any, key: str, env: Mapping[str, str]) -> Any:
 
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{key}.{k}", env) for k, v in value.items()}
+        return {k: _expand_env(v, f"{key}.{k}", env, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, key, env) for v in value]
+        return [_expand_env(v, key, env, budget, depth + 1) for v in value]
     return value
 
 
@@ -330,7 +513,7 @@ def from_mapping(
             values[attr] = parse(_expand_env(raw, key, env))
         except ConfigError:
             raise
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, ArithmeticError) as e:
             raise ConfigError(key, str(e)) from None
     labels = dict(values.get("external_labels", {}))
     labels.setdefault("host", hostname or socket.gethostname())
@@ -352,6 +535,79 @@ def _cross_check(cfg: Config) -> None:
     for name in cfg.external_labels:
         if name in taken:
             raise ConfigError(f"external_labels.{name}", "clashes with a label the agent sets")
+    _check_transport(cfg)
+
+
+def _check_transport(cfg: Config) -> None:
+    """TLS and credential keys that only make sense together, and files that must load."""
+    rw = "remote_write"
+    ca = cfg.remote_write_tls_ca_file
+    cert, key = cfg.remote_write_tls_cert_file, cfg.remote_write_tls_key_file
+    tls_set = bool(ca or cert or key or cfg.remote_write_tls_server_name) or (
+        cfg.remote_write_tls_insecure_skip_verify
+    )
+    url = cfg.remote_write_url
+    if tls_set and url and urlsplit(url).scheme != "https":
+        raise ConfigError(f"{rw}.tls", "applies to https:// URLs only; remote_write.url is not one")
+    if cert and not key:
+        raise ConfigError(f"{rw}.tls.key_file", "required with remote_write.tls.cert_file")
+    if key and not cert:
+        raise ConfigError(f"{rw}.tls.cert_file", "required with remote_write.tls.key_file")
+    if ca and cfg.remote_write_tls_insecure_skip_verify:
+        raise ConfigError(
+            f"{rw}.tls.insecure_skip_verify", "contradicts remote_write.tls.ca_file; set one"
+        )
+    ctx = ssl.create_default_context()
+    if ca:
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError, ValueError):
+            raise ConfigError(f"{rw}.tls.ca_file", f"{ca} holds no PEM certificate") from None
+    if key:
+        try:
+            with open(key, "rb") as f:
+                encrypted = b"ENCRYPTED" in f.read(MAX_SECRET_BYTES)
+        except OSError as e:
+            raise ConfigError(f"{rw}.tls.key_file", f"cannot read {key}: {e.strerror}") from None
+        if encrypted:
+            raise ConfigError(
+                f"{rw}.tls.key_file", f"{key} is encrypted; the agent needs it unencrypted (0600)"
+            )
+        try:
+            # Never prompt for a passphrase: an encrypted key fails here, not at a terminal.
+            ctx.load_cert_chain(cert, key, password=lambda: b"")
+        except (ssl.SSLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or type(e).__name__
+            raise ConfigError(
+                f"{rw}.tls.cert_file",
+                f"{cert} and {key} are not a certificate and its key ({reason})",
+            ) from None
+    user = cfg.remote_write_basic_auth_username
+    password_file = cfg.remote_write_basic_auth_password_file
+    if user and not password_file:
+        raise ConfigError(f"{rw}.basic_auth.password_file", "required with basic_auth.username")
+    if password_file and not user:
+        raise ConfigError(f"{rw}.basic_auth.username", "required with basic_auth.password_file")
+    # One source of credentials: basic_auth, bearer_token_file, the URL's user:password@, or
+    # an Authorization header.
+    if password_file and cfg.remote_write_bearer_token_file:
+        raise ConfigError(
+            f"{rw}.bearer_token_file", "cannot be used together with remote_write.basic_auth"
+        )
+    from_files = bool(password_file or cfg.remote_write_bearer_token_file)
+    in_url = bool(url) and "@" in urlsplit(url).netloc
+    if from_files and in_url:
+        raise ConfigError(
+            f"{rw}.url", "carries user:password@ as well as basic_auth or bearer_token_file"
+        )
+    if (from_files or in_url) and any(
+        h.lower() == "authorization" for h in cfg.remote_write_headers
+    ):
+        raise ConfigError(
+            f"{rw}.headers",
+            "sets Authorization as well as another credential (basic_auth, "
+            "bearer_token_file or user:password@ in the URL)",
+        )
 
 
 def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
@@ -369,4 +625,10 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("", f"{path}{where} is not valid YAML") from None
     except UnicodeDecodeError:
         raise ConfigError("", f"{path} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError("", f"{path} is nested too deeply") from None
+    except Exception as e:
+        # PyYAML lets some bad values through as plain exceptions: a date like 2001-02-30
+        # (ValueError), an empty `!!timestamp` (AttributeError)...
+        raise ConfigError("", f"{path} holds a value that cannot be read: {e}") from None
     return from_mapping(tree, env)

@@ -32,6 +32,8 @@ __all__ = ["Agent", "Counters", "build_samples", "check_health", "split_request"
 
 log = logging.getLogger(__name__)
 
+# Bulk stats calls left hanging (by stuck guests) before the agent stops starting new ones.
+MAX_PENDING_CALLS = 3
 # Drop reasons reported from the first cycle on (at 0), so alerts see the series exist.
 KNOWN_DROP_REASONS = ("too_old", "spool_full", "spool_corrupt", "spool_unwritable", "too_large")
 # While credentials are refused, probe this often at the least, and log at most once a minute.
@@ -256,8 +258,12 @@ class Agent:
         self._last_hold_log = float("-inf")
         self._last_retry_log = float("-inf")
         self._failing = 0  # failed attempts since the last success
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="libvirt")
-        self._pending: concurrent.futures.Future[Snapshot] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            MAX_PENDING_CALLS, thread_name_prefix="libvirt"
+        )
+        self._pending: list[concurrent.futures.Future[Snapshot]] = []
+        self._stuck: set[str] = set()  # uuids whose stats calls hang
+        self._timeouts: collections.Counter[str] = collections.Counter()  # uuid -> cycles
 
     # --- collecting
 
@@ -275,14 +281,30 @@ class Agent:
             log.error("%s", e)
         cycle = Cycle(snapshot.ts_ms if snapshot else int(self.clock() * 1000))
         if snapshot is not None:
+            # A stuck domain's stats (partial, if any) are left out; its series keep their
+            # last values at the receiver instead of being marked stale.
+            answered = Snapshot(
+                snapshot.ts_ms, [d for d in snapshot.domains if d.uuid not in self._stuck],
+                snapshot.duration, snapshot.xml_fetches,
+            )  # fmt: skip
             domains = plan_snapshot(
-                snapshot, self.cfg.nova_series_labels, self.external,
+                answered, self.cfg.nova_series_labels, self.external,
                 self._domains, self._unknown_keys,
             )  # fmt: skip
-            stats = {d.uuid: d.stats for d in snapshot.domains}
+            stats = {d.uuid: d.stats for d in answered.domains}
             for uuid, ds in domains.items():
                 cycle.plans.append((ds.plan, ds.plan.values(stats[uuid])))
                 cycle.samples.extend((key, 1.0) for key in ds.extra)
+            for uuid in self._stuck:
+                if uuid in self._domains:
+                    domains[uuid] = self._domains[uuid]
+                    self._timeouts[uuid] += 1
+            for uuid in list(self._timeouts):
+                if uuid not in domains:
+                    del self._timeouts[uuid]
+                    continue
+                key = ("libvirt_domain_stats_timeouts_total", (), domains[uuid].plan.shared)
+                cycle.samples.append((key, float(self._timeouts[uuid])))
             cycle.samples.extend(self._stale_markers(domains))
             self._domains = domains
             self._log_unknown_keys()
@@ -297,20 +319,35 @@ class Agent:
         return cycle
 
     def _collect_with_deadline(self) -> Snapshot:
-        """The bulk call on a worker thread, given up after `collect.timeout`.
+        """The bulk call on a worker thread, given half of `collect.timeout`; if it does not
+        answer, one call per domain in parallel for the other half (`Collector.collect_each`).
 
-        A call that missed its deadline keeps running (libvirt cannot cancel it); until it
-        returns, later cycles do not start another one and report libvirt as unavailable.
+        A stuck QEMU monitor holds the first call that reaches it forever (NOWAIT does not
+        help that one; it helps the calls after it, which skip the held domain). A call that
+        missed its deadline keeps running, as libvirt cannot cancel it; domains found stuck
+        stay in `self._stuck` until every such call has returned.
         """
-        if self._pending is not None and not self._pending.done():
-            raise LibvirtUnavailable("the previous libvirt call has not returned yet")
-        self._pending = self._executor.submit(self.collector.collect)
-        try:
-            return self._pending.result(timeout=self.cfg.collect_timeout)
-        except concurrent.futures.TimeoutError:
+        self._pending = [f for f in self._pending if not f.done()]
+        if not self._pending and self._stuck:
+            log.info("stuck libvirt calls returned; %d domain(s) answer again", len(self._stuck))
+            self._stuck.clear()
+        if len(self._pending) >= MAX_PENDING_CALLS:
             raise LibvirtUnavailable(
-                f"libvirt did not answer within collect.timeout ({self.cfg.collect_timeout:g}s)"
-            ) from None
+                f"{len(self._pending)} libvirt calls have not returned; not starting another"
+            )
+        half = self.cfg.collect_timeout / 2
+        bulk = self._executor.submit(self.collector.collect)
+        try:
+            return bulk.result(timeout=half)
+        except concurrent.futures.TimeoutError:
+            self._pending.append(bulk)
+        snapshot, stuck = self.collector.collect_each(half, skip=self._stuck)
+        new = stuck - self._stuck
+        if new:
+            log.warning("libvirt stats did not answer within %gs for %d domain(s): %s",
+                        half, len(new), ", ".join(sorted(new)))  # fmt: skip
+        self._stuck |= stuck
+        return snapshot
 
     def _stale_markers(self, domains: dict[str, DomainSeries]) -> list[Sample]:
         """Stale markers for the series of the last successful cycle that are gone now:

@@ -4,40 +4,83 @@ The sender sees bytes, never samples. Its `Outcome` carries the decision the rem
 specification and Mimir's behaviour call for; the loop acts on it:
 
     ok          2xx: delivered
-    retry       network error, timeout, 5xx, 429: send the same body again after a backoff
+    retry       network error, TLS failure, timeout, 5xx, 429, or an answer that makes no
+                sense (1xx, garbage): send the same body again after a backoff
                 (`retry_after` when the receiver said how long, capped at 10 minutes)
     hold        401, 403, 3xx: the credentials or the URL are wrong; keep everything and
                 probe slowly
     too_large   413: split the request and send the halves
     reject      any other 4xx (400 above all): the receiver kept what was valid; never resend,
                 count the samples under `reason` (Mimir's `err-mimir-…` id when it gave one)
+
+The receiver is trusted with the data, not with the agent: a redirect is never followed (nor
+its body read), an error body is read up to `MAX_ERROR_BODY` bytes within
+`ERROR_BODY_SECONDS`, cookies are refused, and every message an `Outcome` carries is
+scrubbed of credentials and control characters before anyone logs it. Credentials come
+from files that are re-read when they change, so a rotated token is used from the next
+request on.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import http.client
+import http.cookiejar
+import logging
 import math
+import os
 import re
+import threading
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
+import requests.adapters
+import requests.auth
+import urllib3
 
 from pusher import __version__
+from pusher.config import REDACTED, Config, read_secret, valid_token
 
-__all__ = ["Outcome", "Sender", "mimir_reason", "parse_retry_after"]
+__all__ = ["Outcome", "Sender", "TLSOptions", "mimir_reason", "parse_retry_after"]
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = f"libvirt-pusher/{__version__}"
 # An error body is read up to this size: enough for Mimir's message, bounded against a
-# receiver that answers with megabytes or never stops.
+# receiver that answers with megabytes...
 MAX_ERROR_BODY = 4096
+# ...and within this long (or the request timeout, if shorter), against one that trickles.
+ERROR_BODY_SECONDS = 5.0
 # A receiver's Retry-After is honoured up to this; beyond it is a misconfiguration.
 MAX_RETRY_AFTER = 600.0
-_MIMIR_ID = re.compile(r"err-mimir-([a-z0-9-]+)")
+# Exception text kept in an Outcome's message.
+MAX_ERROR_TEXT = 300
+# Mimir's ids are short; a longer one is not Mimir's and would make a long label value.
+_MIMIR_ID = re.compile(r"err-mimir-([a-z0-9-]{1,64})(?![a-z0-9-])")
+# `scheme://anything@`: userinfo in any URL a message quotes.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"]*@")
+# C0 and C1 controls, line and paragraph separators, bidi overrides: nothing a log line
+# should carry from a remote party.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+# Secrets shorter than this are not scrubbed from messages (they would garble every word).
+_MIN_SECRET = 4
 
 Kind = Literal["ok", "retry", "hold", "too_large", "reject"]
+
+# What a request can raise besides an answer: all of it means "no usable answer, try again".
+_SEND_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +90,17 @@ class Outcome:
     retry_after: float | None = None
     reason: str = ""
     message: str = ""
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """`remote_write.tls`: empty strings mean the defaults (system CAs, no client cert)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+    insecure_skip_verify: bool = False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -64,11 +118,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return min(max(0.0, seconds), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        delay = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError, OSError, AttributeError):
         return None
-    if when is None:
+    if not math.isfinite(delay):
         return None
-    delay = when.timestamp() - (time.time() if now is None else now)
     return min(max(0.0, delay), MAX_RETRY_AFTER)
 
 
@@ -76,6 +130,184 @@ def mimir_reason(body: str, code: int) -> str:
     """The Mimir error id in a body (`sample-out-of-order`), else `http_<code>`."""
     m = _MIMIR_ID.search(body)
     return m.group(1) if m else f"http_{code}"
+
+
+class _Redactor:
+    """Removes known secrets, URL userinfo and control characters from text to be printed."""
+
+    def __init__(self) -> None:
+        self._known: list[str] = []  # oldest first
+        self._secrets: list[str] = []  # longest first, so one inside another goes whole
+        self._lock = threading.Lock()
+
+    def add(self, secret: str | bytes) -> None:
+        text = secret.decode("utf-8", "replace") if isinstance(secret, bytes) else secret
+        if len(text) < _MIN_SECRET:
+            return
+        with self._lock:
+            if text not in self._known:
+                self._known = [*self._known, text][-32:]  # rotations add; the oldest go
+                self._secrets = sorted(self._known, key=len, reverse=True)
+
+    def __call__(self, text: str, cut: bool = False) -> str:
+        """`text` fit to print. `cut`: the text was truncated, so a secret may have been
+        cut in two; a tail that starts one is dropped too."""
+        secrets = self._secrets
+        for _ in range(4):  # until nothing changes: a replacement may join a new match
+            before = text
+            for s in secrets:
+                text = text.replace(s, REDACTED)
+            text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+            text = _UNPRINTABLE.sub(" ", text)
+            if text == before:
+                break
+        if any(s in text for s in secrets):
+            return REDACTED  # a pathological overlap: print nothing rather than a secret
+        if cut:
+            text = _cut_partial_secret(text, secrets)
+        return text.strip()
+
+
+def _limit(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
+
+
+def _cut_partial_secret(text: str, secrets: list[str]) -> str:
+    """`text` without a tail of 3 characters or more that starts a secret."""
+    cut = True
+    while cut:
+        cut = False
+        for s in secrets:
+            for n in range(min(len(s) - 1, len(text)), 2, -1):
+                if text.endswith(s[:n]):
+                    text, cut = text[: len(text) - n], True
+                    break
+    return text
+
+
+class _FileSecret:
+    """A credential kept in a file, re-read when the file changes (or after the receiver
+    refused it), so a rotated token is picked up without a restart. A file that is missing,
+    empty or malformed for a moment (mid-rotation) leaves the last good value in use."""
+
+    def __init__(self, path: str, key: str, redact: _Redactor, token: bool = False) -> None:
+        self.path = path
+        self.key = key
+        self._redact = redact
+        self._token = token
+        self._lock = threading.Lock()
+        self._signature: tuple[int, ...] | None = None
+        self._stale = True
+        self._warned: tuple[int, ...] | None = None
+        self.value = b""
+        self.get()
+
+    def invalidate(self) -> None:
+        self._stale = True
+
+    def get(self) -> bytes:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                signature: tuple[int, ...] = (
+                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                )  # fmt: skip
+            except OSError:
+                signature = ()
+            if signature == self._signature and not self._stale:
+                return self.value
+            try:
+                value = read_secret(self.path)
+                if self._token and not valid_token(value):
+                    raise ValueError(f"{self.path} holds characters a token cannot have")
+            except ValueError as e:
+                if signature != self._warned:
+                    self._warned = signature
+                    keeping = "keeping the previous value" if self.value else "sending none"
+                    log.warning("%s: %s; %s", self.key, e, keeping)
+                return self.value
+            self._signature, self._stale, self._warned = signature, False, None
+            if value != self.value:
+                if self.value:
+                    log.info("%s: %s changed; using the new credential", self.key, self.path)
+                self._redact.add(value)
+                self.value = value
+            return self.value
+
+
+class _Credentials(requests.auth.AuthBase):
+    """Sets `Authorization` on every request from the configured credential, if any.
+
+    Always installed as the session's auth, so requests never falls back to ~/.netrc."""
+
+    def __init__(
+        self,
+        redact: _Redactor,
+        username: str = "",
+        password: _FileSecret | bytes | None = None,
+        token: _FileSecret | None = None,
+    ) -> None:
+        self._redact = redact
+        self._username = username.encode("utf-8")
+        self._password = password
+        self._token = token
+
+    def invalidate(self) -> None:
+        for secret in (self._password, self._token):
+            if isinstance(secret, _FileSecret):
+                secret.invalidate()
+
+    def header(self) -> str | None:
+        if self._token is not None:
+            token = self._token.get()
+            return f"Bearer {token.decode('ascii')}" if token else None
+        if self._password is not None:
+            password = self._password
+            if isinstance(password, _FileSecret):
+                password = password.get()
+            if not password:
+                return None
+            pair = base64.b64encode(self._username + b":" + password).decode("ascii")
+            self._redact.add(pair)
+            return f"Basic {pair}"
+        return None
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        value = self.header()
+        if value is not None:
+            r.headers["Authorization"] = value
+        return r
+
+
+class _ServerNameAdapter(requests.adapters.HTTPAdapter):
+    """Sends `server_name` as TLS SNI and checks the certificate against it instead of the
+    URL's host, on direct connections and through a proxy's CONNECT tunnel alike."""
+
+    def __init__(self, server_name: str) -> None:
+        self._server_name = server_name  # before super(): it builds the pool manager
+        super().__init__()
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        pool_kwargs["server_hostname"] = self._server_name
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs["server_hostname"] = self._server_name
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+
+class _Session(requests.Session):
+    """A session that never follows a redirect, and never reads a redirect's body.
+
+    (With `allow_redirects=False`, requests still reads the whole body of a 3xx answer to
+    prepare the next hop: unbounded, from a receiver we do not want to hear.)"""
+
+    def resolve_redirects(
+        self, *args: Any, **kwargs: Any
+    ) -> Generator[requests.Response, None, None]:
+        yield from ()
 
 
 class Sender:
@@ -86,20 +318,121 @@ class Sender:
         timeout: float = 30.0,
         headers: Mapping[str, str] | None = None,
         session: requests.Session | None = None,
+        *,
+        tls: TLSOptions | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        bearer_token_file: str = "",
+        proxy_url: str = "",
     ) -> None:
-        self.url = url
+        """`basic_auth` is (username, password file). A `user:password@` in `url` is used
+        as basic auth when no other credential is given, and never printed."""
+        self.redact = _Redactor()
+        self.url, url_user, url_password = self._split_userinfo(url)
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.tls = tls or TLSOptions()
+        self.session = session or _Session()
+        self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        if self.tls.server_name:
+            self.session.mount("https://", _ServerNameAdapter(self.tls.server_name))
+        self._verify: bool | str = True
+        if self.tls.insecure_skip_verify:
+            self._verify = False
+            # The warning is logged once below; urllib3's would repeat on every request.
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+            log.warning(
+                "remote_write.tls.insecure_skip_verify is on: the receiver's certificate is "
+                "not checked, so anyone on the path can read and alter what is sent, "
+                "credentials included"
+            )
+        elif self.tls.ca_file:
+            self._verify = self.tls.ca_file
+        self._cert = (self.tls.cert_file, self.tls.key_file) if self.tls.cert_file else None
+        self._proxies = {"http": proxy_url, "https": proxy_url} if proxy_url else None
+        for proxy in [proxy_url, *requests.utils.get_environ_proxies(self.url).values()]:
+            self._add_url_secrets(proxy)
+
         base = dict(headers or {})
+        for name, value in base.items():
+            if name.lower() in ("authorization", "cookie", "proxy-authorization") or any(
+                w in name.lower() for w in ("token", "key", "secret", "password", "auth")
+            ):
+                self.redact.add(value)
+                self.redact.add(value.partition(" ")[2])  # the credential after "Bearer "
         base.update({
             "Content-Encoding": "snappy",
             "Content-Type": "application/x-protobuf",
             "X-Prometheus-Remote-Write-Version": "0.1.0",
             "User-Agent": USER_AGENT,
+            # Error bodies are read raw and capped: no compression bombs.
+            "Accept-Encoding": "identity",
         })  # fmt: skip
         if tenant:
             base["X-Scope-OrgID"] = tenant
         self.headers = base
+
+        if bearer_token_file:
+            token = _FileSecret(bearer_token_file, "remote_write.bearer_token_file",
+                                self.redact, token=True)  # fmt: skip
+            self._auth = _Credentials(self.redact, token=token)
+        elif basic_auth is not None:
+            user, password_file = basic_auth
+            password = _FileSecret(password_file, "remote_write.basic_auth.password_file",
+                                   self.redact)  # fmt: skip
+            self._auth = _Credentials(self.redact, user, password)
+        elif url_password is not None:
+            self._auth = _Credentials(self.redact, url_user, url_password.encode("utf-8"))
+        else:
+            self._auth = _Credentials(self.redact)
+        self.session.auth = self._auth
+        if self._auth.header() is not None and urlsplit(self.url).scheme == "http":
+            log.warning("remote_write credentials go over plain http://: anyone on the path "
+                        "can read them; use https://")  # fmt: skip
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Sender:
+        user = cfg.remote_write_basic_auth_username
+        return cls(
+            cfg.remote_write_url,
+            cfg.remote_write_tenant,
+            cfg.remote_write_timeout,
+            cfg.remote_write_headers,
+            tls=TLSOptions(
+                cfg.remote_write_tls_ca_file,
+                cfg.remote_write_tls_cert_file,
+                cfg.remote_write_tls_key_file,
+                cfg.remote_write_tls_server_name,
+                cfg.remote_write_tls_insecure_skip_verify,
+            ),
+            basic_auth=(user, cfg.remote_write_basic_auth_password_file) if user else None,
+            bearer_token_file=cfg.remote_write_bearer_token_file,
+            proxy_url=cfg.remote_write_proxy_url,
+        )
+
+    def _split_userinfo(self, url: str) -> tuple[str, str, str | None]:
+        """(url without userinfo, user, password or None); the password joins the secrets."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return url, "", None
+        if "@" not in parts.netloc:
+            return url, "", None
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        self._add_url_secrets(url)
+        bare = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+        return bare, unquote(user), unquote(password) if colon else ""
+
+    def _add_url_secrets(self, url: str) -> None:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return
+        if "@" in parts.netloc:
+            userinfo = parts.netloc.rpartition("@")[0]
+            user, _, password = userinfo.partition(":")
+            pair = f"{unquote(user)}:{unquote(password)}".encode()
+            for secret in (userinfo, password, unquote(password), base64.b64encode(pair)):
+                self.redact.add(secret)
 
     def send(self, body: bytes, attempt: int = 0) -> Outcome:
         headers = self.headers
@@ -110,19 +443,27 @@ class Sender:
                 self.url, data=body, headers=headers, timeout=self.timeout,
                 # Never follow a redirect: it could carry the body (and credentials) elsewhere.
                 stream=True, allow_redirects=False,
+                verify=self._verify, cert=self._cert, proxies=self._proxies,
             )  # fmt: skip
-        except requests.RequestException as e:
-            return Outcome("retry", "error", message=_short(e))
+        except _SEND_ERRORS as e:
+            return Outcome("retry", "error", message=self.redact(_limit(str(e)), cut=True))
         try:
-            return self._classify(resp)
+            outcome = self._classify(resp)
         finally:
             resp.close()
+        if outcome.kind == "hold":
+            self._auth.invalidate()  # the next probe reads the credential files again
+        return outcome
 
     def _classify(self, resp: requests.Response) -> Outcome:
         code = resp.status_code
         if 200 <= code < 300:
             return Outcome("ok", str(code))
-        text = _read_capped(resp)
+        if 300 <= code < 400:
+            # A redirect means a wrong URL: keep everything, as for refused credentials.
+            where = self.redact(_limit(resp.headers.get("Location", "")), cut=True)
+            return Outcome("hold", str(code), message=f"redirect to {where!r} refused")
+        text = self._read_error_body(resp)
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         if code >= 500 or code == 429:
             return Outcome("retry", str(code), retry_after, message=text)
@@ -130,24 +471,38 @@ class Sender:
             return Outcome("hold", str(code), retry_after, message=text)
         if code == 413:
             return Outcome("too_large", str(code), message=text)
-        if 300 <= code < 400:
-            # A redirect means a wrong URL: keep everything, as for refused credentials.
-            where = resp.headers.get("Location", "")
-            return Outcome("hold", str(code), message=f"redirect to {where!r} refused")
-        return Outcome("reject", str(code), reason=mimir_reason(text, code), message=text)
+        if 400 <= code < 500:
+            return Outcome("reject", str(code), reason=mimir_reason(text, code), message=text)
+        # 1xx, or a number no receiver should answer: not a verdict on the data.
+        return Outcome("retry", str(code), retry_after, message=f"unexpected status: {text}")
+
+    def _read_error_body(self, resp: requests.Response) -> str:
+        """Up to MAX_ERROR_BODY bytes of the body, within ERROR_BODY_SECONDS however slowly
+        the receiver sends; undecoded (the request asked for no compression)."""
+        deadline = time.monotonic() + min(self.timeout, ERROR_BODY_SECONDS)
+        conn = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
+        sock = getattr(conn, "sock", None)
+        read1 = getattr(resp.raw, "read1", None)  # urllib3 2: what has arrived, up to n
+        raw = bytearray()
+        try:
+            while len(raw) < MAX_ERROR_BODY:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if sock is not None:
+                    sock.settimeout(left)  # bounds a read that gets nothing at all
+                want = MAX_ERROR_BODY - len(raw)
+                if read1 is not None:
+                    chunk = read1(want, decode_content=False)
+                else:
+                    chunk = resp.raw.read(min(want, 64), decode_content=False)
+                if not chunk:
+                    break
+                raw += chunk
+        except Exception:  # a body that breaks off is still an answer; its code decides
+            pass
+        text = bytes(raw[:MAX_ERROR_BODY]).decode("utf-8", "replace")
+        return self.redact(text, cut=len(raw) >= MAX_ERROR_BODY)
 
     def close(self) -> None:
         self.session.close()
-
-
-def _read_capped(resp: requests.Response) -> str:
-    try:
-        raw = resp.raw.read(MAX_ERROR_BODY, decode_content=True)
-    except Exception:  # a body that breaks off is still an answer; its code decides
-        raw = b""
-    return bytes(raw or b"").decode("utf-8", "replace").strip()
-
-
-def _short(e: Exception) -> str:
-    text = str(e)
-    return text if len(text) <= 300 else text[:300] + "…"

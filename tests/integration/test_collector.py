@@ -1,0 +1,117 @@
+"""The collector under real trouble: a guest whose QEMU stops answering, libvirtd restarting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from agent import AgentProcess, wait_for, write_config
+from guests import Guest
+from receiver import Receiver
+
+INTERVAL = 2.0
+TIMEOUT = 1.0
+
+
+def qemu_pid(name: str) -> int:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            cmdline
+            and b"qemu-system" in cmdline[0]
+            and f"guest={name},".encode() in b" ".join(cmdline)
+        ):
+            return int(entry)
+    raise AssertionError(f"no QEMU process for {name}")
+
+
+def _latest_ts(receiver: Receiver, metric: str, uuid: str) -> float:
+    r = receiver.query(f'timestamp({metric}{{uuid="{uuid}"}})')
+    return float(r[0]["value"][1]) if r else 0.0
+
+
+def test_stuck_guest_never_stalls_the_cycle_and_is_counted(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path
+) -> None:
+    victim, others = guests[2], guests[:2]
+    cpu = "libvirt_domain_info_cpu_time_seconds_total"
+    config = write_config(
+        tmp_path, fresh_receiver.write_url,
+        collect={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"},
+    )  # fmt: skip
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    pid = qemu_pid(victim["name"])
+    try:
+        wait_for(lambda: _latest_ts(fresh_receiver, cpu, victim["uuid"]), 20, "first cycles")
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        time.sleep(4 * INTERVAL + 1)
+        # The other guests went on being collected every interval.
+        for g in others:
+            assert _latest_ts(fresh_receiver, cpu, g["uuid"]) > time.time() - INTERVAL - 1.5
+            n = fresh_receiver.query(f'count_over_time({cpu}{{uuid="{g["uuid"]}"}}[8s])')
+            assert float(n[0]["value"][1]) >= 3
+        # No cycle took longer than collect.timeout (plus the agent's own work).
+        worst = fresh_receiver.query("max_over_time(pusher_collect_duration_seconds[8s])")
+        assert float(worst[0]["value"][1]) < TIMEOUT + 0.5, worst
+        # The stuck guest is counted, and its series were not marked stale.
+        stuck = fresh_receiver.query(
+            f'libvirt_domain_stats_timeouts_total{{uuid="{victim["uuid"]}"}}'
+        )
+        assert stuck and float(stuck[0]["value"][1]) >= 2
+        assert stuck[0]["metric"]["instance_name"] == victim["instance_name"]
+        assert _latest_ts(fresh_receiver, cpu, victim["uuid"]) < stopped_at
+        assert fresh_receiver.query(f'{cpu}{{uuid="{victim["uuid"]}"}}')  # still visible
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed_at = time.time()
+    try:
+        wait_for(
+            lambda: _latest_ts(fresh_receiver, cpu, victim["uuid"]) > resumed_at,
+            30, "the guest's series to resume",
+        )  # fmt: skip
+    finally:
+        assert agent.stop() == 0, agent.log()
+    assert "did not answer" in agent.log()
+    assert "Traceback" not in agent.log()
+
+
+def test_libvirtd_restart_under_a_running_agent(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path, fresh_receiver.write_url,
+        collect={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"},
+    )  # fmt: skip
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    cpu = f'libvirt_domain_info_cpu_time_seconds_total{{uuid="{guests[0]["uuid"]}"}}'
+    try:
+        wait_for(lambda: fresh_receiver.query(cpu), 20, "first cycles")
+        subprocess.run(["pkill", "-x", "libvirtd"], check=True)
+        wait_for(lambda: fresh_receiver.query("libvirt_up == 0"), 20, "libvirt_up to go to 0")
+        down_for_cycles = fresh_receiver.query("pusher_cycles_total")
+        assert down_for_cycles  # the agent's own metrics go on while libvirt is away
+        subprocess.run(["libvirtd", "-d"], check=True)
+        restarted_at = time.time()
+        wait_for(lambda: fresh_receiver.query("libvirt_up == 1"), 30, "libvirt_up back to 1")
+        reconnected_after = time.time() - restarted_at
+        wait_for(
+            lambda: _latest_ts(fresh_receiver, "libvirt_domain_info_cpu_time_seconds_total",
+                               guests[0]["uuid"]) > restarted_at,
+            30, "guests' series to resume",
+        )  # fmt: skip
+    finally:
+        subprocess.run(["sh", "-c", "pgrep -x libvirtd || libvirtd -d"], check=False)
+        assert agent.stop() == 0, agent.log()
+    log = agent.log()
+    assert "Traceback" not in log
+    assert "reconnecting" in log or "cannot connect" in log
+    print(f"reconnected {reconnected_after:.1f}s after libvirtd came back")
