@@ -171,6 +171,7 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_spool_bytes", "gauge", "bytes", "Bytes of request bodies waiting in the spool.", scope="agent"),
     _m("pusher_spool_requests", "gauge", "", "Requests waiting in the spool.", scope="agent"),
     _m("pusher_spool_oldest_sample_age_seconds", "gauge", "seconds", "Age of the oldest sample waiting in the spool (0 when empty).", scope="agent"),
+    _m("pusher_partial_records_total", "counter", "", "Running domains whose stats came back without whole groups because another client held the domain's job (asked once more, then exported as they were).", scope="agent"),
     _m("pusher_nova_metadata_errors_total", "counter", "", "Domain XML documents whose Nova metadata could not be read.", scope="agent"),
 )
 # fmt: on
@@ -182,6 +183,12 @@ if len(_BY_NAME) != len(CATALOG):
 
 def by_name(name: str) -> Metric:
     return _BY_NAME[name]
+
+
+def group_of(name: str) -> str:
+    """The libvirt stats group prefix a metric comes from ("block", "cpu"…; "" if none)."""
+    m = _BY_NAME.get(name)
+    return m.source.partition(".")[0] if m is not None and m.source else ""
 
 
 # --- from libvirt stats to samples -------------------------------------------------------
@@ -297,6 +304,21 @@ def domain_samples(
     """One domain's `getAllDomainStats` record -> samples in base units (via its plan)."""
     plan = plan_domain(stats, shared, unknown)
     return list(zip(plan.series, plan.values(stats), strict=True))
+
+
+def devices(stats: Mapping[str, object]) -> frozenset[LabelPairs]:
+    """The label sets of the devices (vCPUs, NICs, disks) a record names, whether or not it
+    carries their counters (a partial record names its disks without counting them)."""
+    out = set()
+    for key in stats:
+        prefix, _, tail = key.partition(".")
+        index, _, rest = tail.partition(".")
+        if index.isdigit() and (
+            (prefix == "vcpu" and rest == "state")
+            or (prefix in ("net", "block") and rest == "name")
+        ):
+            out.add(_device_labels(stats, prefix, index))
+    return frozenset(out)
 
 
 def _device_labels(stats: Mapping[str, object], prefix: str, index: str) -> LabelPairs:

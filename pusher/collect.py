@@ -21,7 +21,7 @@ import libvirt
 
 from pusher.nova import DomainInfo, parse_domain_xml
 
-__all__ = ["Collector", "DomainStats", "LibvirtUnavailable", "Snapshot"]
+__all__ = ["Collector", "DomainStats", "LibvirtUnavailable", "Snapshot", "is_partial"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,24 @@ STATS_GROUPS = (
 # NOWAIT: a domain busy with a job (migration, hung monitor) answers with what it has
 # instead of stalling the whole call.
 STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+
+
+# Keys a running domain always reports, one per group (a domain without disks still has
+# block.count = 0).
+RUNNING_KEYS = ("cpu.time", "balloon.current", "vcpu.current", "net.count", "block.count")
+PARTIAL_RETRY_DELAY = 0.1
+VIR_DOMAIN_RUNNING = 1
+
+
+def is_partial(stats: dict[str, Any]) -> bool:
+    """Whether a running domain's record lacks what only its QEMU monitor gives: with
+    NOWAIT, a domain whose job another client holds comes back with block devices named but
+    without their counters, and without some cpu and balloon keys."""
+    if stats.get("state.state") != VIR_DOMAIN_RUNNING:
+        return False
+    if any(key not in stats for key in RUNNING_KEYS):
+        return True
+    return bool(stats.get("block.count")) and "block.0.rd.reqs" not in stats
 
 
 class LibvirtUnavailable(Exception):
@@ -104,6 +122,7 @@ class Collector:
         self._lock = threading.Lock()
         self._each_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.metadata_errors = 0
+        self.partial_records = 0  # running domains whose first record lacked groups
 
     # --- connection
 
@@ -189,6 +208,7 @@ class Collector:
             if not self._alive():
                 self.close()
             raise LibvirtUnavailable(f"getAllDomainStats failed: {e}") from None
+        records = self._complete_partial(conn, records)
         duration = time.monotonic() - start
         now = self.clock()
         domains: list[DomainStats] = []
@@ -204,6 +224,29 @@ class Collector:
             for gone in set(self._cache) - seen:
                 del self._cache[gone]
         return Snapshot(ts_ms, domains, duration, fetches)
+
+    def _complete_partial(self, conn: Any, records: list[Any]) -> list[Any]:
+        """Ask once more, after a moment, for running domains whose record is partial
+        (`is_partial`): another client (Nova, an exporter) held the domain's job, which is
+        usually short."""
+        partial = [i for i, (_, stats) in enumerate(records) if is_partial(stats)]
+        if not partial:
+            return records
+        self.partial_records += len(partial)
+        time.sleep(PARTIAL_RETRY_DELAY)
+        try:
+            again = conn.domainListGetStats([records[i][0] for i in partial], STATS_GROUPS,
+                                            STATS_FLAGS)  # fmt: skip
+        except libvirt.libvirtError as e:
+            log.debug("second stats call for partial records failed: %s", e)
+            return records
+        better = {dom.UUIDString(): (dom, stats) for dom, stats in again}
+        out = list(records)
+        for i in partial:
+            uuid = records[i][0].UUIDString()
+            if uuid in better and len(better[uuid][1]) > len(records[i][1]):
+                out[i] = better[uuid]
+        return out
 
     def collect_each(
         self, timeout: float, skip: set[str], workers: int = 8

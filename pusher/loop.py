@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 
 from pusher import __version__, catalog
 from pusher.catalog import LabelPairs, Sample, SeriesKey, label_pairs
-from pusher.collect import Collector, DomainStats, LibvirtUnavailable, Snapshot
+from pusher.collect import (
+    VIR_DOMAIN_RUNNING,
+    Collector,
+    DomainStats,
+    LibvirtUnavailable,
+    Snapshot,
+)
 from pusher.config import Config
 from pusher.encode import STALE_NAN, Encoder, compress, decompress, metadata_bytes
 from pusher.sender import Outcome, Sender
@@ -86,6 +92,8 @@ class DomainSeries:
     info: object  # the DomainInfo it was built from (compared by identity: it is cached)
     plan: catalog.DomainPlan
     extra: tuple[SeriesKey, ...]  # the Nova info series, when there is Nova data
+    running: bool = True
+    devices: frozenset[LabelPairs] = frozenset()  # the devices the record names
 
     def keys(self) -> set[SeriesKey]:
         return {*self.plan.series, *self.extra}
@@ -119,7 +127,8 @@ def plan_snapshot(
         if d.info.nova is not None:
             own = label_pairs(d.info.nova.labels())
             extra = (("libvirt_domain_openstack_info", own, shared),)
-        out[d.uuid] = DomainSeries(d.name, d.info, plan, extra)
+        running = d.stats.get("state.state") == VIR_DOMAIN_RUNNING
+        out[d.uuid] = DomainSeries(d.name, d.info, plan, extra, running, catalog.devices(d.stats))
     return out
 
 
@@ -357,7 +366,20 @@ class Agent:
             new = domains.get(uuid)
             if new is old:
                 continue  # the same plan: the same series
-            gone |= old.keys() - new.keys() if new is not None else old.keys()
+            if new is None:
+                gone |= old.keys()
+                continue
+            vanished = old.keys() - new.keys()
+            if vanished and new.running and new.plan.shared == old.plan.shared:
+                # Still running, same labels: a series missing from the record is a partial
+                # record (another client held the domain's job), unless its device is gone:
+                # no longer named in a group the record has.
+                groups = {k.partition(".")[0] for k in new.plan.signature}
+                vanished = {
+                    k for k in vanished
+                    if k[1] and k[1] not in new.devices and catalog.group_of(k[0]) in groups
+                }  # fmt: skip
+            gone |= vanished
         self.encoder.forget(gone)
         return [(key, STALE_NAN) for key in gone]
 
@@ -377,6 +399,7 @@ class Agent:
                     c.dropped[reason] += n
         age = max(0.0, self.clock() - oldest / 1000) if oldest is not None else 0.0
         meta_errors = self.collector.metadata_errors
+        partial = self.collector.partial_records
         with c.lock:
             out: list[Sample] = [
                 (("pusher_build_info", (("version", __version__),), ext), 1.0),
@@ -392,6 +415,7 @@ class Agent:
                 (("pusher_spool_requests", (), ext), float(requests)),
                 (("pusher_spool_oldest_sample_age_seconds", (), ext), age),
                 (("pusher_nova_metadata_errors_total", (), ext), float(meta_errors)),
+                (("pusher_partial_records_total", (), ext), float(partial)),
             ]
             for reason in sorted(set(KNOWN_DROP_REASONS) | set(c.dropped)):
                 key = ("pusher_samples_dropped_total", (("reason", reason),), ext)

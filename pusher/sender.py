@@ -24,6 +24,7 @@ request on.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import http.client
 import http.cookiejar
@@ -458,12 +459,13 @@ class Sender:
     def _classify(self, resp: requests.Response) -> Outcome:
         code = resp.status_code
         if 200 <= code < 300:
+            self._read_body(resp)  # empty as a rule; read, the connection is kept for the next
             return Outcome("ok", str(code))
         if 300 <= code < 400:
             # A redirect means a wrong URL: keep everything, as for refused credentials.
             where = self.redact(_limit(resp.headers.get("Location", "")), cut=True)
             return Outcome("hold", str(code), message=f"redirect to {where!r} refused")
-        text = self._read_error_body(resp)
+        text = self._read_body(resp)
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         if code >= 500 or code == 429:
             return Outcome("retry", str(code), retry_after, message=text)
@@ -476,9 +478,10 @@ class Sender:
         # 1xx, or a number no receiver should answer: not a verdict on the data.
         return Outcome("retry", str(code), retry_after, message=f"unexpected status: {text}")
 
-    def _read_error_body(self, resp: requests.Response) -> str:
+    def _read_body(self, resp: requests.Response) -> str:
         """Up to MAX_ERROR_BODY bytes of the body, within ERROR_BODY_SECONDS however slowly
-        the receiver sends; undecoded (the request asked for no compression)."""
+        the receiver sends; undecoded (the request asked for no compression). A body read to
+        its end leaves the connection open for the next request; any other is closed."""
         deadline = time.monotonic() + min(self.timeout, ERROR_BODY_SECONDS)
         conn = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
         sock = getattr(conn, "sock", None)
@@ -501,6 +504,10 @@ class Sender:
                 raw += chunk
         except Exception:  # a body that breaks off is still an answer; its code decides
             pass
+        finally:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self.timeout)
         text = bytes(raw[:MAX_ERROR_BODY]).decode("utf-8", "replace")
         return self.redact(text, cut=len(raw) >= MAX_ERROR_BODY)
 

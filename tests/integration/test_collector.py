@@ -115,3 +115,38 @@ def test_libvirtd_restart_under_a_running_agent(
     assert "Traceback" not in log
     assert "reconnecting" in log or "cannot connect" in log
     print(f"reconnected {reconnected_after:.1f}s after libvirtd came back")
+
+
+def test_guest_busy_with_another_clients_job_is_partial_not_gone(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path, libvirt_uri: str
+) -> None:
+    victim = guests[1]
+    block = f'libvirt_domain_block_stats_read_requests_total{{uuid="{victim["uuid"]}"}}'
+    config = write_config(
+        tmp_path, fresh_receiver.write_url,
+        collect={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"},
+    )  # fmt: skip
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    pid = qemu_pid(victim["name"])
+    holder = None
+    try:
+        wait_for(lambda: fresh_receiver.query(block), 20, "first cycles")
+        # Another client's call gets stuck inside the guest's job; the agent's NOWAIT
+        # calls then come back quickly with that guest's record lacking the monitor's groups.
+        os.kill(pid, signal.SIGSTOP)
+        holder = subprocess.Popen(["virsh", "-c", libvirt_uri, "domstats", victim["name"]],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(4 * INTERVAL)
+        partial = fresh_receiver.query("pusher_partial_records_total")
+        assert partial and float(partial[0]["value"][1]) >= 2
+        # No stale marker: the block series is still there, with its last value.
+        assert fresh_receiver.query(block)
+        assert fresh_receiver.query(
+            f'libvirt_domain_state_code{{uuid="{victim["uuid"]}"}}'
+        )  # and what needs no job went on
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if holder is not None:
+            holder.wait(timeout=60)
+        assert agent.stop() == 0, agent.log()
+    assert "Traceback" not in agent.log()

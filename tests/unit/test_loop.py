@@ -34,6 +34,7 @@ class FakeCollector:
     def __init__(self, snapshots: list[list[DomainStats]]) -> None:
         self.snapshots = snapshots
         self.metadata_errors = 0
+        self.partial_records = 0
         self.ts = 1_000_000
 
     def collect(self) -> Snapshot:
@@ -109,6 +110,42 @@ def test_vanished_device_domain_and_renamed_instance_get_stale_markers_once() ->
     assert all(d["instance_name"] == "web-1" for s in renamed_stale.values() for d in s)
     assert "libvirt_domain_openstack_info" in renamed_stale
     assert _stale_names(agent) == {}
+
+
+def test_a_group_missing_as_a_whole_is_partial_not_removed_devices() -> None:
+    partial = {k: v for k, v in stats(disks=2).items() if not k.startswith("block.")}
+    agent = agent_for([
+        [domain("u1", stats(disks=2), WEB)],
+        [domain("u1", partial, WEB)],  # a job held the domain: no block group at all
+        [domain("u1", stats(disks=2), WEB)],
+        [domain("u1", stats(disks=1), WEB)],  # vdb really detached
+    ])  # fmt: skip
+    assert _stale_names(agent) == {}
+    assert _stale_names(agent) == {}
+    assert _stale_names(agent) == {}
+    detached = _stale_names(agent)
+    assert [
+        d["target_device"] for d in detached["libvirt_domain_block_stats_read_bytes_total"]
+    ] == ["vdb"]
+
+
+def test_a_record_naming_disks_without_their_counters_is_partial() -> None:
+    # What libvirt returns with NOWAIT while another client holds the domain's job.
+    partial = {k: v for k, v in stats(disks=2).items() if not k.endswith(".rd.bytes")}
+    partial["block.count"] = 2
+    full = {**stats(disks=2), "block.count": 2}
+    agent = agent_for([[domain("u1", full, WEB)], [domain("u1", partial, WEB)]])
+    assert _stale_names(agent) == {}
+    assert _stale_names(agent) == {}
+
+
+def test_a_domain_shut_off_ends_its_running_series() -> None:
+    off = {"state.state": 5, "state.reason": 1}
+    agent = agent_for([[domain("u1", stats(), WEB)], [domain("u1", off, WEB)]])
+    _stale_names(agent)
+    ended = _stale_names(agent)
+    assert "libvirt_domain_info_cpu_time_seconds_total" in ended
+    assert "libvirt_domain_block_stats_read_bytes_total" in ended
 
 
 def test_libvirt_down_marks_nothing_stale() -> None:
