@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,9 +80,13 @@ def _m(
     scale: float = 1.0, labels: tuple[str, ...] = (), scope: str = "domain",
 ) -> Metric:  # fmt: skip
     if not labels and "<n>" in source:
-        labels = ("vcpu",) if source.startswith("vcpu.") else ("target_device", "source_file")
+        labels = (
+            ("vcpu",)
+            if source.startswith("vcpu.")
+            else ("target_device", "source_file", "volume_id")
+        )
         if source.startswith("net."):
-            labels = ("target_device",)
+            labels = ("target_device", "port_id")
     return Metric(name, type_, unit, help_, labels, source, scale, scope)  # type: ignore[arg-type]
 
 
@@ -96,6 +100,10 @@ CATALOG: tuple[Metric, ...] = (
     # --- host and agent
     _m("libvirt_up", "gauge", "", "Whether the last bulk stats call to libvirt succeeded (1) or not (0).", scope="host"),
     _m("libvirt_domains", "gauge", "", "Number of domains the last bulk stats call returned.", scope="host"),
+    _m("libvirt_node_cpus", "gauge", "", "Logical CPUs of the host, as libvirt reports them.", scope="host"),
+    _m("libvirt_node_memory_bytes", "gauge", "bytes", "Physical memory of the host.", scope="host"),
+    _m("libvirt_node_cpu_frequency_hertz", "gauge", "", "Nominal CPU frequency of the host.", scope="host"),
+    _m("libvirt_versions_info", "gauge", "", "Versions of libvirt and of the hypervisor; the value is always 1.", labels=("libvirt_version", "hypervisor", "hypervisor_version"), scope="host"),
     # --- state
     _m(f"{_D}state_code", "gauge", "", "Domain state as libvirt's virDomainState number (1 running, 3 paused, 5 shut off).", "state.state"),
     _m(f"{_D}state_reason_code", "gauge", "", "Reason for the domain state as libvirt's per-state reason number.", "state.reason"),
@@ -236,6 +244,13 @@ def _number(value: object) -> float | None:
     return None
 
 
+DeviceExtra = Callable[[str], LabelPairs]  # target device -> extra labels
+
+
+def _no_extra(_target: str) -> LabelPairs:
+    return ()
+
+
 @dataclass(eq=False)  # compared and hashed by identity: the encoder caches bytes per plan
 class DomainPlan:
     """How one domain's stats record becomes samples: which keys feed which series.
@@ -264,7 +279,10 @@ class DomainPlan:
 
 
 def plan_domain(
-    stats: Mapping[str, object], shared: LabelPairs, unknown: set[str] | None = None
+    stats: Mapping[str, object],
+    shared: LabelPairs,
+    unknown: set[str] | None = None,
+    extra: DeviceExtra = _no_extra,
 ) -> DomainPlan:
     """The plan for one domain's `getAllDomainStats` record.
 
@@ -290,7 +308,7 @@ def plan_domain(
                 continue
             own = device_labels.get((prefix, index)) or ()
             if not own:
-                own = device_labels[(prefix, index)] = _device_labels(stats, prefix, index)
+                own = device_labels[(prefix, index)] = _device_labels(stats, prefix, index, extra)
         for m in metrics:
             keys.append(key)
             scales.append(m.scale)
@@ -306,7 +324,7 @@ def domain_samples(
     return list(zip(plan.series, plan.values(stats), strict=True))
 
 
-def devices(stats: Mapping[str, object]) -> frozenset[LabelPairs]:
+def devices(stats: Mapping[str, object], extra: DeviceExtra = _no_extra) -> frozenset[LabelPairs]:
     """The label sets of the devices (vCPUs, NICs, disks) a record names, whether or not it
     carries their counters (a partial record names its disks without counting them)."""
     out = set()
@@ -317,15 +335,19 @@ def devices(stats: Mapping[str, object]) -> frozenset[LabelPairs]:
             (prefix == "vcpu" and rest == "state")
             or (prefix in ("net", "block") and rest == "name")
         ):
-            out.add(_device_labels(stats, prefix, index))
+            out.add(_device_labels(stats, prefix, index, extra))
     return frozenset(out)
 
 
-def _device_labels(stats: Mapping[str, object], prefix: str, index: str) -> LabelPairs:
+def _device_labels(
+    stats: Mapping[str, object], prefix: str, index: str, extra: DeviceExtra = _no_extra
+) -> LabelPairs:
     if prefix == "vcpu":
         return (("vcpu", index),)
     name = stats.get(f"{prefix}.{index}.name")
-    labels = {"target_device": name if isinstance(name, str) and name else f"{prefix}{index}"}
+    target = name if isinstance(name, str) and name else f"{prefix}{index}"
+    labels = dict(extra(target))
+    labels["target_device"] = target
     path = stats.get(f"{prefix}.{index}.path")
     if prefix == "block" and isinstance(path, str):
         labels["source_file"] = path

@@ -21,7 +21,15 @@ import libvirt
 
 from pusher.nova import DomainInfo, parse_domain_xml
 
-__all__ = ["Collector", "DomainStats", "LibvirtUnavailable", "Snapshot", "is_partial"]
+__all__ = [
+    "Collector",
+    "DomainStats",
+    "HostInfo",
+    "LibvirtUnavailable",
+    "Snapshot",
+    "is_partial",
+    "version_string",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +82,29 @@ class DomainStats:
 
 
 @dataclass(frozen=True)
+class HostInfo:
+    """The host as libvirt describes it; read once per connection."""
+
+    cpus: int
+    memory_bytes: int
+    cpu_mhz: int
+    libvirt_version: str
+    hypervisor: str
+    hypervisor_version: str
+
+
+def version_string(v: int) -> str:
+    """libvirt's packed version number (major * 1,000,000 + minor * 1,000 + release)."""
+    return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+@dataclass(frozen=True)
 class Snapshot:
     ts_ms: int
     domains: list[DomainStats]
     duration: float  # seconds the bulk call took
     xml_fetches: int  # domain XML documents read this cycle
+    host: HostInfo | None = None
 
 
 _event_loop_lock = threading.Lock()
@@ -123,6 +149,7 @@ class Collector:
         self._each_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.metadata_errors = 0
         self.partial_records = 0  # running domains whose first record lacked groups
+        self.host: HostInfo | None = None
 
     # --- connection
 
@@ -145,12 +172,30 @@ class Collector:
             raise LibvirtUnavailable(f"cannot connect to {self.uri}")
         if self.use_events:
             self._subscribe(conn)
+        self.host = self._host_info(conn)
         self._conn = conn
         # Anything may have changed while we were away: read every domain's XML again.
         with self._lock:
             self._cache.clear()
         log.info("connected to libvirt at %s", self.uri)
         return conn
+
+    @staticmethod
+    def _host_info(conn: Any) -> HostInfo | None:
+        try:
+            _model, memory_mib, cpus, mhz, *_ = conn.getInfo()
+            hv_version = conn.getVersion()
+            return HostInfo(
+                cpus=int(cpus),
+                memory_bytes=int(memory_mib) * 1024 * 1024,
+                cpu_mhz=int(mhz),
+                libvirt_version=version_string(conn.getLibVersion()),
+                hypervisor=str(conn.getType()),
+                hypervisor_version=version_string(hv_version) if hv_version else "",
+            )
+        except libvirt.libvirtError as e:
+            log.info("no host information from libvirt: %s", e)
+            return None
 
     def _subscribe(self, conn: Any) -> None:
         # Drivers without a daemon (test:///) have no keepalive.
@@ -223,7 +268,7 @@ class Collector:
         with self._lock:
             for gone in set(self._cache) - seen:
                 del self._cache[gone]
-        return Snapshot(ts_ms, domains, duration, fetches)
+        return Snapshot(ts_ms, domains, duration, fetches, self.host)
 
     def _complete_partial(self, conn: Any, records: list[Any]) -> list[Any]:
         """Ask once more, after a moment, for running domains whose record is partial
@@ -289,7 +334,7 @@ class Collector:
                 info, fetched = self._info(dom, uuid, now)
                 fetches += fetched
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
-        return Snapshot(ts_ms, domains, time.monotonic() - start, fetches), stuck
+        return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck
 
     def _alive(self) -> bool:
         try:

@@ -557,7 +557,7 @@ def _check_transport(cfg: Config) -> None:
         raise ConfigError(
             f"{rw}.tls.insecure_skip_verify", "contradicts remote_write.tls.ca_file; set one"
         )
-    ctx = ssl.create_default_context()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # only to try the files: no system CAs
     if ca:
         try:
             ctx.load_verify_locations(cafile=ca)

@@ -26,6 +26,7 @@ from pusher.collect import (
     VIR_DOMAIN_RUNNING,
     Collector,
     DomainStats,
+    HostInfo,
     LibvirtUnavailable,
     Snapshot,
 )
@@ -122,14 +123,31 @@ def plan_snapshot(
         shared = identity_labels(d, series_labels, external)
         if cached is not None and cached.plan.shared == shared:
             shared = cached.plan.shared  # the same tuple: the encoder's heads stay valid
-        plan = catalog.plan_domain(d.stats, shared, unknown)
+        plan = catalog.plan_domain(d.stats, shared, unknown, d.info.labels_for)
         extra: tuple[SeriesKey, ...] = ()
         if d.info.nova is not None:
             own = label_pairs(d.info.nova.labels())
             extra = (("libvirt_domain_openstack_info", own, shared),)
         running = d.stats.get("state.state") == VIR_DOMAIN_RUNNING
-        out[d.uuid] = DomainSeries(d.name, d.info, plan, extra, running, catalog.devices(d.stats))
+        devices = catalog.devices(d.stats, d.info.labels_for)
+        out[d.uuid] = DomainSeries(d.name, d.info, plan, extra, running, devices)
     return out
+
+
+def host_samples(host: HostInfo | None, external: LabelPairs) -> list[Sample]:
+    if host is None:
+        return []
+    versions = label_pairs({
+        "libvirt_version": host.libvirt_version,
+        "hypervisor": host.hypervisor,
+        "hypervisor_version": host.hypervisor_version,
+    })  # fmt: skip
+    return [
+        (("libvirt_node_cpus", (), external), float(host.cpus)),
+        (("libvirt_node_memory_bytes", (), external), float(host.memory_bytes)),
+        (("libvirt_node_cpu_frequency_hertz", (), external), host.cpu_mhz * 1e6),
+        (("libvirt_versions_info", versions, external), 1.0),
+    ]
 
 
 def build_samples(
@@ -323,6 +341,7 @@ class Agent:
         if snapshot is not None:
             n = float(self._libvirt_domains)
             cycle.samples.append((("libvirt_domains", (), self.external), n))
+            cycle.samples.extend(host_samples(snapshot.host, self.external))
         with self.counters.lock:
             self.counters.collect_duration = time.monotonic() - start
         return cycle

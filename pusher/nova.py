@@ -70,6 +70,15 @@ class DomainInfo:
     nova: NovaInstance | None = None
     # Why parts of the XML could not be read (logged once per domain by the caller).
     problems: tuple[str, ...] = ()
+    # target device -> extra labels for its series: the Neutron port of a tap device
+    # (`port_id`), the Cinder volume behind a disk (`volume_id`, from the disk's serial).
+    device_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+    def labels_for(self, target: str) -> tuple[tuple[str, str], ...]:
+        for dev, labels in self.device_labels:
+            if dev == target:
+                return labels
+        return ()
 
 
 def _local(tag: str) -> tuple[str, str]:
@@ -166,6 +175,26 @@ def parse_domain_xml(xml: str) -> DomainInfo:
     except RecursionError:
         return DomainInfo(problems=("domain XML nested too deeply",))
     found = find_instance(root)
-    if found is None:
-        return DomainInfo()
-    return DomainInfo(nova=_parse_instance(*found))
+    nova = _parse_instance(*found) if found is not None else None
+    return DomainInfo(nova=nova, device_labels=_device_labels(root, nova))
+
+
+def _device_labels(
+    root: ET.Element, nova: NovaInstance | None
+) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    out: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    for disk in root.iterfind("devices/disk"):
+        target = disk.find("target")
+        serial = _text(disk.find("serial"))
+        if target is not None and target.get("dev") and serial:
+            out.append((target.get("dev", ""), (("volume_id", serial[:256]),)))
+    ports = [uuid for uuid, _ in nova.ports if uuid] if nova is not None else []
+    for iface in root.iterfind("devices/interface"):
+        target = iface.find("target")
+        dev = target.get("dev", "") if target is not None else ""
+        # Nova names a port's tap device "tap" + the first 11 characters of the port id.
+        if dev.startswith("tap") and len(dev) > 3:
+            match = [p for p in ports if p.startswith(dev[3:])]
+            if len(match) == 1:
+                out.append((dev, (("port_id", match[0]),)))
+    return tuple(out)

@@ -39,6 +39,8 @@ class Guest(TypedDict):
     flavor_id: str
     image_uuid: str
     tap: str
+    port_uuid: str
+    volume_id: str  # the Cinder volume attached as vdb
     ip: str
     disks: list[str]  # image paths, vda first
 
@@ -118,12 +120,18 @@ def domain_xml(
     tap_name: str,
     memory_mib: int = 64,
     vcpus: int = 2,
+    serials: dict[int, str] | None = None,
 ) -> str:
-    """A TCG domain with Nova metadata, virtio disks vda, vdb, … and one unmanaged-network NIC."""
+    """A TCG domain with Nova metadata, virtio disks vda, vdb, … and one unmanaged-network NIC.
+
+    `serials` gives disks (by index) a serial, as Nova does for Cinder volumes (the volume id).
+    """
+    serials = serials or {}
     disks = "".join(
         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
         f"<source file={quoteattr(path)}/><target dev='vd{chr(ord('a') + i)}' bus='virtio'/>"
-        "</disk>"
+        + (f"<serial>{escape(serials[i])}</serial>" if i in serials else "")
+        + "</disk>"
         for i, path in enumerate(disk_paths)
     )
     # type='ethernet' with a managed tap needs no bridge or dnsmasq; libvirt creates the tap.
@@ -186,6 +194,8 @@ def create_guests(
                 flavor_id=uuid_str(),
                 image_uuid=uuid_str(),
                 tap=f"tap{port_uuid[:11]}",  # Nova's tap naming; fits IFNAMSIZ (15)
+                port_uuid=port_uuid,
+                volume_id=uuid_str(),
                 ip=f"10.0.0.{10 + i}",
                 disks=[str(workdir / f"{name}-{dev}.qcow2") for dev in ("vda", "vdb")],
             )
@@ -209,7 +219,8 @@ def create_guests(
                 port_uuid=port_uuid,
                 ip=guest["ip"],
             )
-            xml = domain_xml(name, instance_uuid, nova, guest["disks"], guest["tap"])
+            xml = domain_xml(name, instance_uuid, nova, guest["disks"], guest["tap"],
+                             serials={1: guest["volume_id"]})  # fmt: skip
             conn.defineXML(xml).create()
             guests.append(guest)
     except BaseException:

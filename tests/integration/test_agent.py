@@ -68,10 +68,17 @@ def test_once_delivers_every_guest_with_nova_and_cluster_labels(
     )
     assert {d["metric"]["target_device"] for d in disks} == {"vda", "vdb"}
     assert {d["metric"]["source_file"] for d in disks} == set(g["disks"])
+    # The Cinder volume behind vdb (its serial) and the Neutron port behind the tap.
+    volumes = {d["metric"]["target_device"]: d["metric"].get("volume_id") for d in disks}
+    assert volumes == {"vda": None, "vdb": g["volume_id"]}
     (nic,) = fresh_receiver.query(
         f'libvirt_domain_interface_stats_transmit_bytes_total{{domain="{g["name"]}"}}'
     )
     assert nic["metric"]["target_device"] == g["tap"]
+    assert nic["metric"]["port_id"] == g["port_uuid"]
+    (versions,) = fresh_receiver.query("libvirt_versions_info")
+    assert versions["metric"]["hypervisor"] == "QEMU"
+    assert float(fresh_receiver.query("libvirt_node_cpus")[0]["value"][1]) >= 1
 
     up = fresh_receiver.query('libvirt_up{cluster="test-cluster"}')
     assert [u["value"][1] for u in up] == ["1"]
@@ -160,8 +167,10 @@ def test_running_agent_pushes_on_interval_boundaries_and_stops_on_sigterm(
     (series,) = fresh_receiver.query(f"{selector}[1m]")
     stamps = [float(ts) for ts, _ in series["values"]]
     values = [float(v) for _, v in series["values"]]
-    # One cycle per second, taken just after each whole second of the wall clock.
-    assert all(0.7 < b - a < 1.3 for a, b in itertools.pairwise(stamps)), stamps
-    assert all((ts % 1.0) < 0.5 for ts in stamps), stamps
+    # One cycle per second, taken just after each whole second of the wall clock (a loaded
+    # machine may delay one).
+    assert all(0.4 < b - a < 1.6 for a, b in itertools.pairwise(stamps)), stamps
+    on_time = [ts for ts in stamps if (ts % 1.0) < 0.3]
+    assert len(on_time) >= len(stamps) - 1, stamps
     assert values == sorted(values)  # a counter, delivered in order
     assert not any(math.isnan(v) for v in values)
