@@ -186,9 +186,9 @@ def test_device_metrics_carry_their_device_labels() -> None:
         if m.source.startswith("vcpu.<n>."):
             assert m.labels == ("vcpu",), m.name
         elif m.source.startswith("net.<n>."):
-            assert m.labels == ("target_device",), m.name
+            assert m.labels == ("target_device", "port_id"), m.name
         elif m.source.startswith("block.<n>."):
-            assert m.labels == ("target_device", "source_file"), m.name
+            assert m.labels == ("target_device", "source_file", "volume_id"), m.name
 
 
 def test_every_source_key_is_one_metric_except_the_documented_alias() -> None:
