@@ -63,10 +63,14 @@ def main() -> None:
         total += time.process_time() - t
     steady = total / args.cycles
     series_per_guest = samples / args.guests
-    print(f"{args.guests} guests, {samples:,} samples per cycle "
-          f"({series_per_guest:.0f} series per guest), python {sys.version.split()[0]}")
-    print(f"steady state: {steady * 1000:.1f} ms CPU per cycle = "
-          f"{steady / samples * 1e6:.3f} us per sample = {samples / steady:,.0f} samples/s")
+    print(
+        f"{args.guests} guests, {samples:,} samples per cycle "
+        f"({series_per_guest:.0f} series per guest), python {sys.version.split()[0]}"
+    )
+    print(
+        f"steady state: {steady * 1000:.1f} ms CPU per cycle = "
+        f"{steady / samples * 1e6:.3f} us per sample = {samples / steady:,.0f} samples/s"
+    )
     print(f"cold cycle:   {cold * 1000:.1f} ms CPU ({cold / samples * 1e6:.2f} us per sample)")
     print(f"compressed:   {nbytes / samples:.1f} bytes per sample on the wire (remote-write 1.0)")
 

@@ -180,6 +180,8 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_spool_requests", "gauge", "", "Requests waiting in the spool.", scope="agent"),
     _m("pusher_spool_oldest_sample_age_seconds", "gauge", "seconds", "Age of the oldest sample waiting in the spool (0 when empty).", scope="agent"),
     _m("pusher_partial_records_total", "counter", "", "Running domains whose stats came back without whole groups because another client held the domain's job (asked once more, then exported as they were).", scope="agent"),
+    _m("pusher_cached_series", "gauge", "", "Series whose encoded labels the agent keeps; follows the live series (a leak would make it grow).", scope="agent"),
+    _m("pusher_labels_truncated_total", "counter", "", "Label values cut to 2048 bytes (Mimir's limit) when a domain's label set was built.", scope="agent"),
     _m("pusher_nova_metadata_errors_total", "counter", "", "Domain XML documents whose Nova metadata could not be read.", scope="agent"),
 )
 # fmt: on
@@ -215,11 +217,22 @@ for _metric in CATALOG:
 _LABEL_KEYS = {"name", "path", "backingIndex"}
 
 
+class _Truncations:
+    """How many label values were cut: the one piece of state here, read as a self-metric.
+    Label sets are built once per domain and cached, so this counts distinct cuts."""
+
+    count = 0
+
+
+TRUNCATIONS = _Truncations()
+
+
 def truncate_label_value(value: str) -> str:
     """Cut a value to Mimir's byte limit on a UTF-8 character boundary."""
     raw = value.encode("utf-8", "surrogatepass")
     if len(raw) <= MAX_LABEL_VALUE_BYTES:
         return value
+    TRUNCATIONS.count += 1
     return raw[:MAX_LABEL_VALUE_BYTES].decode("utf-8", "ignore")
 
 

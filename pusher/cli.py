@@ -73,7 +73,7 @@ def _summary(cfg: Config) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in sorted(cfg.external_labels.items()))
     return (
         f"libvirt {cfg.libvirt_uri}, every {cfg.collect_interval:g}s -> "
-        f"{cfg.remote_write_url or '(no remote_write.url)'}"
+        f"{config.redact_url(cfg.remote_write_url) or '(no remote_write.url)'}"
         f"{' tenant ' + cfg.remote_write_tenant if cfg.remote_write_tenant else ''}; "
         f"spool {cfg.buffer_path}; external labels {labels}"
     )
@@ -108,10 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpoolError as e:
         print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
         return 2
-    sender = Sender(
-        cfg.remote_write_url, cfg.remote_write_tenant, cfg.remote_write_timeout,
-        cfg.remote_write_headers,
-    )  # fmt: skip
+    sender = Sender.from_config(cfg)
     agent = Agent(cfg, sender=sender, spool=spool)
     if args.once:
         return _once(agent, cfg)

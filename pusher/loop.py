@@ -272,6 +272,7 @@ class Agent:
         self.counters = Counters()
         self.external = label_pairs(cfg.external_labels)
         self._domains: dict[str, DomainSeries] = {}  # the last successful cycle's
+        self._ended: set[SeriesKey] = set()  # series given stale markers this cycle
         self._unknown_keys: set[str] = set()
         self._logged_unknown: set[str] = set()
         self._last_metadata = float("-inf")
@@ -399,7 +400,7 @@ class Agent:
                     if k[1] and k[1] not in new.devices and catalog.group_of(k[0]) in groups
                 }  # fmt: skip
             gone |= vanished
-        self.encoder.forget(gone)
+        self._ended = gone  # forgotten by the encoder once their stale markers are written
         return [(key, STALE_NAN) for key in gone]
 
     def _log_unknown_keys(self) -> None:
@@ -419,6 +420,7 @@ class Agent:
         age = max(0.0, self.clock() - oldest / 1000) if oldest is not None else 0.0
         meta_errors = self.collector.metadata_errors
         partial = self.collector.partial_records
+        truncated = catalog.TRUNCATIONS.count
         with c.lock:
             out: list[Sample] = [
                 (("pusher_build_info", (("version", __version__),), ext), 1.0),
@@ -435,6 +437,8 @@ class Agent:
                 (("pusher_spool_oldest_sample_age_seconds", (), ext), age),
                 (("pusher_nova_metadata_errors_total", (), ext), float(meta_errors)),
                 (("pusher_partial_records_total", (), ext), float(partial)),
+                (("pusher_labels_truncated_total", (), ext), float(truncated)),
+                (("pusher_cached_series", (), ext), float(self.encoder.cached_series())),
             ]
             for reason in sorted(set(KNOWN_DROP_REASONS) | set(c.dropped)):
                 key = ("pusher_samples_dropped_total", (("reason", reason),), ext)
@@ -461,6 +465,8 @@ class Agent:
             metadata = metadata_bytes(catalog.CATALOG)
             self._last_metadata = now
         self.spool.put(self.encoder.encode(cycle.samples, cycle.ts_ms, metadata, cycle.plans))
+        self.encoder.forget(self._ended)
+        self._ended = set()
         self._wake_lanes()
         self._write_health(cycle.ts_ms / 1000)
         return n

@@ -266,7 +266,9 @@ class _Credentials(requests.auth.AuthBase):
             password = self._password
             if isinstance(password, _FileSecret):
                 password = password.get()
-            if not password:
+                if not password:
+                    return None  # unreadable since the start: send none, the 401 says why
+            elif not (password or self._username):
                 return None
             pair = base64.b64encode(self._username + b":" + password).decode("ascii")
             self._redact.add(pair)
@@ -349,8 +351,12 @@ class Sender:
             self._verify = self.tls.ca_file
         self._cert = (self.tls.cert_file, self.tls.key_file) if self.tls.cert_file else None
         self._proxies = {"http": proxy_url, "https": proxy_url} if proxy_url else None
-        for proxy in [proxy_url, *requests.utils.get_environ_proxies(self.url).values()]:
-            self._add_url_secrets(proxy)
+        try:
+            env_proxies = list(requests.utils.get_environ_proxies(self.url).values())
+        except ValueError:  # a URL config validation would have refused
+            env_proxies = []
+        for proxy in [proxy_url, *env_proxies]:
+            self._add_url_secrets(proxy)  # user:password@ of a proxy is never printed either
 
         base = dict(headers or {})
         for name, value in base.items():

@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent import AgentProcess, wait_for, write_config
+from agent import AgentProcess, run_once, wait_for, write_config
 from guests import NOVA_NS, Guest, create_guests, destroy_guests, nova_metadata_xml
 from receiver import Receiver
 
@@ -35,6 +35,27 @@ def test_destroyed_guest_gets_stale_markers_so_its_series_vanish_at_once(
         assert agent.stop() == 0, agent.log()
     assert before > 30
     assert "Traceback" not in agent.log()
+
+
+def test_5000_character_instance_name_never_reaches_the_wire_longer_than_the_limit(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path, libvirt_uri: str
+) -> None:
+    g = guests[0]
+    huge = "ü" + "x" * 4999  # a multi-byte character first: the cut must keep UTF-8 whole
+    _set_nova_metadata(libvirt_uri, g, huge)
+    try:
+        config = write_config(tmp_path, fresh_receiver.write_url)
+        result = run_once(config, "--once")
+        assert result.returncode == 0, result.stderr
+    finally:
+        _set_nova_metadata(libvirt_uri, g, g["instance_name"])
+    series = fresh_receiver.query(f'{{__name__=~"libvirt_domain_.+", uuid="{g["uuid"]}"}}')
+    assert len(series) > 30
+    for s in series:
+        name = s["metric"]["instance_name"]
+        assert len(name.encode()) <= 2048 and name.startswith("ü" + "x" * 100)
+    truncated = fresh_receiver.query("pusher_labels_truncated_total")
+    assert float(truncated[0]["value"][1]) >= 1
 
 
 def _set_nova_metadata(libvirt_uri: str, g: Guest, name: str) -> None:
@@ -78,3 +99,37 @@ def test_nova_rename_shows_in_the_labels_within_one_interval(
         _set_nova_metadata(libvirt_uri, g, g["instance_name"])
         assert agent.stop() == 0, agent.log()
     assert "Nova metadata changed" in agent.log()
+
+
+def test_churn_of_50_guests_leaves_no_series_and_no_leak(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path, libvirt_uri: str
+) -> None:
+    agent = AgentProcess(write_config(tmp_path, fresh_receiver.write_url), tmp_path / "a.log")
+    workdir = Path(tempfile.mkdtemp(prefix="pusher-churn-"))
+    cached = "pusher_cached_series"
+    try:
+        wait_for(lambda: fresh_receiver.query(cached), 20, "the agent's first cycles")
+        time.sleep(2)
+        baseline = float(fresh_receiver.query(cached)[0]["value"][1])
+        names: list[str] = []
+        for round_ in range(10):
+            batch = create_guests(libvirt_uri, workdir, 5, prefix=f"churn{round_}",
+                                  base=0xB100 + 16 * round_)  # fmt: skip
+            names += [g["name"] for g in batch]
+            time.sleep(3)  # cycles see them (a starting QEMU may be busy for one)
+            destroy_guests(libvirt_uri, [g["name"] for g in batch])
+        time.sleep(3)
+        churned = f'libvirt_domain_state_code{{domain=~"{"|".join(names)}"}}'
+        seen = fresh_receiver.query(f"count(count by (domain) (count_over_time({churned}[5m])))")
+        assert float(seen[0]["value"][1]) == 50  # every guest was collected
+        # Every destroyed guest's series ended at once (stale markers), none lingers.
+        left = fresh_receiver.query(f'{{__name__=~"libvirt_.+", domain=~"{"|".join(names)}"}}')
+        assert left == []
+        # The caches are back to what the three remaining guests need.
+        after = float(fresh_receiver.query(cached)[0]["value"][1])
+        assert after <= baseline + 5, (baseline, after)
+    finally:
+        destroy_guests(libvirt_uri, names if "names" in locals() else [])
+        assert agent.stop() == 0, agent.log()
+    log = agent.log()
+    assert "Traceback" not in log and " ERROR " not in log

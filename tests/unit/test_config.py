@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pki import make_pki
 
 from pusher import __version__, config
 from pusher.config import (
@@ -54,6 +55,15 @@ def test_empty_document_gives_the_documented_defaults() -> None:
     assert cfg.remote_write_max_sample_age == 3600.0
     assert cfg.remote_write_metadata_interval == 60.0
     assert cfg.remote_write_order == "fifo"
+    assert cfg.remote_write_tls_ca_file == ""
+    assert cfg.remote_write_tls_cert_file == ""
+    assert cfg.remote_write_tls_key_file == ""
+    assert cfg.remote_write_tls_server_name == ""
+    assert cfg.remote_write_tls_insecure_skip_verify is False
+    assert cfg.remote_write_basic_auth_username == ""
+    assert cfg.remote_write_basic_auth_password_file == ""
+    assert cfg.remote_write_bearer_token_file == ""
+    assert cfg.remote_write_proxy_url == ""
     assert dict(cfg.external_labels) == {"host": "node-1"}
     assert cfg.buffer_path == "/var/lib/libvirt-pusher"
     assert cfg.buffer_max_bytes == 2**30
@@ -87,13 +97,23 @@ remote_write:
   timeout: 20s
   max_samples_per_send: 500
   headers:
-    Authorization: Bearer s3cr3t
+    X-Api-Key: s3cr3t
     X-Custom: "1"
   min_backoff: 100ms
   max_backoff: 30s
   max_sample_age: 2h
   metadata_interval: 5m
   order: backfill
+  tls:
+    ca_file: ${PKI}/ca.pem
+    cert_file: ${PKI}/client.pem
+    key_file: ${PKI}/client.key
+    server_name: mimir.internal
+    insecure_skip_verify: false
+  basic_auth:
+    username: edge-1
+    password_file: ${PKI}/password
+  proxy_url: http://proxy.example:3128
 external_labels:
   region: eu-west
   dc: ams1
@@ -110,8 +130,25 @@ shutdown_grace: 2500ms
 """
 
 
-def test_every_schema_key_is_read_from_yaml() -> None:
-    cfg = parse(FULL)
+# bearer_token_file excludes basic_auth: it is read from its own document.
+FULL_BEARER = """
+remote_write:
+  url: https://mimir.example.com/api/v1/push
+  bearer_token_file: ${PKI}/token
+"""
+
+
+@pytest.fixture(scope="module")
+def pki_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    (pki.directory / "password").write_text("pa55word\n", encoding="utf-8")
+    (pki.directory / "token").write_text("t0ken\n", encoding="utf-8")
+    return {"PKI": str(pki.directory)}
+
+
+def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
+    cfg = parse(FULL, pki_env)
+    pki = pki_env["PKI"]
     assert cfg.libvirt_uri == "qemu+ssh://root@kvm-1/system"
     assert cfg.collect_interval == 60.0
     assert cfg.collect_timeout == 45.0
@@ -119,12 +156,20 @@ def test_every_schema_key_is_read_from_yaml() -> None:
     assert cfg.remote_write_tenant == "edge-eu-1"
     assert cfg.remote_write_timeout == 20.0
     assert cfg.remote_write_max_samples_per_send == 500
-    assert dict(cfg.remote_write_headers) == {"Authorization": "Bearer s3cr3t", "X-Custom": "1"}
+    assert dict(cfg.remote_write_headers) == {"X-Api-Key": "s3cr3t", "X-Custom": "1"}
     assert cfg.remote_write_min_backoff == pytest.approx(0.1)
     assert cfg.remote_write_max_backoff == 30.0
     assert cfg.remote_write_max_sample_age == 7200.0
     assert cfg.remote_write_order == "backfill"
     assert cfg.remote_write_metadata_interval == 300.0
+    assert cfg.remote_write_tls_ca_file == f"{pki}/ca.pem"
+    assert cfg.remote_write_tls_cert_file == f"{pki}/client.pem"
+    assert cfg.remote_write_tls_key_file == f"{pki}/client.key"
+    assert cfg.remote_write_tls_server_name == "mimir.internal"
+    assert cfg.remote_write_tls_insecure_skip_verify is False
+    assert cfg.remote_write_basic_auth_username == "edge-1"
+    assert cfg.remote_write_basic_auth_password_file == f"{pki}/password"
+    assert cfg.remote_write_proxy_url == "http://proxy.example:3128"
     assert dict(cfg.external_labels) == {"region": "eu-west", "dc": "ams1", "host": "node-1"}
     assert cfg.buffer_path == "/srv/spool"
     assert cfg.buffer_max_bytes == 512 * 2**20
@@ -133,13 +178,15 @@ def test_every_schema_key_is_read_from_yaml() -> None:
     assert cfg.nova_refresh_interval == 5400.0
     assert cfg.log_level == "debug"
     assert cfg.shutdown_grace == 2.5
+    bearer = parse(FULL_BEARER, pki_env)
+    assert bearer.remote_write_bearer_token_file == f"{pki}/token"
 
 
 def test_the_full_example_covers_every_schema_key() -> None:
     # When a key is added to the schema, add it to FULL above (and to the test reading it).
-    tree = yaml.safe_load(FULL)
     flat: dict[str, object] = {}
-    config._flatten(tree, "", flat)
+    config._flatten(yaml.safe_load(FULL), "", flat)
+    config._flatten(yaml.safe_load(FULL_BEARER), "", flat)
     assert set(flat) == set(config._SCHEMA)
 
 

@@ -175,3 +175,23 @@ def test_plan_values_are_in_base_units() -> None:
 def test_split_request_keeps_every_field_whole() -> None:
     raw = b"\x0a\x03abc" + b"\x0a\x81\x01" + b"x" * 129 + b"\x1a\x01z"
     assert split_request(raw) == [b"\x0a\x03abc", b"\x0a\x81\x01" + b"x" * 129, b"\x1a\x01z"]
+
+
+def test_ended_series_leave_the_encoders_cache() -> None:
+    from pusher.spool import Spool
+
+    agent = agent_for([
+        [domain("u1", stats(), WEB), domain("u2", stats(disks=2), DomainInfo())],
+        [domain("u1", stats(), WEB)],
+        [domain("u1", stats(), WEB)],
+    ])  # fmt: skip
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        agent.spool = Spool(tmp + "/spool", 10**7)
+        agent.run_cycle()
+        with_both = agent.encoder.cached_series()
+        agent.run_cycle()  # u2 gone: stale markers written, then forgotten
+        agent.run_cycle()
+        assert agent.encoder.cached_series() <= with_both - 5  # u2 had 5 series
+        agent.spool.close()
