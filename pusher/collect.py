@@ -54,7 +54,8 @@ STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 # Keys a running domain always reports, one per group (a domain without disks still has
 # block.count = 0).
 RUNNING_KEYS = ("cpu.time", "balloon.current", "vcpu.current", "net.count", "block.count")
-PARTIAL_RETRY_DELAY = 0.1
+# Per-domain calls in flight at once (the fallbacks for stuck and partial domains).
+EACH_WORKERS = 8
 VIR_DOMAIN_RUNNING = 1
 
 
@@ -136,7 +137,9 @@ class Collector:
         refresh_interval: float = 600.0,
         clock: Callable[[], float] = time.time,
         use_events: bool = True,
+        partial_wait: float = 1.0,
     ) -> None:
+        self.partial_wait = partial_wait
         self.uri = uri
         self.refresh_interval = refresh_interval
         self.clock = clock
@@ -148,7 +151,9 @@ class Collector:
         self._lock = threading.Lock()
         self._each_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.metadata_errors = 0
-        self.partial_records = 0  # running domains whose first record lacked groups
+        self.partial_records = 0  # running domains whose first record was partial
+        self.partial_kept = 0  # of those, the ones still partial when exported
+        self._asking: dict[str, concurrent.futures.Future[Any]] = {}  # uuid -> re-ask
         self.host: HostInfo | None = None
 
     # --- connection
@@ -278,24 +283,45 @@ class Collector:
         if not partial:
             return records
         self.partial_records += len(partial)
-        time.sleep(PARTIAL_RETRY_DELAY)
-        try:
-            again = conn.domainListGetStats([records[i][0] for i in partial], STATS_GROUPS,
-                                            STATS_FLAGS)  # fmt: skip
-        except libvirt.libvirtError as e:
-            log.debug("second stats call for partial records failed: %s", e)
-            return records
-        better = {dom.UUIDString(): (dom, stats) for dom, stats in again}
-        out = list(records)
+        # Ask each such domain again, this time waiting for its job (no NOWAIT): another
+        # client's job is short. A domain whose monitor is stuck does not answer within
+        # `partial_wait` and keeps its partial record.
+        pool = self._pool()
+        futures: dict[concurrent.futures.Future[Any], int] = {}
         for i in partial:
             uuid = records[i][0].UUIDString()
-            if uuid in better and len(better[uuid][1]) > len(records[i][1]):
-                out[i] = better[uuid]
+            pending = self._asking.get(uuid)
+            if pending is not None and not pending.done():
+                continue  # still waiting from an earlier cycle: one thread per domain at most
+            f = pool.submit(conn.domainListGetStats, [records[i][0]], STATS_GROUPS, 0)
+            self._asking[uuid] = f
+            futures[f] = i
+        done, _ = concurrent.futures.wait(futures, timeout=self.partial_wait)
+        for uuid in [u for u, f in self._asking.items() if f.done()]:
+            del self._asking[uuid]
+        out = list(records)
+        for f in done:
+            i = futures[f]
+            try:
+                again = f.result()
+            except libvirt.libvirtError as e:
+                log.debug("second stats call for a partial record failed: %s", e)
+                continue
+            if again and len(again[0][1]) > len(records[i][1]):
+                out[i] = again[0]
+            else:
+                self.partial_kept += 1
+        self.partial_kept += len(partial) - len(done)
         return out
 
-    def collect_each(
-        self, timeout: float, skip: set[str], workers: int = 8
-    ) -> tuple[Snapshot, set[str]]:
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._each_pool is None:
+            self._each_pool = concurrent.futures.ThreadPoolExecutor(
+                EACH_WORKERS, thread_name_prefix="libvirt-each"
+            )
+        return self._each_pool
+
+    def collect_each(self, timeout: float, skip: set[str]) -> tuple[Snapshot, set[str]]:
         """The fallback when the bulk call hangs: one stats call per domain, in parallel,
         all given up after `timeout`. Returns what answered in time and the UUIDs of the
         domains that did not (their QEMU monitor is stuck). Domains in `skip` are known to
@@ -311,11 +337,7 @@ class Collector:
             doms = [d for d in conn.listAllDomains(0) if d.UUIDString() not in skip]
         except libvirt.libvirtError as e:
             raise LibvirtUnavailable(f"listAllDomains failed: {e}") from None
-        pool = self._each_pool
-        if pool is None:
-            pool = self._each_pool = concurrent.futures.ThreadPoolExecutor(
-                workers, thread_name_prefix="libvirt-each"
-            )
+        pool = self._pool()
         futures = {pool.submit(conn.domainListGetStats, [d], STATS_GROUPS, 0): d for d in doms}
         done, not_done = concurrent.futures.wait(futures, timeout=timeout)
         now = self.clock()

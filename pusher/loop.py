@@ -265,7 +265,9 @@ class Agent:
     ) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.collector = collector or Collector(cfg.libvirt_uri, cfg.nova_refresh_interval)
+        self.collector = collector or Collector(
+            cfg.libvirt_uri, cfg.nova_refresh_interval, partial_wait=cfg.collect_timeout / 4
+        )
         self.spool = spool
         self.sender = sender
         self.encoder = Encoder(cfg.remote_write_max_samples_per_send)
@@ -420,6 +422,7 @@ class Agent:
         age = max(0.0, self.clock() - oldest / 1000) if oldest is not None else 0.0
         meta_errors = self.collector.metadata_errors
         partial = self.collector.partial_records
+        partial_kept = self.collector.partial_kept
         truncated = catalog.TRUNCATIONS.count
         with c.lock:
             out: list[Sample] = [
@@ -437,6 +440,7 @@ class Agent:
                 (("pusher_spool_oldest_sample_age_seconds", (), ext), age),
                 (("pusher_nova_metadata_errors_total", (), ext), float(meta_errors)),
                 (("pusher_partial_records_total", (), ext), float(partial)),
+                (("pusher_partial_records_kept_total", (), ext), float(partial_kept)),
                 (("pusher_labels_truncated_total", (), ext), float(truncated)),
                 (("pusher_cached_series", (), ext), float(self.encoder.cached_series())),
             ]

@@ -62,14 +62,23 @@ def test_stuck_guest_never_stalls_the_cycle_and_is_counted(
         # No cycle took longer than collect.timeout (plus the agent's own work).
         worst = fresh_receiver.query("max_over_time(pusher_collect_duration_seconds[8s])")
         assert float(worst[0]["value"][1]) < TIMEOUT + 0.5, worst
-        # The stuck guest is counted, and its series were not marked stale.
+        # The stuck guest is counted, and its series were not marked stale. If the agent's
+        # call was the first to reach the stopped monitor, the guest is counted as timing
+        # out; if another client's call got there first (it then holds the guest's job),
+        # the agent's records for it are partial, and counted as such.
         stuck = fresh_receiver.query(
             f'libvirt_domain_stats_timeouts_total{{uuid="{victim["uuid"]}"}}'
         )
-        assert stuck and float(stuck[0]["value"][1]) >= 2
-        assert stuck[0]["metric"]["instance_name"] == victim["instance_name"]
-        assert _latest_ts(fresh_receiver, cpu, victim["uuid"]) < stopped_at
+        kept = fresh_receiver.query("pusher_partial_records_kept_total")
+        if stuck:
+            assert float(stuck[0]["value"][1]) >= 2
+            assert stuck[0]["metric"]["instance_name"] == victim["instance_name"]
+            assert _latest_ts(fresh_receiver, cpu, victim["uuid"]) < stopped_at
+        else:
+            assert float(kept[0]["value"][1]) >= 2
         assert fresh_receiver.query(f'{cpu}{{uuid="{victim["uuid"]}"}}')  # still visible
+        block = f'libvirt_domain_block_stats_read_requests_total{{uuid="{victim["uuid"]}"}}'
+        assert fresh_receiver.query(block)  # not marked stale either
     finally:
         os.kill(pid, signal.SIGCONT)
     resumed_at = time.time()
@@ -80,7 +89,6 @@ def test_stuck_guest_never_stalls_the_cycle_and_is_counted(
         )  # fmt: skip
     finally:
         assert agent.stop() == 0, agent.log()
-    assert "did not answer" in agent.log()
     assert "Traceback" not in agent.log()
 
 
@@ -139,6 +147,9 @@ def test_guest_busy_with_another_clients_job_is_partial_not_gone(
         time.sleep(4 * INTERVAL)
         partial = fresh_receiver.query("pusher_partial_records_total")
         assert partial and float(partial[0]["value"][1]) >= 2
+        # Asked again waiting for the job, which the stuck holder keeps: still partial.
+        kept = fresh_receiver.query("pusher_partial_records_kept_total")
+        assert float(kept[0]["value"][1]) >= 2
         # No stale marker: the block series is still there, with its last value.
         assert fresh_receiver.query(block)
         assert fresh_receiver.query(

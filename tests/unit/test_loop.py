@@ -35,6 +35,7 @@ class FakeCollector:
         self.snapshots = snapshots
         self.metadata_errors = 0
         self.partial_records = 0
+        self.partial_kept = 0
         self.ts = 1_000_000
 
     def collect(self) -> Snapshot:
@@ -45,8 +46,9 @@ class FakeCollector:
         pass
 
 
-def agent_for(snapshots: list[list[DomainStats]]) -> Agent:
-    cfg = from_mapping({"nova": {"series_labels": list(LABELS)}}, hostname="h1")
+def agent_for(snapshots: list[list[DomainStats]], timeout: str = "10s") -> Agent:
+    tree = {"nova": {"series_labels": list(LABELS)}, "collect": {"timeout": timeout}}
+    cfg = from_mapping(tree, hostname="h1")
     return Agent(cfg, collector=FakeCollector(snapshots))  # type: ignore[arg-type]
 
 
@@ -195,3 +197,41 @@ def test_ended_series_leave_the_encoders_cache() -> None:
         agent.run_cycle()
         assert agent.encoder.cached_series() <= with_both - 5  # u2 had 5 series
         agent.spool.close()
+
+
+def test_a_hanging_bulk_call_falls_back_and_keeps_the_stuck_domains_series() -> None:
+    import threading
+    import time as _time
+
+    release = threading.Event()
+
+    class Hanging(FakeCollector):
+        def collect(self) -> Snapshot:
+            release.wait(30)  # a QEMU monitor that does not answer
+            return super().collect()
+
+        def collect_each(self, timeout: float, skip: set[str]) -> tuple[Snapshot, set[str]]:
+            self.ts += 15_000
+            return Snapshot(self.ts, [domain("u1", stats(), WEB)], 0.0, 0), {"u2"} - skip
+
+    agent = agent_for(
+        [[domain("u1", stats(), WEB), domain("u2", stats(), DomainInfo())]], timeout="1s"
+    )
+    agent.collect_cycle()  # both answered once
+    agent.collector = Hanging([[], []])  # type: ignore[assignment]
+    cfg_timeout = agent.cfg.collect_timeout
+    try:
+        for expected in (1.0, 2.0):
+            start = _time.monotonic()
+            cycle = agent.collect_cycle()
+            assert _time.monotonic() - start < cfg_timeout + 0.5
+            assert [k for k, v in cycle.samples if is_stale(v)] == []  # u2 is stuck, not gone
+            timeouts = [
+                (dict(shared)["uuid"], v)
+                for (name, _, shared), v in cycle.samples
+                if name == "libvirt_domain_stats_timeouts_total"
+            ]
+            assert timeouts == [("u2", expected)]
+            assert [dict(p.shared)["uuid"] for p, _ in cycle.plans] == ["u1"]  # u1 exported
+    finally:
+        release.set()
