@@ -191,6 +191,7 @@ class Config:
     remote_write_max_sample_age: float = 3600.0
     remote_write_metadata_interval: float = 60.0
     remote_write_order: str = "fifo"
+    remote_write_protocol: str = "v1"
     remote_write_tls_ca_file: str = ""
     remote_write_tls_cert_file: str = ""
     remote_write_tls_key_file: str = ""
@@ -399,6 +400,13 @@ def _series_labels(v: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v))
 
 
+def _protocol(v: Any) -> str:
+    s = _str(v)
+    if s not in ("v1", "v2", "auto"):
+        raise ValueError(f"{v!r} is not v1, v2 or auto")
+    return s
+
+
 def _order(v: Any) -> str:
     s = _str(v)
     if s not in ("fifo", "backfill"):
@@ -428,6 +436,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "remote_write.max_sample_age": ("remote_write_max_sample_age", _duration),
     "remote_write.metadata_interval": ("remote_write_metadata_interval", _duration),
     "remote_write.order": ("remote_write_order", _order),
+    "remote_write.protocol": ("remote_write_protocol", _protocol),
     "remote_write.tls.ca_file": ("remote_write_tls_ca_file", _file),
     "remote_write.tls.cert_file": ("remote_write_tls_cert_file", _file),
     "remote_write.tls.key_file": ("remote_write_tls_key_file", _file),

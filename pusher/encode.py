@@ -22,20 +22,23 @@ from pusher.catalog import CATALOG, DomainPlan, Metric, Sample, SeriesKey, serie
 __all__ = [
     "STALE_NAN",
     "Encoder",
+    "EncoderV2",
     "Request",
     "compress",
     "decompress",
     "exposition",
     "is_stale",
     "metadata_bytes",
+    "v2_to_v1",
 ]
 
 # Prometheus's staleness marker: a NaN with this exact bit pattern, used for nothing else.
 STALE_NAN_BITS = 0x7FF0000000000002
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", STALE_NAN_BITS))[0]
 _DOUBLE = struct.Struct("<d")
-# Remote-write MetricMetadata.MetricType numbers.
+# Remote-write MetricMetadata.MetricType numbers (the same in 1.0 and 2.0).
 _TYPE_NUMBER = {"counter": 1, "gauge": 2}
+_BY_NAME = {m.name: m for m in CATALOG}
 
 
 def is_stale(value: float) -> bool:
@@ -102,11 +105,12 @@ def decompress(body: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Request:
-    """One encoded request: its snappy body and what it carries."""
+    """One encoded request: its snappy body, what it carries, and its protocol (1 or 2)."""
 
     body: bytes
     samples: int
     ts_ms: int
+    proto: int = 1
 
 
 class Encoder:
@@ -200,6 +204,127 @@ class Encoder:
             if raw:
                 requests.append(Request(compress(raw), min(step, n - start), ts_ms))
         return requests
+
+
+class EncoderV2:
+    """Remote-Write 2.0 (`io.prometheus.write.v2.Request`): each request carries a table of
+    its strings (`symbols`, symbols[0] = ""), and each series refers to its label names and
+    values, and to its metric's help and unit, by index into it; the type rides with every
+    series as metadata. Label sets shared by a domain's 50-odd series are written once per
+    request instead of once per sample.
+
+    A request's symbol table depends on which series it holds. The domain series are cut
+    into requests in plan order, so while the domains' plans stay the same (the usual
+    cycle), so do the requests' layouts: those "skeletons" (symbol table, and each series'
+    head up to its Sample) are cached and a cycle only splices in the timestamp and values.
+    The few other series (the agent's own, stale markers, info) go in a last request built
+    afresh. Like the 1.0 encoder, a Sample is written timestamp first.
+    """
+
+    def __init__(self, max_samples: int) -> None:
+        self.max_samples = max_samples
+        self._layout: tuple[tuple[DomainPlan, ...], int] | None = None
+        self._skeletons: list[tuple[bytes, list[bytes]]] = []
+
+    def cached_series(self) -> int:
+        return sum(len(heads) for _, heads in self._skeletons)
+
+    def forget(self, keys: Iterable[SeriesKey]) -> None:
+        """Nothing to do: skeletons are rebuilt whenever the plans change."""
+
+    @staticmethod
+    def _skeleton(series: Sequence[SeriesKey], sample_len: int) -> tuple[bytes, list[bytes]]:
+        symbols: dict[str, int] = {"": 0}
+
+        def ref(s: str) -> bytes:
+            i = symbols.get(s)
+            if i is None:
+                i = symbols[s] = len(symbols)
+            return _varint(i)
+
+        heads = []
+        sample_field = b"\x12" + _varint(sample_len)
+        for key in series:
+            refs = b"".join(ref(n) + ref(v) for n, v in series_labels(key))
+            metric = _BY_NAME.get(key[0])
+            meta = b""
+            if metric is not None:
+                meta = b"\x08" + _varint(_TYPE_NUMBER[metric.type])
+                meta += b"\x18" + ref(metric.help)
+                if metric.unit:
+                    meta += b"\x20" + ref(metric.unit)
+            inner = b"\x0a" + _varint(len(refs)) + refs
+            inner += b"\x2a" + _varint(len(meta)) + meta
+            total = len(inner) + len(sample_field) + sample_len
+            heads.append(b"\x2a" + _varint(total) + inner + sample_field)
+        table = b"".join(_field_bytes(0x22, s.encode()) for s in symbols)
+        return table, heads
+
+    def encode(
+        self,
+        samples: Sequence[Sample],
+        ts_ms: int,
+        metadata: bytes = b"",
+        plans: Sequence[tuple[DomainPlan, Sequence[float]]] = (),
+    ) -> list[Request]:
+        """One cycle -> compressed 2.0 request bodies, in order. Metadata always rides
+        along (per series, interned), so `metadata` is not used."""
+        ts_value = (b"\x10" + _varint(ts_ms) if ts_ms else b"") + b"\x09"
+        sample_len = len(ts_value) + 8
+        layout = (tuple(p for p, _ in plans), sample_len)
+        if layout != self._layout:
+            series = [k for p, _ in plans for k in p.series]
+            self._skeletons = [
+                self._skeleton(series[i : i + self.max_samples], sample_len)
+                for i in range(0, len(series), self.max_samples)
+            ]
+            self._layout = layout
+        values: list[float] = []
+        for _, plan_values in plans:
+            values += plan_values
+        pack = _DOUBLE.pack
+        requests: list[Request] = []
+        start = 0
+        for table, heads in self._skeletons:
+            n = len(heads)
+            parts = [ts_value] * (3 * n)
+            parts[0::3] = heads
+            parts[2::3] = list(map(pack, values[start : start + n]))
+            requests.append(Request(compress(table + b"".join(parts)), n, ts_ms, 2))
+            start += n
+        for i in range(0, len(samples), self.max_samples):
+            chunk = samples[i : i + self.max_samples]
+            table, heads = self._skeleton([k for k, _ in chunk], sample_len)
+            body = b"".join(h + ts_value + pack(v) for h, (_, v) in zip(heads, chunk, strict=True))
+            requests.append(Request(compress(table + body), len(chunk), ts_ms, 2))
+        return requests
+
+
+def decode_v2(raw: bytes) -> list[tuple[list[tuple[str, str]], list[tuple[int, float]]]]:
+    """An uncompressed 2.0 request -> [(labels, [(ts_ms, value)])], with the generated
+    classes; for turning spooled 2.0 requests into 1.0 ones when a receiver needs that."""
+    from pusher.pb import remote_write_v2_pb2
+
+    req = remote_write_v2_pb2.Request.FromString(raw)
+    sym = list(req.symbols)
+    out = []
+    for ts in req.timeseries:
+        refs = list(ts.labels_refs)
+        labels = [(sym[refs[i]], sym[refs[i + 1]]) for i in range(0, len(refs), 2)]
+        out.append((labels, [(s.timestamp, s.value) for s in ts.samples]))
+    return out
+
+
+def v2_to_v1(body: bytes) -> bytes:
+    """A compressed 2.0 request body -> the same series as a compressed 1.0 body."""
+    out = bytearray()
+    for labels, samples in decode_v2(decompress(body)):
+        series = _label_bytes(labels)
+        for ts_ms, value in samples:
+            sample = (b"\x10" + _varint(ts_ms) if ts_ms else b"") + b"\x09" + _DOUBLE.pack(value)
+            inner = series + _field_bytes(0x12, sample)
+            out += _field_bytes(0x0A, inner)
+    return compress(bytes(out))
 
 
 # --- text exposition (for --dry-run) ------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,15 @@ from pusher.collect import (
     Snapshot,
 )
 from pusher.config import Config
-from pusher.encode import STALE_NAN, Encoder, compress, decompress, metadata_bytes
+from pusher.encode import (
+    STALE_NAN,
+    Encoder,
+    EncoderV2,
+    compress,
+    decompress,
+    metadata_bytes,
+    v2_to_v1,
+)
 from pusher.sender import Outcome, Sender
 from pusher.spool import Row, Spool
 
@@ -166,6 +175,7 @@ def build_samples(
 
 
 HEALTH_FILE = "health.json"
+PROTOCOL_FILE = "protocol"  # "1" once an `auto` agent found its receiver takes only 1.0
 # --health fails when a backlog has had no successful send for this long.
 HEALTH_MAX_SEND_AGE = 600.0
 
@@ -225,9 +235,10 @@ def split_request(raw: bytes) -> list[bytes]:
     return fields
 
 
-def _count_series(fields: Sequence[bytes]) -> int:
+def _count_series(fields: Sequence[bytes], proto: int = 1) -> int:
     # Every TimeSeries this agent writes holds exactly one sample.
-    return sum(1 for f in fields if f[:1] == b"\x0a")
+    tag = b"\x2a" if proto == 2 else b"\x0a"  # Request.timeseries = 5 / WriteRequest's = 1
+    return sum(1 for f in fields if f[:1] == tag)
 
 
 @dataclass
@@ -252,6 +263,7 @@ class Cycle:
 class _Part:
     body: bytes  # compressed
     samples: int
+    proto: int = 1
 
 
 class Agent:
@@ -271,6 +283,8 @@ class Agent:
         self.spool = spool
         self.sender = sender
         self.encoder = Encoder(cfg.remote_write_max_samples_per_send)
+        self.encoder_v2 = EncoderV2(cfg.remote_write_max_samples_per_send)
+        self.protocol = self._initial_protocol()  # 1 or 2: what new cycles are encoded as
         self.counters = Counters()
         self.external = label_pairs(cfg.external_labels)
         self._domains: dict[str, DomainSeries] = {}  # the last successful cycle's
@@ -468,7 +482,8 @@ class Agent:
         if interval > 0 and now - self._last_metadata >= interval:
             metadata = metadata_bytes(catalog.CATALOG)
             self._last_metadata = now
-        self.spool.put(self.encoder.encode(cycle.samples, cycle.ts_ms, metadata, cycle.plans))
+        encoder = self.encoder_v2 if self.protocol == 2 else self.encoder
+        self.spool.put(encoder.encode(cycle.samples, cycle.ts_ms, metadata, cycle.plans))
         self.encoder.forget(self._ended)
         self._ended = set()
         self._wake_lanes()
@@ -618,8 +633,9 @@ class Agent:
         dropped, "deadline" when the shutdown deadline came first, "handover" when the
         fresh lane's rows aged into the backlog lane's while it was retrying them."""
         assert self.spool is not None and self.sender is not None
-        if len(rows) == 1:
-            parts = [_Part(rows[0].body, rows[0].samples)]
+        if len(rows) == 1 or any(r.proto != 1 for r in rows):
+            # 2.0 requests each carry their own symbol table: sent one by one.
+            parts = [_Part(r.body, r.samples, r.proto) for r in rows]
         else:  # merge a backlog's rows into one request: fewer, larger requests drain faster
             raw = b"".join(decompress(r.body) for r in rows)
             parts = [_Part(compress(raw), sum(r.samples for r in rows))]
@@ -627,11 +643,21 @@ class Agent:
         backoff = self.cfg.remote_write_min_backoff
         while parts:
             part = parts[0]
+            if part.proto == 2 and self.protocol == 1:
+                part = parts[0] = _Part(v2_to_v1(part.body), part.samples, 1)
             if attempt:
                 with self.counters.lock:
                     self.counters.retried += part.samples
-            outcome = self._post(part.body, attempt)
+            outcome = self._post(part.body, attempt, part.proto)
+            if outcome.kind == "unsupported" and self.cfg.remote_write_protocol == "auto":
+                self._fall_back_to_v1(outcome)
+                continue  # the same part again, as 1.0
+            if outcome.kind == "unsupported":
+                why = "the receiver does not take Remote-Write 2.0 (remote_write.protocol: v2)"
+                outcome = Outcome("hold", outcome.code, message=why)
             if outcome.kind == "ok":
+                if outcome.written is not None and outcome.written < part.samples:
+                    self._count_drop("not_written", part.samples - outcome.written)
                 if self._failing:
                     log.info("remote write recovered after %d failed attempt(s)", self._failing)
                     self._failing = 0
@@ -669,13 +695,38 @@ class Agent:
         self.spool.remove(rows)
         return "done"
 
+    def _fall_back_to_v1(self, outcome: Outcome) -> None:
+        """The receiver is 1.x: send 1.0 from now on, and remember it across restarts."""
+        if self.protocol == 2:
+            log.warning("the receiver does not take Remote-Write 2.0 (%s: %s); using 1.0 from "
+                        "now on", outcome.code, outcome.message[:200])  # fmt: skip
+        self.protocol = 1
+        if self.spool is not None:
+            with contextlib.suppress(OSError):
+                path = os.path.join(self.spool.directory, PROTOCOL_FILE)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write("1\n")
+
+    def _initial_protocol(self) -> int:
+        choice = self.cfg.remote_write_protocol
+        if choice == "v1":
+            return 1
+        if choice == "v2" or self.spool is None:
+            return 2
+        try:
+            path = os.path.join(self.spool.directory, PROTOCOL_FILE)
+            with open(path, encoding="utf-8") as f:
+                return 1 if f.read().strip() == "1" else 2
+        except OSError:
+            return 2
+
     def _aged_out(self, rows: list[Row], lane: str) -> bool:
         return lane == "fresh" and max(r.ts_ms for r in rows) < self._fresh_since_ms()
 
-    def _post(self, body: bytes, attempt: int) -> Outcome:
+    def _post(self, body: bytes, attempt: int, proto: int = 1) -> Outcome:
         assert self.sender is not None
         start = time.monotonic()
-        outcome = self.sender.send(body, attempt)
+        outcome = self.sender.send(body, attempt, proto)
         with self.counters.lock:
             self.counters.send_seconds += time.monotonic() - start
             self.counters.responses[outcome.code] += 1
@@ -683,14 +734,19 @@ class Agent:
 
     def _split(self, part: _Part) -> list[_Part]:
         fields = split_request(decompress(part.body))
+        # A 2.0 request's series refer to its symbol table: both halves keep all of it.
+        common = [f for f in fields if part.proto == 2 and f[:1] == b"\x22"]
+        fields = [f for f in fields if not (part.proto == 2 and f[:1] == b"\x22")]
         if len(fields) < 2:
             self._count_drop("too_large", part.samples)
             log.error("a single series is larger than the receiver accepts; dropped")
             return []
         mid = len(fields) // 2
-        halves = (fields[:mid], fields[mid:])
+        halves = (common + fields[:mid], common + fields[mid:])
         log.warning("receiver answered 413; splitting a request of %d sample(s)", part.samples)
-        return [_Part(compress(b"".join(h)), _count_series(h)) for h in halves]
+        return [
+            _Part(compress(b"".join(h)), _count_series(h, part.proto), part.proto) for h in halves
+        ]
 
     def _count_drop(self, reason: str, samples: int) -> None:
         with self.counters.lock:

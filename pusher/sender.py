@@ -12,6 +12,9 @@ specification and Mimir's behaviour call for; the loop acts on it:
     too_large   413: split the request and send the halves
     reject      any other 4xx (400 above all): the receiver kept what was valid; never resend,
                 count the samples under `reason` (Mimir's `err-mimir-…` id when it gave one)
+    unsupported a Remote-Write 2.0 request answered 415, or 2xx without the
+                `X-Prometheus-Remote-Write-Samples-Written` header (a 1.x receiver that
+                decoded nothing): send it again as 1.0
 
 The receiver is trusted with the data, not with the agent: a redirect is never followed (nor
 its body read), an error body is read up to `MAX_ERROR_BODY` bytes within
@@ -72,7 +75,13 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\
 # Secrets shorter than this are not scrubbed from messages (they would garble every word).
 _MIN_SECRET = 4
 
-Kind = Literal["ok", "retry", "hold", "too_large", "reject"]
+Kind = Literal["ok", "retry", "hold", "too_large", "reject", "unsupported"]
+# Remote-Write 2.0: the request headers that differ from 1.0, and the receiver's answer.
+V2_HEADERS = {
+    "Content-Type": "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+    "X-Prometheus-Remote-Write-Version": "2.0.0",
+}
+SAMPLES_WRITTEN = "X-Prometheus-Remote-Write-Samples-Written"
 
 # What a request can raise besides an answer: all of it means "no usable answer, try again".
 _SEND_ERRORS = (
@@ -91,6 +100,7 @@ class Outcome:
     retry_after: float | None = None
     reason: str = ""
     message: str = ""
+    written: int | None = None  # samples a 2.0 receiver says it wrote
 
 
 @dataclass(frozen=True)
@@ -441,8 +451,10 @@ class Sender:
             for secret in (userinfo, password, unquote(password), base64.b64encode(pair)):
                 self.redact.add(secret)
 
-    def send(self, body: bytes, attempt: int = 0) -> Outcome:
+    def send(self, body: bytes, attempt: int = 0, proto: int = 1) -> Outcome:
         headers = self.headers
+        if proto == 2:
+            headers = {**headers, **V2_HEADERS}
         if attempt > 0:
             headers = {**headers, "Retry-Attempt": str(attempt)}
         try:
@@ -455,18 +467,31 @@ class Sender:
         except _SEND_ERRORS as e:
             return Outcome("retry", "error", message=self.redact(_limit(str(e)), cut=True))
         try:
-            outcome = self._classify(resp)
+            outcome = self._classify(resp, proto)
         finally:
             resp.close()
         if outcome.kind == "hold":
             self._auth.invalidate()  # the next probe reads the credential files again
         return outcome
 
-    def _classify(self, resp: requests.Response) -> Outcome:
+    def _classify(self, resp: requests.Response, proto: int = 1) -> Outcome:
         code = resp.status_code
         if 200 <= code < 300:
             self._read_body(resp)  # empty as a rule; read, the connection is kept for the next
+            if proto == 2:
+                written = resp.headers.get(SAMPLES_WRITTEN)
+                if written is None:
+                    # A 1.x receiver decodes a 2.0 body as an empty 1.0 request and says 2xx.
+                    return Outcome(
+                        "unsupported", str(code), message=f"2xx without {SAMPLES_WRITTEN}"
+                    )
+                try:
+                    return Outcome("ok", str(code), written=int(written))
+                except ValueError:
+                    return Outcome("ok", str(code))
             return Outcome("ok", str(code))
+        if code == 415 and proto == 2:
+            return Outcome("unsupported", str(code), message=self._read_body(resp))
         if 300 <= code < 400:
             # A redirect means a wrong URL: keep everything, as for refused credentials.
             where = self.redact(_limit(resp.headers.get("Location", "")), cut=True)

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS requests (
     ts_ms   INTEGER NOT NULL,
     samples INTEGER NOT NULL,
     crc     INTEGER NOT NULL,
-    body    BLOB    NOT NULL
+    body    BLOB    NOT NULL,
+    proto   INTEGER NOT NULL DEFAULT 1  -- the body's remote-write version: 1 or 2
 )
 """
 DB_NAME = "spool.db"
@@ -63,6 +64,7 @@ class Row:
     ts_ms: int
     samples: int
     body: bytes
+    proto: int = 1
 
 
 class Spool:
@@ -107,6 +109,9 @@ class Spool:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
         db.execute(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+        if "proto" not in columns:  # a spool written before 2.0 bodies existed
+            db.execute("ALTER TABLE requests ADD COLUMN proto INTEGER NOT NULL DEFAULT 1")
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
         return db
@@ -169,13 +174,18 @@ class Spool:
         kept = lost = unreadable = 0
         kept_samples: list[int] = []
         after = -1
+        try:
+            columns = {r[1] for r in old.execute("PRAGMA table_info(requests)")}
+        except sqlite3.DatabaseError:
+            columns = set()
+        proto = "proto" if "proto" in columns else "1"
         with old:
             bound = self._max_id(old)
             while after < bound:
                 try:
                     row = old.execute(
-                        "SELECT id, ts_ms, samples, crc, body FROM requests WHERE id > ? "
-                        "ORDER BY id LIMIT 1",
+                        f"SELECT id, ts_ms, samples, crc, body, {proto} FROM requests "
+                        "WHERE id > ? ORDER BY id LIMIT 1",
                         (after,),
                     ).fetchone()
                 except sqlite3.DatabaseError:
@@ -184,11 +194,12 @@ class Spool:
                     continue
                 if row is None:
                     break
-                rid, ts_ms, samples, crc, body = row
+                rid, ts_ms, samples, crc, body, version = row
                 if zlib.crc32(body) == crc:
                     new.execute(
-                        "INSERT INTO requests (ts_ms, samples, crc, body) VALUES (?, ?, ?, ?)",
-                        (ts_ms, samples, crc, body),
+                        "INSERT INTO requests (ts_ms, samples, crc, body, proto) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (ts_ms, samples, crc, body, version),
                     )
                     kept += 1
                     kept_samples.append(samples)
@@ -234,7 +245,7 @@ class Spool:
         with self._lock:
             rows = []
             for r in requests:
-                rows.append(Row(self._next_memory_id, r.ts_ms, r.samples, r.body))
+                rows.append(Row(self._next_memory_id, r.ts_ms, r.samples, r.body, r.proto))
                 self._next_memory_id -= 1
             self._overflow.extend(rows)
             self._overflow_bytes += sum(len(r.body) for r in rows)
@@ -252,8 +263,9 @@ class Spool:
             dropped = self._make_room(incoming)
             for row in self._overflow:
                 self._db.execute(
-                    "INSERT INTO requests (ts_ms, samples, crc, body) VALUES (?, ?, ?, ?)",
-                    (row.ts_ms, row.samples, zlib.crc32(row.body), row.body),
+                    "INSERT INTO requests (ts_ms, samples, crc, body, proto) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (row.ts_ms, row.samples, zlib.crc32(row.body), row.body, row.proto),
                 )
             self._db.execute("COMMIT")
             if dropped:
@@ -366,11 +378,11 @@ class Spool:
             total = 0
             try:
                 cur = self._db.execute(
-                    "SELECT id, ts_ms, samples, crc, body FROM requests "
+                    "SELECT id, ts_ms, samples, crc, body, proto FROM requests "
                     "WHERE id > ? AND ts_ms >= ? AND ts_ms < ? ORDER BY id LIMIT 512",
                     (self._acked, lo, hi),
                 )
-                for rid, ts_ms, samples, crc, body in cur:
+                for rid, ts_ms, samples, crc, body, version in cur:
                     if rid in self._claimed or rid in self._done:
                         continue
                     if rows and total + samples > max_samples:
@@ -382,7 +394,7 @@ class Spool:
                             self._db.execute("DELETE FROM requests WHERE id = ?", (rid,))
                         self._drops["spool_corrupt"] += samples
                         continue
-                    rows.append(Row(rid, ts_ms, samples, body))
+                    rows.append(Row(rid, ts_ms, samples, body, version))
                     total += samples
             except sqlite3.Error as e:
                 log.error("spool: cannot read %s: %s", self.path, e)

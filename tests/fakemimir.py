@@ -21,7 +21,7 @@ from typing import Any
 
 import snappy
 
-from pusher.pb import remote_write_pb2
+from pusher.pb import remote_write_pb2, remote_write_v2_pb2
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -45,12 +45,51 @@ class Seen:
     newest_ts: int = 0  # the newest sample timestamp in the request (ms)
 
 
+@dataclass
+class _Label:
+    name: str
+    value: str
+
+
+@dataclass
+class _Series:
+    labels: list[_Label]
+    samples: list[Any]
+
+
+@dataclass
+class _Request:
+    timeseries: list[_Series]
+
+
+def _decode(raw: bytes, v2: bool) -> Any:
+    """A 1.0 WriteRequest, or a 2.0 Request resolved into the same shape."""
+    if not v2:
+        return remote_write_pb2.WriteRequest.FromString(raw)
+    req = remote_write_v2_pb2.Request.FromString(raw)
+    sym = list(req.symbols)
+    out = []
+    for ts in req.timeseries:
+        refs = list(ts.labels_refs)
+        labels = [_Label(sym[refs[i]], sym[refs[i + 1]]) for i in range(0, len(refs), 2)]
+        out.append(_Series(labels, list(ts.samples)))
+    return _Request(out)
+
+
 def _bits(v: float) -> int:
     return int(struct.unpack("<Q", struct.pack("<d", v))[0])
 
 
 class FakeMimir:
-    def __init__(self, port: int = 0, max_body: int | None = None, ooo_window_ms: int = 0) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        max_body: int | None = None,
+        ooo_window_ms: int = 0,
+        accepts_v2: bool = True,
+    ) -> None:
+        # Without 2.0 support it answers 415 to a 2.0 request, as Mimir before 2.17 would.
+        self.accepts_v2 = accepts_v2
         self.port = port
         self.max_body = max_body  # larger bodies get 413
         # A tenant's out_of_order_time_window: older samples within it are accepted.
@@ -102,7 +141,11 @@ class FakeMimir:
 
     def _handle(self, headers: dict[str, str], body: bytes) -> Reply:
         with self.lock:
-            req = remote_write_pb2.WriteRequest.FromString(snappy.uncompress(body))
+            v2 = "io.prometheus.write.v2.Request" in headers.get("Content-Type", "")
+            if v2 and not self.accepts_v2:
+                self.seen.append(Seen(time.time(), headers, len(body), 0, 415))
+                return Reply(415, "unsupported content type")
+            req = _decode(snappy.uncompress(body), v2)
             stamps = [s.timestamp for ts in req.timeseries for s in ts.samples]
             seen = Seen(
                 time.time(), headers, len(body), len(req.timeseries), 0, max(stamps, default=0)
@@ -110,6 +153,9 @@ class FakeMimir:
             self.seen.append(seen)
             reply = self._decide(seen, headers, body, req)
             seen.status = reply.status
+            if v2 and 200 <= reply.status < 300:
+                written = str(len(req.timeseries))
+                reply.headers["X-Prometheus-Remote-Write-Samples-Written"] = written
             return reply
 
     def _decide(self, seen: Seen, headers: dict[str, str], body: bytes, req: Any) -> Reply:

@@ -174,3 +174,19 @@ def test_running_agent_pushes_on_interval_boundaries_and_stops_on_sigterm(
     assert len(on_time) >= len(stamps) - 1, stamps
     assert values == sorted(values)  # a counter, delivered in order
     assert not any(math.isnan(v) for v in values)
+
+
+def test_auto_protocol_against_a_1_0_receiver_falls_back_and_delivers(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path
+) -> None:
+    # Prometheus 2.42 knows only 1.0: it decodes a 2.0 body as an empty 1.0 request and
+    # answers 204 without the 2.0 "-Written" headers, which the agent must take as "no".
+    config = write_config(tmp_path, fresh_receiver.write_url, remote_write={"protocol": "auto"})
+    result = run_once(config, "--once")
+    assert result.returncode == 0, result.stderr
+    assert "does not take Remote-Write 2.0" in result.stderr
+    for g in guests:
+        assert fresh_receiver.query(
+            f'libvirt_domain_info_cpu_time_seconds_total{{uuid="{g["uuid"]}"}}'
+        )
+    assert (tmp_path / "spool" / "protocol").read_text().strip() == "1"

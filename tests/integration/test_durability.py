@@ -360,3 +360,42 @@ def test_sigterm_sends_within_the_grace_then_leaves_the_rest_for_the_next_start(
     _wait_caught_up(mimir)
     _stop(second)
     assert _cycles(mimir)[0][0] == spooled[1]  # the first spooled cycle arrived
+
+
+def test_protocol_v2_delivers_everything_with_fewer_bytes(tmp_path: Path, mimir: FakeMimir) -> None:
+    agent = AgentProcess(
+        _config(tmp_path, mimir, remote_write={"protocol": "v2"}), tmp_path / "agent.log"
+    )
+    _wait_cycles(mimir, 3)
+    _stop(agent)
+    assert all(
+        s.headers["Content-Type"] == "application/x-protobuf;proto=io.prometheus.write.v2.Request"
+        and s.headers["X-Prometheus-Remote-Write-Version"] == "2.0.0"
+        for s in mimir.seen
+    )
+    assert gaps(_cycles(mimir), INTERVAL_MS) == []
+    assert mimir.find("libvirt_domain_state_code")  # the domain series, labelled as in 1.0
+    assert not any(_dropped(mimir).values())
+
+
+def test_auto_falls_back_to_v1_on_415_remembers_it_and_loses_nothing(tmp_path: Path) -> None:
+    old = FakeMimir(accepts_v2=False)
+    try:
+        config = _config(tmp_path, old, remote_write={"protocol": "auto"})
+        agent = AgentProcess(config, tmp_path / "agent1.log")
+        _wait_cycles(old, 3)
+        log = _stop(agent)
+        assert old.seen[0].status == 415 and "v2" in old.seen[0].headers["Content-Type"]
+        assert all(s.status == 200 and "v2" not in s.headers["Content-Type"]
+                   for s in old.seen[1:])  # fmt: skip
+        assert gaps(_cycles(old), INTERVAL_MS) == []
+        assert "does not take Remote-Write 2.0" in log
+        assert (tmp_path / "spool" / "protocol").read_text().strip() == "1"
+        # A restart remembers: no 2.0 attempt any more.
+        before = len(old.seen)
+        agent = AgentProcess(config, tmp_path / "agent2.log")
+        _wait_cycles(old, len(_cycles(old)) + 2)
+        _stop(agent)
+        assert all("v2" not in s.headers["Content-Type"] for s in old.seen[before:])
+    finally:
+        old.stop()

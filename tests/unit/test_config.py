@@ -104,6 +104,7 @@ remote_write:
   max_sample_age: 2h
   metadata_interval: 5m
   order: backfill
+  protocol: auto
   tls:
     ca_file: ${PKI}/ca.pem
     cert_file: ${PKI}/client.pem
@@ -161,6 +162,7 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.remote_write_max_backoff == 30.0
     assert cfg.remote_write_max_sample_age == 7200.0
     assert cfg.remote_write_order == "backfill"
+    assert cfg.remote_write_protocol == "auto"
     assert cfg.remote_write_metadata_interval == 300.0
     assert cfg.remote_write_tls_ca_file == f"{pki}/ca.pem"
     assert cfg.remote_write_tls_cert_file == f"{pki}/client.pem"

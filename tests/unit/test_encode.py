@@ -368,16 +368,110 @@ def test_exposition_of_only_stale_markers_is_empty() -> None:
 # --- the generated protobuf module -------------------------------------------------------
 
 
-def test_committed_pb2_matches_proto(tmp_path: Path) -> None:
+@pytest.mark.parametrize("proto", ["remote_write", "remote_write_v2"])
+def test_committed_pb2_matches_proto(tmp_path: Path, proto: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={tmp_path}",
-         "proto/remote_write.proto"],
+         f"proto/{proto}.proto"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    fresh = tmp_path / "remote_write_pb2.py"
-    committed = REPO / "pusher" / "pb" / "remote_write_pb2.py"
+    fresh = tmp_path / f"{proto}_pb2.py"
+    committed = REPO / "pusher" / "pb" / f"{proto}_pb2.py"
     assert filecmp.cmp(fresh, committed, shallow=False), (
-        "pusher/pb/remote_write_pb2.py does not match proto/remote_write.proto; regenerate it "
-        "with: python -m grpc_tools.protoc -Iproto --python_out=pusher/pb proto/remote_write.proto"
+        f"pusher/pb/{proto}_pb2.py does not match proto/{proto}.proto; regenerate it with: "
+        f"python -m grpc_tools.protoc -Iproto --python_out=pusher/pb proto/{proto}.proto"
     )
+
+
+# --- Remote-Write 2.0 ----------------------------------------------------------------------
+
+
+def _v2_series(requests: list) -> list[tuple[tuple[tuple[str, str], ...], int, float]]:  # type: ignore[type-arg]
+    from pusher.pb import remote_write_v2_pb2
+
+    out = []
+    for r in requests:
+        req = remote_write_v2_pb2.Request.FromString(decompress(r.body))
+        assert req.symbols[0] == ""
+        sym = list(req.symbols)
+        for ts in req.timeseries:
+            refs = list(ts.labels_refs)
+            labels = tuple((sym[refs[i]], sym[refs[i + 1]]) for i in range(0, len(refs), 2))
+            (s,) = ts.samples
+            out.append((labels, s.timestamp, s.value))
+    return out
+
+
+def _v1_series(requests: list) -> list[tuple[tuple[tuple[str, str], ...], int, float]]:  # type: ignore[type-arg]
+    out = []
+    for r in requests:
+        for ts in decode(r.body).timeseries:
+            (s,) = ts.samples
+            out.append((tuple((lb.name, lb.value) for lb in ts.labels), s.timestamp, s.value))
+    return out
+
+
+def test_v2_carries_exactly_the_series_of_v1_with_interned_strings() -> None:
+    from pusher.encode import EncoderV2
+
+    samples = sample_set()
+    v1 = Encoder(5).encode(samples, TS)
+    v2 = EncoderV2(5).encode(samples, TS)
+    assert [r.proto for r in v2] == [2] * len(v2)
+    assert [r.samples for r in v2] == [r.samples for r in v1]
+    got, want = _v2_series(v2), _v1_series(v1)
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert [struct.pack("<d", g[2]) for g in got] == [struct.pack("<d", w[2]) for w in want]
+
+
+def test_v2_metadata_per_series_points_at_help_and_unit() -> None:
+    from pusher.encode import EncoderV2
+    from pusher.pb import remote_write_v2_pb2
+
+    key = ("libvirt_domain_info_cpu_time_seconds_total", (), SHARED)
+    (req,) = EncoderV2(100).encode([(key, 12.5)], TS)
+    msg = remote_write_v2_pb2.Request.FromString(decompress(req.body))
+    meta = msg.timeseries[0].metadata
+    assert meta.type == remote_write_v2_pb2.Metadata.METRIC_TYPE_COUNTER
+    assert msg.symbols[meta.help_ref] == catalog.by_name(key[0]).help
+    assert msg.symbols[meta.unit_ref] == "seconds"
+
+
+def test_v2_plans_reuse_their_skeletons_and_rebuild_when_plans_change() -> None:
+    from pusher.catalog import plan_domain
+    from pusher.encode import EncoderV2
+
+    stats = {"state.state": 1, "cpu.time": 1_000_000_000, "vcpu.0.time": 5}
+    plan = plan_domain(stats, SHARED)
+    enc = EncoderV2(1000)
+    first = enc.encode([], TS, plans=[(plan, plan.values(stats))])
+    skeletons = enc._skeletons
+    second = enc.encode([], TS + 1, plans=[(plan, plan.values(stats))])
+    assert enc._skeletons is skeletons  # same plans: nothing rebuilt
+    assert [s[1] for s in _v2_series(second)] == [TS + 1] * 3
+    other = plan_domain({**stats, "vcpu.1.time": 7}, SHARED)
+    third = enc.encode([], TS + 2, plans=[(other, other.values({**stats, "vcpu.1.time": 7}))])
+    assert enc._skeletons is not skeletons and len(_v2_series(third)) == 4
+    assert len(_v2_series(first)) == 3
+
+
+def test_v2_to_v1_keeps_every_series_and_value() -> None:
+    from pusher.encode import EncoderV2, v2_to_v1
+
+    samples = sample_set()
+    v2 = EncoderV2(1000).encode(samples, TS)
+    back = [type(v2[0])(v2_to_v1(r.body), r.samples, r.ts_ms) for r in v2]
+    assert [canonical(r.body) for r in back] == [reference(samples, TS)]
+
+
+def test_v2_is_smaller_than_v1_on_a_domains_series() -> None:
+    from pusher.encode import EncoderV2
+
+    samples = [
+        (("libvirt_domain_vcpu_time_seconds_total", (("vcpu", str(i)),), SHARED), float(i))
+        for i in range(50)
+    ]
+    v1 = sum(len(r.body) for r in Encoder(1000).encode(samples, TS))
+    v2 = sum(len(r.body) for r in EncoderV2(1000).encode(samples, TS))
+    assert v2 < v1

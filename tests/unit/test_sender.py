@@ -250,3 +250,24 @@ def test_mimir_reason() -> None:
         "max-label-names-per-series"
     )
     assert mimir_reason("plain text", 422) == "http_422"
+
+
+def test_v2_requests_carry_the_2_0_headers(http_server, senders) -> None:
+    http_server.answer(204, {"X-Prometheus-Remote-Write-Samples-Written": "3"})
+    outcome = make_sender(senders, http_server.url).send(BODY, proto=2)
+    headers = http_server.received[0].headers
+    assert headers["Content-Type"] == "application/x-protobuf;proto=io.prometheus.write.v2.Request"
+    assert headers["X-Prometheus-Remote-Write-Version"] == "2.0.0"
+    assert (outcome.kind, outcome.written) == ("ok", 3)
+
+
+def test_v2_2xx_without_written_header_is_a_1_x_receiver(http_server, senders) -> None:
+    http_server.answer(204)
+    assert make_sender(senders, http_server.url).send(BODY, proto=2).kind == "unsupported"
+
+
+def test_415_means_unsupported_for_v2_only(http_server, senders) -> None:
+    http_server.answer(415)
+    sender = make_sender(senders, http_server.url)
+    assert sender.send(BODY, proto=2).kind == "unsupported"
+    assert sender.send(BODY, proto=1).kind == "reject"
