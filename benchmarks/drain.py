@@ -1,12 +1,14 @@
 """Drain speed: spooled backlog -> wire, on one core, and the spool's bytes per sample.
 
     python benchmarks/drain.py [--guests 300] [--cycles 40] [--receiver null|prometheus]
+                               [--protocol v1|v2]
 
 Fills a fresh spool with `cycles` cycles of `guests` guests (the recorded snapshot, scaled),
 exactly as the agent writes them, then lets the agent's own sending code drain it to a
 receiver on loopback and reports samples per second of wall time and per CPU second of the
 agent's process. The `null` receiver is a separate process that reads each body and answers
-204, so the figure is the agent's; `prometheus` uses Debian's Prometheus as a real receiver.
+204, so the figure is the agent's; `prometheus` uses Debian's Prometheus as a real receiver
+(1.0 only).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from common import snapshot
 
 from pusher import catalog
 from pusher.config import from_mapping
-from pusher.encode import Encoder, metadata_bytes
+from pusher.encode import Encoder, EncoderV2, metadata_bytes
 from pusher.loop import Agent, build_samples
 from pusher.sender import Sender
 from pusher.spool import Spool
@@ -41,6 +43,8 @@ NULL_RECEIVER = textwrap.dedent("""
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(204)
             self.send_header("Content-Length", "0")
+            # what a 2.0 receiver says; the null receiver does not count, so: "all of them"
+            self.send_header("X-Prometheus-Remote-Write-Samples-Written", "1000000000")
             self.end_headers()
         def log_message(self, *a):
             pass
@@ -82,10 +86,12 @@ def start_receiver(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], s
     return proc, url
 
 
-def fill(spool: Spool, guests: int, cycles: int, interval_ms: int, max_samples: int) -> int:
+def fill(
+    spool: Spool, guests: int, cycles: int, interval_ms: int, max_samples: int, protocol: str
+) -> int:
     snap = snapshot(guests, 0)
     external = (("cluster", "bench"), ("host", "compute-1"))
-    encoder = Encoder(max_samples)
+    encoder = Encoder(max_samples) if protocol == "v1" else EncoderV2(max_samples)
     samples = build_samples(snap, ("instance_name", "project_name", "project_uuid", "flavor"),
                             external)  # fmt: skip
     start_ms = int(time.time() * 1000) - cycles * interval_ms
@@ -106,6 +112,7 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=40)
     ap.add_argument("--receiver", choices=["null", "prometheus"], default="null")
     ap.add_argument("--max-samples-per-send", type=int, default=2000)
+    ap.add_argument("--protocol", choices=["v1", "v2"], default="v1")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +120,7 @@ def main() -> None:
         proc, url = start_receiver(args.receiver, workdir)
         try:
             cfg = from_mapping({
-                "remote_write": {"url": url, "tenant": "openstack",
+                "remote_write": {"url": url, "tenant": "openstack", "protocol": args.protocol,
                                  "max_samples_per_send": args.max_samples_per_send},
                 "buffer": {"path": str(workdir / "spool")},
                 "collect": {"interval": "15s"},
@@ -121,7 +128,7 @@ def main() -> None:
             spool = Spool(cfg.buffer_path, cfg.buffer_max_bytes, cfg.buffer_fsync)
             t0 = time.perf_counter()
             total = fill(spool, args.guests, args.cycles, 15000,
-                         cfg.remote_write_max_samples_per_send)  # fmt: skip
+                         cfg.remote_write_max_samples_per_send, args.protocol)  # fmt: skip
             fill_s = time.perf_counter() - t0
             requests, body_bytes, _ = spool.stats()
             db = Path(cfg.buffer_path) / "spool.db"

@@ -1,17 +1,20 @@
 """Micro benchmark: libvirt stats -> compressed remote-write request bytes, on one core.
 
-    python benchmarks/encode.py [--guests 300] [--cycles 30]
+    python benchmarks/encode.py [--guests 300] [--cycles 30] [--protocol v1|v2]
 
 The recorded `getAllDomainStats` snapshot (benchmarks/data/snapshot.json), scaled to
 `--guests` guests, goes through the agent's own code for a cycle: per-domain plans
 (`loop.plan_snapshot`), values, and the encoder with snappy compression. Counters move every
 cycle, as real ones do. Reports the steady state (plans and series heads cached, the normal
-case) and a cold first cycle (every domain new), per sample and per series.
+case) and a cold first cycle (every domain new), per sample and per series, and the
+process's peak resident memory (the agent's whole state for that many guests: plans, caches,
+encoded heads, plus Python and its libraries).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -21,14 +24,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import snapshot
 
 from pusher.collect import Snapshot
-from pusher.encode import Encoder
+from pusher.encode import Encoder, EncoderV2
 from pusher.loop import plan_snapshot
 
 SERIES_LABELS = ("instance_name", "project_name", "project_uuid", "flavor")
 EXTERNAL = (("cluster", "region1"), ("host", "compute-0017"))
 
 
-def one_cycle(snap: Snapshot, cache: dict, encoder: Encoder, ts_ms: int) -> tuple[int, int]:  # type: ignore[type-arg]
+def one_cycle(
+    snap: Snapshot,
+    cache: dict,
+    encoder: Encoder | EncoderV2,
+    ts_ms: int,  # type: ignore[type-arg]
+) -> tuple[int, int]:
     domains = plan_snapshot(snap, SERIES_LABELS, EXTERNAL, cache)
     cache.clear()
     cache.update(domains)
@@ -42,13 +50,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--guests", type=int, default=300)
     ap.add_argument("--cycles", type=int, default=30)
+    ap.add_argument("--protocol", choices=["v1", "v2"], default="v1")
     args = ap.parse_args()
     snap = snapshot(args.guests, 1_795_459_495_000)
     for d in snap.domains:  # make the counters move between cycles
         d.stats["cpu.time"] = int(d.stats["cpu.time"])
 
     cache: dict = {}  # type: ignore[type-arg]
-    encoder = Encoder(2000)
+    encoder = Encoder(2000) if args.protocol == "v1" else EncoderV2(2000)
     t = time.process_time()
     samples, nbytes = one_cycle(snap, cache, encoder, snap.ts_ms)
     cold = time.process_time() - t
@@ -72,7 +81,13 @@ def main() -> None:
         f"{steady / samples * 1e6:.3f} us per sample = {samples / steady:,.0f} samples/s"
     )
     print(f"cold cycle:   {cold * 1000:.1f} ms CPU ({cold / samples * 1e6:.2f} us per sample)")
-    print(f"compressed:   {nbytes / samples:.1f} bytes per sample on the wire (remote-write 1.0)")
+    version = "1.0" if args.protocol == "v1" else "2.0"
+    print(
+        f"compressed:   {nbytes / samples:.1f} bytes per sample on the wire "
+        f"(remote-write {version})"
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS:     {rss:.1f} MiB for the process (Python, libraries and this state)")
 
 
 if __name__ == "__main__":
