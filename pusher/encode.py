@@ -113,6 +113,15 @@ class Request:
     proto: int = 1
 
 
+def _splice(heads: list[bytes], ts_value: bytes, values: Sequence[float]) -> list[bytes]:
+    """[head, ts_value, value] for every series, ready to join: built by slice assignment,
+    with no bytes object made per sample but the packed value."""
+    parts = [ts_value] * (3 * len(heads))
+    parts[0::3] = heads
+    parts[2::3] = list(map(_DOUBLE.pack, values))
+    return parts
+
+
 class Encoder:
     """Turns one cycle's samples into request bodies of at most `max_samples` samples each.
 
@@ -192,9 +201,7 @@ class Encoder:
             heads += self._key_heads(key for key, _ in samples)
             values += [v for _, v in samples]
         n = len(heads)
-        parts = [ts_value] * (3 * n)
-        parts[0::3] = heads
-        parts[2::3] = list(map(_DOUBLE.pack, values))
+        parts = _splice(heads, ts_value, values)
         requests: list[Request] = []
         step = self.max_samples
         for start in range(0, max(n, 1), step):
@@ -282,21 +289,18 @@ class EncoderV2:
         values: list[float] = []
         for _, plan_values in plans:
             values += plan_values
-        pack = _DOUBLE.pack
         requests: list[Request] = []
         start = 0
         for table, heads in self._skeletons:
             n = len(heads)
-            parts = [ts_value] * (3 * n)
-            parts[0::3] = heads
-            parts[2::3] = list(map(pack, values[start : start + n]))
+            parts = _splice(heads, ts_value, values[start : start + n])
             requests.append(Request(compress(table + b"".join(parts)), n, ts_ms, 2))
             start += n
         for i in range(0, len(samples), self.max_samples):
             chunk = samples[i : i + self.max_samples]
             table, heads = self._skeleton([k for k, _ in chunk], sample_len)
-            body = b"".join(h + ts_value + pack(v) for h, (_, v) in zip(heads, chunk, strict=True))
-            requests.append(Request(compress(table + body), len(chunk), ts_ms, 2))
+            parts = _splice(heads, ts_value, [v for _, v in chunk])
+            requests.append(Request(compress(table + b"".join(parts)), len(chunk), ts_ms, 2))
         return requests
 
 

@@ -33,6 +33,11 @@ def qemu_pid(name: str) -> int:
     raise AssertionError(f"no QEMU process for {name}")
 
 
+def _config(tmp_path: Path, receiver: Receiver) -> Path:
+    collect = {"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"}
+    return write_config(tmp_path, receiver.write_url, collect=collect)
+
+
 def _latest_ts(receiver: Receiver, metric: str, uuid: str) -> float:
     r = receiver.query(f'timestamp({metric}{{uuid="{uuid}"}})')
     return float(r[0]["value"][1]) if r else 0.0
@@ -43,10 +48,7 @@ def test_stuck_guest_never_stalls_the_cycle_and_is_counted(
 ) -> None:
     victim, others = guests[2], guests[:2]
     cpu = "libvirt_domain_info_cpu_time_seconds_total"
-    config = write_config(
-        tmp_path, fresh_receiver.write_url,
-        collect={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"},
-    )  # fmt: skip
+    config = _config(tmp_path, fresh_receiver)
     agent = AgentProcess(config, tmp_path / "agent.log")
     pid = qemu_pid(victim["name"])
     try:
@@ -95,10 +97,7 @@ def test_stuck_guest_never_stalls_the_cycle_and_is_counted(
 def test_libvirtd_restart_under_a_running_agent(
     guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path
 ) -> None:
-    config = write_config(
-        tmp_path, fresh_receiver.write_url,
-        collect={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"},
-    )  # fmt: skip
+    config = _config(tmp_path, fresh_receiver)
     agent = AgentProcess(config, tmp_path / "agent.log")
     cpu = f'libvirt_domain_info_cpu_time_seconds_total{{uuid="{guests[0]["uuid"]}"}}'
     try:
@@ -130,10 +129,7 @@ def test_guest_busy_with_another_clients_job_is_partial_not_gone(
 ) -> None:
     victim = guests[1]
     block = f'libvirt_domain_block_stats_read_requests_total{{uuid="{victim["uuid"]}"}}'
-    config = write_config(
-        tmp_path, fresh_receiver.write_url,
-        collect={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"},
-    )  # fmt: skip
+    config = _config(tmp_path, fresh_receiver)
     agent = AgentProcess(config, tmp_path / "agent.log")
     pid = qemu_pid(victim["name"])
     holder = None
