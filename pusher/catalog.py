@@ -30,8 +30,10 @@ __all__ = [
     "by_name",
     "domain_samples",
     "label_pairs",
+    "max_label_names",
     "plan_domain",
     "series_labels",
+    "set_limits",
 ]
 
 MetricType = Literal["counter", "gauge"]
@@ -44,8 +46,12 @@ Sample = tuple[SeriesKey, float]
 
 NS = 1e-9  # nanoseconds -> seconds
 KIB = 1024.0  # KiB -> bytes
-# Mimir's default limit on a label value's length (bytes, as Go counts a string's length).
+MIB = 1024.0 * 1024.0  # MiB -> bytes
+# Mimir's default limits: a label value's length (bytes, as Go counts a string's length; the
+# metric name counts as one), a label name's length, and label names per series.
 MAX_LABEL_VALUE_BYTES = 2048
+MAX_LABEL_NAME_LENGTH = 1024
+MAX_LABEL_NAMES = 30
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _UNIT_SUFFIX = {"seconds": "_seconds", "bytes": "_bytes"}
@@ -58,7 +64,9 @@ class Metric:
     unit: str  # "seconds", "bytes" or "" (a count or a code)
     help: str
     labels: tuple[str, ...] = ()  # the series' own labels, beyond the domain's or agent's
-    source: str = ""  # libvirt stats key; "<n>" stands for a device or vCPU index
+    # libvirt stats key; "<n>" stands for a device, vCPU or IOThread index, "<i>" for a second
+    # index below it (a memory controller of a bandwidth monitor)
+    source: str = ""
     scale: float = 1.0
     scope: Literal["domain", "host", "agent"] = "domain"
 
@@ -75,18 +83,33 @@ class Metric:
             raise ValueError(f"{self.name}: help must be one sentence ending in a period")
 
 
+# The own labels of a device's series, by the source key's prefix (the part before "<n>").
+_DEVICE_LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "vcpu": ("vcpu",),
+    "net": ("target_device", "port_id"),
+    "block": ("target_device", "source_file", "volume_id"),
+    "iothread": ("iothread",),
+    "dirtyrate.vcpu": ("vcpu",),
+    "cpu.cache.monitor": ("monitor",),
+    "memory.bandwidth.monitor": ("monitor",),
+}
+# Monitors (resctrl) report per cache bank or memory controller: the second index ("<i>")
+# of their keys, with the key naming the host's id for it and the label that carries it.
+_SUB_INDEX: dict[str, tuple[str, str]] = {
+    "cpu.cache.monitor": ("bank", "cache_bank"),
+    "memory.bandwidth.monitor": ("node", "memory_node"),
+}
+
+
 def _m(
     name: str, type_: MetricType, unit: str, help_: str, source: str = "",
     scale: float = 1.0, labels: tuple[str, ...] = (), scope: str = "domain",
 ) -> Metric:  # fmt: skip
     if not labels and "<n>" in source:
-        labels = (
-            ("vcpu",)
-            if source.startswith("vcpu.")
-            else ("target_device", "source_file", "volume_id")
-        )
-        if source.startswith("net."):
-            labels = ("target_device", "port_id")
+        prefix = source.partition(".<n>.")[0]
+        labels = _DEVICE_LABEL_NAMES[prefix]
+        if "<i>" in source:
+            labels = (*labels, _SUB_INDEX[prefix][1])
     return Metric(name, type_, unit, help_, labels, source, scale, scope)  # type: ignore[arg-type]
 
 
@@ -94,6 +117,7 @@ _D = "libvirt_domain_"
 _B = "libvirt_domain_block_stats_"
 _I = "libvirt_domain_interface_stats_"
 _M = "libvirt_domain_memory_stats_"
+_P = "libvirt_domain_perf_"
 
 # fmt: off
 CATALOG: tuple[Metric, ...] = (
@@ -116,6 +140,9 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}info_cpu_system_seconds_total", "counter", "seconds", "Kernel-mode CPU time used by the domain.", "cpu.system", NS),
     _m(f"{_D}cpu_haltpoll_success_time_seconds_total", "counter", "seconds", "CPU time spent in successful halt polling.", "cpu.haltpoll.success.time", NS),
     _m(f"{_D}cpu_haltpoll_fail_time_seconds_total", "counter", "seconds", "CPU time spent in failed halt polling.", "cpu.haltpoll.fail.time", NS),
+    _m(f"{_D}cpu_cache_monitors", "gauge", "", "Number of last-level cache monitors of the domain (resctrl; 0 without).", "cpu.cache.monitor.count"),
+    _m(f"{_D}cpu_cache_monitor_banks", "gauge", "", "Number of cache banks the cache monitor reports on.", "cpu.cache.monitor.<n>.bank.count"),
+    _m(f"{_D}cpu_cache_occupancy_bytes", "gauge", "bytes", "Last-level cache the monitor's vCPUs occupy on this cache bank.", "cpu.cache.monitor.<n>.bank.<i>.bytes"),
     # --- balloon
     _m(f"{_D}info_maximum_memory_bytes", "gauge", "bytes", "Maximum memory the domain may be given.", "balloon.maximum", KIB),
     _m(f"{_D}info_memory_usage_bytes", "gauge", "bytes", "Memory currently given to the domain (the balloon's size).", "balloon.current", KIB),
@@ -164,6 +191,45 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_B}capacity_bytes", "gauge", "bytes", "Logical size of the block device as the guest sees it.", "block.<n>.capacity"),
     _m(f"{_B}physicalsize_bytes", "gauge", "bytes", "Size of the block device's image on the host.", "block.<n>.physical"),
     _m(f"{_B}threshold_bytes", "gauge", "bytes", "Write threshold set on the block device, when one is set.", "block.<n>.threshold"),
+    # --- perf (optional group: collect.groups; events must be enabled in the domain XML)
+    _m(f"{_P}cmt_bytes", "gauge", "bytes", "Last-level cache the domain occupies (Intel CMT).", "perf.cmt"),
+    _m(f"{_P}mbmt_bytes_per_second", "gauge", "", "Memory bandwidth from one level of cache to another (Intel MBM total), in bytes per second.", "perf.mbmt"),
+    _m(f"{_P}mbml_bytes_per_second", "gauge", "", "Memory bandwidth through the socket's memory controller (Intel MBM local), in bytes per second.", "perf.mbml"),
+    _m(f"{_P}cpu_cycles_total", "counter", "", "CPU cycles the domain used.", "perf.cpu_cycles"),
+    _m(f"{_P}instructions_total", "counter", "", "Instructions the domain executed.", "perf.instructions"),
+    _m(f"{_P}cache_references_total", "counter", "", "Cache references (hits) of the domain.", "perf.cache_references"),
+    _m(f"{_P}cache_misses_total", "counter", "", "Cache misses of the domain.", "perf.cache_misses"),
+    _m(f"{_P}branch_instructions_total", "counter", "", "Branch instructions the domain executed.", "perf.branch_instructions"),
+    _m(f"{_P}branch_misses_total", "counter", "", "Mispredicted branches of the domain.", "perf.branch_misses"),
+    _m(f"{_P}bus_cycles_total", "counter", "", "Bus cycles of the domain.", "perf.bus_cycles"),
+    _m(f"{_P}stalled_cycles_frontend_total", "counter", "", "CPU cycles stalled in the front end of the pipeline.", "perf.stalled_cycles_frontend"),
+    _m(f"{_P}stalled_cycles_backend_total", "counter", "", "CPU cycles stalled in the back end of the pipeline.", "perf.stalled_cycles_backend"),
+    _m(f"{_P}ref_cpu_cycles_total", "counter", "", "Reference CPU cycles (not scaled by frequency changes) of the domain.", "perf.ref_cpu_cycles"),
+    _m(f"{_P}cpu_clock_seconds_total", "counter", "seconds", "CPU clock time of the domain (perf's cpu-clock event).", "perf.cpu_clock", NS),
+    _m(f"{_P}task_clock_seconds_total", "counter", "seconds", "Task clock time of the domain (perf's task-clock event).", "perf.task_clock", NS),
+    _m(f"{_P}page_faults_total", "counter", "", "Page faults of the domain.", "perf.page_faults"),
+    _m(f"{_P}context_switches_total", "counter", "", "Context switches of the domain.", "perf.context_switches"),
+    _m(f"{_P}cpu_migrations_total", "counter", "", "Migrations of the domain's threads between host CPUs.", "perf.cpu_migrations"),
+    _m(f"{_P}page_faults_min_total", "counter", "", "Minor page faults of the domain.", "perf.page_faults_min"),
+    _m(f"{_P}page_faults_maj_total", "counter", "", "Major page faults of the domain.", "perf.page_faults_maj"),
+    _m(f"{_P}alignment_faults_total", "counter", "", "Alignment faults of the domain.", "perf.alignment_faults"),
+    _m(f"{_P}emulation_faults_total", "counter", "", "Emulation faults of the domain.", "perf.emulation_faults"),
+    # --- iothread (optional group)
+    _m(f"{_D}iothreads", "gauge", "", "Number of IOThreads of the domain.", "iothread.count"),
+    _m(f"{_D}iothread_poll_max_seconds", "gauge", "seconds", "Longest time the IOThread polls for work before it sleeps (0 when polling is off).", "iothread.<n>.poll-max-ns", NS),
+    _m(f"{_D}iothread_poll_grow", "gauge", "", "Factor by which the IOThread's polling time grows (0 when the hypervisor chooses).", "iothread.<n>.poll-grow"),
+    _m(f"{_D}iothread_poll_shrink", "gauge", "", "Divisor by which the IOThread's polling time shrinks (0 when the hypervisor chooses).", "iothread.<n>.poll-shrink"),
+    # --- memory bandwidth (optional group "memory": resctrl monitors of the domain's vCPUs)
+    _m(f"{_D}memory_bandwidth_monitors", "gauge", "", "Number of memory bandwidth monitors of the domain.", "memory.bandwidth.monitor.count"),
+    _m(f"{_D}memory_bandwidth_monitor_nodes", "gauge", "", "Number of memory controllers the memory bandwidth monitor reports on.", "memory.bandwidth.monitor.<n>.node.count"),
+    _m(f"{_D}memory_bandwidth_bytes_total", "counter", "bytes", "Bytes the monitor's vCPUs moved through memory controllers, local or remote, as counted at this controller.", "memory.bandwidth.monitor.<n>.node.<i>.bytes.total"),
+    _m(f"{_D}memory_bandwidth_local_bytes_total", "counter", "bytes", "Bytes the monitor's vCPUs moved through the memory controller of the processor they ran on, as counted at this controller.", "memory.bandwidth.monitor.<n>.node.<i>.bytes.local"),
+    # --- dirtyrate (optional group: the last calculation started with `virsh domdirtyrate-calc`)
+    _m(f"{_D}dirtyrate_calc_status", "gauge", "", "Status of the last memory dirty-rate calculation as libvirt's virDomainDirtyRateStatus number (0 not started, 1 measuring, 2 measured).", "dirtyrate.calc_status"),
+    _m(f"{_D}dirtyrate_calc_start_time_seconds", "gauge", "seconds", "Start of the last memory dirty-rate calculation, as QEMU reports it.", "dirtyrate.calc_start_time"),
+    _m(f"{_D}dirtyrate_calc_period_seconds", "gauge", "seconds", "Length of the last memory dirty-rate calculation.", "dirtyrate.calc_period"),
+    _m(f"{_D}dirtyrate_bytes_per_second", "gauge", "", "Rate at which the guest dirtied its memory during the last calculation, in bytes per second.", "dirtyrate.megabytes_per_second", MIB),
+    _m(f"{_D}dirtyrate_vcpu_bytes_per_second", "gauge", "", "Rate at which the virtual CPU dirtied memory during the last calculation, in bytes per second.", "dirtyrate.vcpu.<n>.megabytes_per_second", MIB),
     # --- the agent itself
     _m("pusher_build_info", "gauge", "", "Version of the running agent; the value is always 1.", labels=("version",), scope="agent"),
     _m("pusher_cycles_total", "counter", "", "Collection cycles run.", scope="agent"),
@@ -182,7 +248,8 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_partial_records_total", "counter", "", "Running domains whose stats came back partial because another client held the domain's job; each is asked again, waiting for the job.", scope="agent"),
     _m("pusher_partial_records_kept_total", "counter", "", "Partial records that were still partial after asking again within a quarter of collect.timeout (their missing series miss a sample).", scope="agent"),
     _m("pusher_cached_series", "gauge", "", "Series whose encoded labels the agent keeps; follows the live series (a leak would make it grow).", scope="agent"),
-    _m("pusher_labels_truncated_total", "counter", "", "Label values cut to 2048 bytes (Mimir's limit) when a domain's label set was built.", scope="agent"),
+    _m("pusher_labels_truncated_total", "counter", "", "Label values cut to limits.max_label_value_length bytes (Mimir's limit, 2048 by default) when a domain's label set was built.", scope="agent"),
+    _m("pusher_labels_dropped_total", "counter", "", "Labels left off a domain's series to keep them within limits.max_label_names_per_series (Nova series labels first, then volume_id, port_id and source_file).", scope="agent"),
     _m("pusher_nova_metadata_errors_total", "counter", "", "Domain XML documents whose Nova metadata could not be read.", scope="agent"),
 )
 # fmt: on
@@ -204,37 +271,85 @@ def group_of(name: str) -> str:
 
 # --- from libvirt stats to samples -------------------------------------------------------
 
-DEVICE_PREFIXES = ("vcpu", "net", "block")
-# "cpu.time" -> metrics; ("block", "rd.bytes") -> metrics
+DEVICE_PREFIXES = tuple(_DEVICE_LABEL_NAMES)
+# "cpu.time" -> metrics; "block.<n>.rd.bytes" -> metrics
 _DOMAIN_KEYS: dict[str, list[Metric]] = {}
-_DEVICE_KEYS: dict[tuple[str, str], list[Metric]] = {}
+_DEVICE_KEYS: dict[str, list[Metric]] = {}
 for _metric in CATALOG:
     if "<n>" in _metric.source:
-        _prefix, _, _rest = _metric.source.partition(".<n>.")
-        _DEVICE_KEYS.setdefault((_prefix, _rest), []).append(_metric)
+        _DEVICE_KEYS.setdefault(_metric.source, []).append(_metric)
     elif _metric.source:
         _DOMAIN_KEYS.setdefault(_metric.source, []).append(_metric)
 # Keys that are labels or bookkeeping, not values.
-_LABEL_KEYS = {"name", "path", "backingIndex"}
+_LABEL_KEYS = {
+    "net.<n>.name", "block.<n>.name", "block.<n>.path", "block.<n>.backingIndex",
+    "memory.bandwidth.monitor.<n>.name", "memory.bandwidth.monitor.<n>.vcpus",
+    "memory.bandwidth.monitor.<n>.node.<i>.id",
+    "cpu.cache.monitor.<n>.name", "cpu.cache.monitor.<n>.vcpus",
+    "cpu.cache.monitor.<n>.bank.<i>.id",
+}  # fmt: skip
+_INDEX_MARKS = ("<n>", "<i>")
 
 
-class _Truncations:
-    """How many label values were cut: the one piece of state here, read as a self-metric.
-    Label sets are built once per domain and cached, so this counts distinct cuts."""
+def _device_key(key: str) -> tuple[str, str, tuple[str, ...]]:
+    """'block.0.rd.bytes' -> ('block.<n>.rd.bytes', 'block', ('0',)): the catalog's source
+    notation, the prefix before the first index, and the indices (at most two)."""
+    parts = key.split(".")
+    indices: list[str] = []
+    prefix = ""
+    for i, part in enumerate(parts):
+        if part.isascii() and part.isdigit() and len(indices) < len(_INDEX_MARKS):
+            if not indices:
+                prefix = ".".join(parts[:i])
+            parts[i] = _INDEX_MARKS[len(indices)]
+            indices.append(part)
+    return ".".join(parts), prefix, tuple(indices)
+
+
+class _Count:
+    """A count kept here and read as a self-metric. Label sets are built once per domain
+    and cached, so these count distinct events, not cycles."""
 
     count = 0
 
 
-TRUNCATIONS = _Truncations()
+TRUNCATIONS = _Count()  # label values cut to LIMITS.max_value_bytes
+LABEL_DROPS = _Count()  # labels left off to keep LIMITS.max_names
+
+
+@dataclass
+class Limits:
+    """Mimir's limits the agent keeps to (`limits.*`), set once at start by `set_limits`."""
+
+    max_names: int = MAX_LABEL_NAMES
+    max_name_length: int = MAX_LABEL_NAME_LENGTH
+    max_value_bytes: int = MAX_LABEL_VALUE_BYTES
+
+
+LIMITS = Limits()
+
+
+def set_limits(
+    max_names: int = MAX_LABEL_NAMES,
+    max_name_length: int = MAX_LABEL_NAME_LENGTH,
+    max_value_bytes: int = MAX_LABEL_VALUE_BYTES,
+) -> None:
+    """Set the label limits (no arguments: Mimir's defaults). Label sets built before keep
+    what they were built with."""
+    LIMITS.max_names = max_names
+    LIMITS.max_name_length = max_name_length
+    LIMITS.max_value_bytes = max_value_bytes
 
 
 def truncate_label_value(value: str) -> str:
-    """Cut a value to Mimir's byte limit on a UTF-8 character boundary."""
+    """Cut a value to the byte limit (`LIMITS.max_value_bytes`) on a UTF-8 character
+    boundary."""
+    limit = LIMITS.max_value_bytes
     raw = value.encode("utf-8", "surrogatepass")
-    if len(raw) <= MAX_LABEL_VALUE_BYTES:
+    if len(raw) <= limit:
         return value
     TRUNCATIONS.count += 1
-    return raw[:MAX_LABEL_VALUE_BYTES].decode("utf-8", "ignore")
+    return raw[:limit].decode("utf-8", "ignore")
 
 
 def label_pairs(labels: Mapping[str, str]) -> LabelPairs:
@@ -297,32 +412,36 @@ def plan_domain(
     shared: LabelPairs,
     unknown: set[str] | None = None,
     extra: DeviceExtra = _no_extra,
+    drop: frozenset[str] = frozenset(),
 ) -> DomainPlan:
     """The plan for one domain's `getAllDomainStats` record.
 
     `shared` are the labels every series of this domain carries (identity, Nova, external).
     Keys the catalog does not know are added to `unknown` (for a one-time log) and skipped.
+    Device labels named in `drop` (`labels.drop`: source_file, volume_id, port_id) are left
+    off.
     """
     keys: list[str] = []
     scales: list[float] = []
     series: list[SeriesKey] = []
-    device_labels: dict[tuple[str, str], LabelPairs] = {}
+    device_labels: dict[tuple[str, tuple[str, ...]], LabelPairs] = {}
     for key, raw in stats.items():
         if _number(raw) is None:
             continue  # strings: device names and paths, used as labels below
         metrics = _DOMAIN_KEYS.get(key)
         own: LabelPairs = ()
         if metrics is None:
-            prefix, _, tail = key.partition(".")
-            index, _, rest = tail.partition(".")
-            metrics = _DEVICE_KEYS.get((prefix, rest))
-            if metrics is None or not index.isdigit():
-                if unknown is not None and rest not in _LABEL_KEYS:
+            source, prefix, indices = _device_key(key)
+            metrics = _DEVICE_KEYS.get(source)
+            if metrics is None:
+                if unknown is not None and source not in _LABEL_KEYS:
                     unknown.add(key)
                 continue
-            own = device_labels.get((prefix, index)) or ()
+            own = device_labels.get((prefix, indices)) or ()
             if not own:
-                own = device_labels[(prefix, index)] = _device_labels(stats, prefix, index, extra)
+                own = device_labels[(prefix, indices)] = _device_labels(
+                    stats, prefix, indices, extra, drop
+                )
         for m in metrics:
             keys.append(key)
             scales.append(m.scale)
@@ -331,14 +450,21 @@ def plan_domain(
 
 
 def domain_samples(
-    stats: Mapping[str, object], shared: LabelPairs, unknown: set[str] | None = None
+    stats: Mapping[str, object],
+    shared: LabelPairs,
+    unknown: set[str] | None = None,
+    drop: frozenset[str] = frozenset(),
 ) -> list[Sample]:
     """One domain's `getAllDomainStats` record -> samples in base units (via its plan)."""
-    plan = plan_domain(stats, shared, unknown)
+    plan = plan_domain(stats, shared, unknown, drop=drop)
     return list(zip(plan.series, plan.values(stats), strict=True))
 
 
-def devices(stats: Mapping[str, object], extra: DeviceExtra = _no_extra) -> frozenset[LabelPairs]:
+def devices(
+    stats: Mapping[str, object],
+    extra: DeviceExtra = _no_extra,
+    drop: frozenset[str] = frozenset(),
+) -> frozenset[LabelPairs]:
     """The label sets of the devices (vCPUs, NICs, disks) a record names, whether or not it
     carries their counters (a partial record names its disks without counting them)."""
     out = set()
@@ -349,15 +475,31 @@ def devices(stats: Mapping[str, object], extra: DeviceExtra = _no_extra) -> froz
             (prefix == "vcpu" and rest == "state")
             or (prefix in ("net", "block") and rest == "name")
         ):
-            out.add(_device_labels(stats, prefix, index, extra))
+            out.add(_device_labels(stats, prefix, (index,), extra, drop))
     return frozenset(out)
 
 
 def _device_labels(
-    stats: Mapping[str, object], prefix: str, index: str, extra: DeviceExtra = _no_extra
+    stats: Mapping[str, object],
+    prefix: str,
+    indices: tuple[str, ...],
+    extra: DeviceExtra = _no_extra,
+    drop: frozenset[str] = frozenset(),
 ) -> LabelPairs:
-    if prefix == "vcpu":
+    index = indices[0]
+    if prefix in ("vcpu", "dirtyrate.vcpu"):
         return (("vcpu", index),)
+    if prefix == "iothread":
+        return (("iothread", index),)
+    if prefix in _SUB_INDEX:
+        name = stats.get(f"{prefix}.{index}.name")
+        labels = {"monitor": name if isinstance(name, str) and name else index}
+        if len(indices) > 1:
+            sub, label = _SUB_INDEX[prefix]
+            host_id = stats.get(f"{prefix}.{index}.{sub}.{indices[1]}.id")
+            ok = isinstance(host_id, int) and not isinstance(host_id, bool)
+            labels[label] = str(host_id) if ok else indices[1]
+        return label_pairs(labels)
     name = stats.get(f"{prefix}.{index}.name")
     target = name if isinstance(name, str) and name else f"{prefix}{index}"
     labels = dict(extra(target))
@@ -365,7 +507,88 @@ def _device_labels(
     path = stats.get(f"{prefix}.{index}.path")
     if prefix == "block" and isinstance(path, str):
         labels["source_file"] = path
+    for label in drop & labels.keys():
+        del labels[label]
     return label_pairs(labels)
+
+
+# --- label limits ------------------------------------------------------------------------
+
+INFO_METRIC = "libvirt_domain_openstack_info"
+# Labels `labels.drop` may name besides the Nova labels: the device labels that only add
+# detail. Also the order in which the agent leaves them off a series that has too many.
+DEVICE_EXTRAS = ("volume_id", "port_id", "source_file")
+
+
+def max_label_names(
+    external: Iterable[str], series_labels: Iterable[str], drop: Iterable[str] = ()
+) -> int:
+    """The most label names, `__name__` included, that any series the agent sends can carry
+    with these external labels, Nova series labels and dropped labels."""
+    dropped = set(drop)
+    ext = set(external)
+    domain = {*ext, "domain", "uuid", *(set(series_labels) - dropped)}
+    worst = 0
+    for m in CATALOG:
+        names = (domain if m.scope == "domain" else ext) | (set(m.labels) - dropped)
+        worst = max(worst, 1 + len(names))
+    return worst
+
+
+def plan_within_limits(
+    stats: Mapping[str, object],
+    shared: LabelPairs,
+    droppable: Iterable[str],
+    unknown: set[str] | None = None,
+    extra: DeviceExtra = _no_extra,
+    drop: frozenset[str] = frozenset(),
+) -> tuple[DomainPlan, frozenset[str]]:
+    """`plan_domain`, with every series kept within `LIMITS.max_names` label names
+    (`__name__` included): while the widest would carry more, leave off the `droppable`
+    shared labels (the Nova series labels), the last first, then the device labels of
+    DEVICE_EXTRAS; never the domain's identity, the external labels, or a device's own name.
+    Each label left off is counted in LABEL_DROPS. Returns the plan and the device labels
+    dropped. (A configuration where this can happen is refused at load: a safety net.)"""
+    plan = plan_domain(stats, shared, unknown, extra, drop)
+    candidates = [n for n in reversed(list(droppable)) if n in dict(shared)]
+    candidates += [n for n in DEVICE_EXTRAS if n not in drop]
+    while candidates and _widest(plan) > LIMITS.max_names:
+        name = candidates.pop(0)
+        if any(k == name for k, _ in shared):
+            shared = tuple(p for p in shared if p[0] != name)
+        elif any(k == name for _, own, _ in plan.series for k, _ in own):
+            drop = drop | {name}
+        else:
+            continue  # no series of this domain carries it
+        LABEL_DROPS.count += 1
+        plan = plan_domain(stats, shared, None, extra, drop)
+    return plan, drop
+
+
+def _widest(plan: DomainPlan) -> int:
+    """The most label names a series of the plan carries (device labels never repeat a
+    shared one; were they to, this overcounts)."""
+    own = max((len(k[1]) for k in plan.series), default=0)
+    return 1 + len(plan.shared) + own
+
+
+def fit_own_labels(own: LabelPairs, shared: LabelPairs, order: Iterable[str]) -> LabelPairs:
+    """One series' own labels cut to fit `LIMITS.max_names` together with the shared ones:
+    own labels the shared ones lack are left off in the reverse of `order` (each counted in
+    LABEL_DROPS)."""
+    shared_names = {k for k, _ in shared}
+    keep = {k for k, _ in own}
+    width = 1 + len(keep | shared_names)
+    for name in reversed(list(order)):
+        if width <= LIMITS.max_names:
+            break
+        if name in keep and name not in shared_names:
+            keep.discard(name)
+            width -= 1
+            LABEL_DROPS.count += 1
+    if len(keep) == len(own):
+        return own
+    return tuple(p for p in own if p[0] in keep)
 
 
 # --- docs --------------------------------------------------------------------------------
@@ -381,7 +604,12 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "",
         "Every domain series also carries `domain` (libvirt name), `uuid` (libvirt UUID, equal",
         "to the Nova instance UUID), the Nova labels named in `nova.series_labels` and the",
-        "`external_labels`; host and agent series carry the `external_labels` only.",
+        "`external_labels`; host and agent series carry the `external_labels` only. Labels",
+        "named in `labels.drop` are left off every series.",
+        "",
+        "The perf, iothread, memory (bandwidth) and dirtyrate series come only from the",
+        "groups listed in `collect.groups`; the default groups are state, cpu_total, balloon,",
+        "vcpu, interface and block.",
         "",
         "| name | type | unit | labels | libvirt key | help |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -13,12 +13,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 
+from pusher.config import DEFAULT_STATS_GROUPS
 from pusher.nova import DomainInfo, parse_domain_xml
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "LibvirtUnavailable",
     "Snapshot",
     "is_partial",
+    "stats_flags",
     "version_string",
 ]
 
@@ -53,21 +55,41 @@ STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 
 # Keys a running domain always reports, one per group (a domain without disks still has
 # block.count = 0).
-RUNNING_KEYS = ("cpu.time", "balloon.current", "vcpu.current", "net.count", "block.count")
+_RUNNING_KEY = {
+    "cpu_total": "cpu.time",
+    "balloon": "balloon.current",
+    "vcpu": "vcpu.current",
+    "interface": "net.count",
+    "block": "block.count",
+}
+RUNNING_KEYS = tuple(_RUNNING_KEY.values())
 # Per-domain calls in flight at once (the fallbacks for stuck and partial domains).
 EACH_WORKERS = 8
 VIR_DOMAIN_RUNNING = 1
 
 
-def is_partial(stats: dict[str, Any]) -> bool:
+def stats_flags(groups: Iterable[str]) -> int:
+    """`collect.groups` names -> libvirt's VIR_DOMAIN_STATS_* flags, OR-ed."""
+    flags = 0
+    for name in groups:
+        flag = getattr(libvirt, f"VIR_DOMAIN_STATS_{name.upper()}", None)
+        if flag is None:
+            log.warning("this libvirt-python has no stats group %r; not asking for it", name)
+            continue
+        flags |= flag
+    return flags
+
+
+def is_partial(stats: dict[str, Any], groups: Collection[str] = DEFAULT_STATS_GROUPS) -> bool:
     """Whether a running domain's record lacks what only its QEMU monitor gives: with
     NOWAIT, a domain whose job another client holds comes back with block devices named but
-    without their counters, and without some cpu and balloon keys."""
+    without their counters, and without some cpu and balloon keys. Only the stats `groups`
+    asked for are expected."""
     if stats.get("state.state") != VIR_DOMAIN_RUNNING:
         return False
-    if any(key not in stats for key in RUNNING_KEYS):
+    if any(key not in stats for group, key in _RUNNING_KEY.items() if group in groups):
         return True
-    return bool(stats.get("block.count")) and "block.0.rd.reqs" not in stats
+    return "block" in groups and bool(stats.get("block.count")) and "block.0.rd.reqs" not in stats
 
 
 class LibvirtUnavailable(Exception):
@@ -138,7 +160,9 @@ class Collector:
         clock: Callable[[], float] = time.time,
         use_events: bool = True,
         partial_wait: float = 1.0,
+        groups: Iterable[str] = DEFAULT_STATS_GROUPS,
     ) -> None:
+        self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
         self.partial_wait = partial_wait
         self.uri = uri
         self.refresh_interval = refresh_interval
@@ -155,6 +179,15 @@ class Collector:
         self.partial_kept = 0  # of those, the ones still partial when exported
         self._asking: dict[str, concurrent.futures.Future[Any]] = {}  # uuid -> re-ask
         self.host: HostInfo | None = None
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return self._groups
+
+    @groups.setter
+    def groups(self, groups: Iterable[str]) -> None:
+        self._groups = tuple(groups)
+        self._flags = stats_flags(self._groups)
 
     # --- connection
 
@@ -252,7 +285,7 @@ class Collector:
         ts_ms = int(self.clock() * 1000)
         start = time.monotonic()
         try:
-            records = conn.getAllDomainStats(STATS_GROUPS, STATS_FLAGS)
+            records = conn.getAllDomainStats(self._flags, STATS_FLAGS)
         except libvirt.libvirtError as e:
             # A dead connection surfaces here; drop it so the next cycle reconnects.
             if not self._alive():
@@ -279,7 +312,7 @@ class Collector:
         """Ask once more, after a moment, for running domains whose record is partial
         (`is_partial`): another client (Nova, an exporter) held the domain's job, which is
         usually short."""
-        partial = [i for i, (_, stats) in enumerate(records) if is_partial(stats)]
+        partial = [i for i, (_, stats) in enumerate(records) if is_partial(stats, self.groups)]
         if not partial:
             return records
         self.partial_records += len(partial)
@@ -293,7 +326,7 @@ class Collector:
             pending = self._asking.get(uuid)
             if pending is not None and not pending.done():
                 continue  # still waiting from an earlier cycle: one thread per domain at most
-            f = pool.submit(conn.domainListGetStats, [records[i][0]], STATS_GROUPS, 0)
+            f = pool.submit(conn.domainListGetStats, [records[i][0]], self._flags, 0)
             self._asking[uuid] = f
             futures[f] = i
         done, _ = concurrent.futures.wait(futures, timeout=self.partial_wait)
@@ -338,7 +371,7 @@ class Collector:
         except libvirt.libvirtError as e:
             raise LibvirtUnavailable(f"listAllDomains failed: {e}") from None
         pool = self._pool()
-        futures = {pool.submit(conn.domainListGetStats, [d], STATS_GROUPS, 0): d for d in doms}
+        futures = {pool.submit(conn.domainListGetStats, [d], self._flags, 0): d for d in doms}
         done, not_done = concurrent.futures.wait(futures, timeout=timeout)
         now = self.clock()
         domains: list[DomainStats] = []

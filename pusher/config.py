@@ -22,9 +22,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from pusher import catalog
+
 __all__ = [
     "DEFAULT_SERIES_LABELS",
+    "DEFAULT_STATS_GROUPS",
+    "DROPPABLE_LABELS",
     "NOVA_LABELS",
+    "STATS_GROUPS",
     "Config",
     "ConfigError",
     "load",
@@ -66,6 +71,14 @@ NOVA_LABELS = (
 # On every series by default: enough to group by tenant and flavor and to read the instance's
 # name, without the user and root ids that would only repeat what the info series carries.
 DEFAULT_SERIES_LABELS = ("instance_name", "project_name", "project_uuid", "flavor")
+# libvirt's stats groups (VIR_DOMAIN_STATS_<NAME>) the catalog has metrics for, and the ones
+# asked for by default. "memory" is memory bandwidth (resctrl), not the balloon.
+STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block", "perf",
+                "iothread", "memory", "dirtyrate")  # fmt: skip
+DEFAULT_STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
+# Labels `labels.drop` may leave off every series: the device details and the Nova labels.
+# domain and uuid identify a domain's series and the device names its devices': never.
+DROPPABLE_LABELS = ("source_file", "volume_id", "port_id", *NOVA_LABELS)
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -207,6 +220,15 @@ class Config:
     buffer_fsync: bool = True
     nova_series_labels: tuple[str, ...] = DEFAULT_SERIES_LABELS
     nova_refresh_interval: float = 600.0
+    collect_groups: tuple[str, ...] = DEFAULT_STATS_GROUPS
+    filter_projects_include: tuple[str, ...] = ()
+    filter_projects_exclude: tuple[str, ...] = ()
+    filter_domains_include: tuple[str, ...] = ()
+    filter_domains_exclude: tuple[str, ...] = ()
+    labels_drop: tuple[str, ...] = ()
+    limits_max_label_names_per_series: int = 30
+    limits_max_label_name_length: int = 1024
+    limits_max_label_value_length: int = 2048
     log_level: str = "info"
     shutdown_grace: float = 10.0
 
@@ -400,6 +422,47 @@ def _series_labels(v: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v))
 
 
+def _str_list(v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list, got {type(v).__name__}")
+    for x in v:
+        if not isinstance(x, str) or not x:
+            raise ValueError(f"entry {x!r} is not a non-empty string")
+    return tuple(dict.fromkeys(v))
+
+
+def _regex_list(v: Any) -> tuple[str, ...]:
+    out = _str_list(v)
+    for pattern in out:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"{pattern!r} is not a regular expression: {e}") from None
+    return out
+
+
+def _stats_groups(v: Any) -> tuple[str, ...]:
+    out = _str_list(v)
+    for name in out:
+        if name not in STATS_GROUPS:
+            raise ValueError(f"{name!r} is not one of {', '.join(STATS_GROUPS)}")
+    if "state" not in out:
+        raise ValueError("must include state: the agent needs every domain's state")
+    return out
+
+
+def _label_drop(v: Any) -> tuple[str, ...]:
+    out = _str_list(v)
+    for name in out:
+        if name in ("domain", "uuid"):
+            raise ValueError(f"{name!r} identifies a domain's series and cannot be dropped")
+        if name not in DROPPABLE_LABELS:
+            raise ValueError(f"{name!r} is not one of {', '.join(DROPPABLE_LABELS)}")
+    return out
+
+
 def _protocol(v: Any) -> str:
     s = _str(v)
     if s not in ("v1", "v2", "auto"):
@@ -455,6 +518,15 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "buffer.fsync": ("buffer_fsync", _bool),
     "nova.series_labels": ("nova_series_labels", _series_labels),
     "nova.refresh_interval": ("nova_refresh_interval", _positive_duration),
+    "collect.groups": ("collect_groups", _stats_groups),
+    "filter.projects.include": ("filter_projects_include", _str_list),
+    "filter.projects.exclude": ("filter_projects_exclude", _str_list),
+    "filter.domains.include": ("filter_domains_include", _regex_list),
+    "filter.domains.exclude": ("filter_domains_exclude", _regex_list),
+    "labels.drop": ("labels_drop", _label_drop),
+    "limits.max_label_names_per_series": ("limits_max_label_names_per_series", _positive_int),
+    "limits.max_label_name_length": ("limits_max_label_name_length", _positive_int),
+    "limits.max_label_value_length": ("limits_max_label_value_length", _positive_int),
     "log.level": ("log_level", _log_level),
     "shutdown_grace": ("shutdown_grace", _duration),
 }
@@ -539,12 +611,58 @@ def _cross_check(cfg: Config) -> None:
         raise ConfigError("collect.timeout", "must not exceed collect.interval")
     # Labels the agent puts on its own series; an external label of the same name would be
     # overridden on some series and not on others.
-    taken = {"domain", "uuid", "vcpu", "target_device", "source_file", "reason", "code",
-             "version", *NOVA_LABELS}  # fmt: skip
+    taken = {"domain", "uuid", *NOVA_LABELS, *(x for m in catalog.CATALOG for x in m.labels)}
     for name in cfg.external_labels:
         if name in taken:
             raise ConfigError(f"external_labels.{name}", "clashes with a label the agent sets")
+    _check_label_limits(cfg)
     _check_transport(cfg)
+
+
+def _check_label_limits(cfg: Config) -> None:
+    """Mimir's label limits (`limits.*`) must leave room for what the agent sends: the
+    label names are all known here, so a series that would be refused is refused now."""
+    lim = "limits"
+    own_names = {"domain", "uuid", *(x for m in catalog.CATALOG for x in m.labels)}
+    longest = max(len(x) for x in own_names)
+    if cfg.limits_max_label_name_length < longest:
+        raise ConfigError(
+            f"{lim}.max_label_name_length",
+            f"must be at least {longest}: the agent's own label names are that long",
+        )
+    longest = max(len(m.name) for m in catalog.CATALOG)
+    if cfg.limits_max_label_value_length < longest:
+        raise ConfigError(
+            f"{lim}.max_label_value_length",
+            f"must be at least {longest}: the metric name is a label value too, and the "
+            "longest is that long",
+        )
+    for name, value in cfg.external_labels.items():
+        if len(name) > cfg.limits_max_label_name_length:
+            raise ConfigError(
+                "external_labels", f"a label name is longer than {lim}.max_label_name_length"
+            )
+        if len(value.encode("utf-8", "surrogatepass")) > cfg.limits_max_label_value_length:
+            raise ConfigError(
+                f"external_labels.{name}",
+                f"the value is longer than {lim}.max_label_value_length bytes",
+            )
+    limit = cfg.limits_max_label_names_per_series
+    # What no series can do without: external labels, domain, uuid, a device's name.
+    least = catalog.max_label_names(cfg.external_labels, (), DROPPABLE_LABELS)
+    if least > limit:
+        raise ConfigError(
+            "external_labels",
+            f"{len(cfg.external_labels)} external labels leave some series with {least} label "
+            f"names, more than {lim}.max_label_names_per_series ({limit})",
+        )
+    need = catalog.max_label_names(cfg.external_labels, cfg.nova_series_labels, cfg.labels_drop)
+    if need > limit:
+        raise ConfigError(
+            f"{lim}.max_label_names_per_series",
+            f"some series would carry {need} label names with these external_labels, "
+            "nova.series_labels and labels.drop; raise it or send fewer labels",
+        )
 
 
 def _check_transport(cfg: Config) -> None:

@@ -41,6 +41,7 @@ from pusher.encode import (
     metadata_bytes,
     v2_to_v1,
 )
+from pusher.filters import DomainFilter
 from pusher.sender import Outcome, Sender
 from pusher.spool import Row, Spool
 
@@ -79,16 +80,20 @@ class Counters:
 
 
 def identity_labels(
-    d: DomainStats, series_labels: Sequence[str], external: LabelPairs
+    d: DomainStats,
+    series_labels: Sequence[str],
+    external: LabelPairs,
+    drop: frozenset[str] = frozenset(),
 ) -> LabelPairs:
-    """Labels on every series of one domain: identity, chosen Nova labels, external labels."""
+    """Labels on every series of one domain: identity, chosen Nova labels (but those in
+    `drop`), external labels."""
     labels = dict(external)
     labels["domain"] = d.name
     labels["uuid"] = d.uuid
     if d.info.nova is not None:
         nova = d.info.nova.labels()
         for name in series_labels:
-            if name in nova:
+            if name in nova and name not in drop:
                 labels[name] = nova[name]
     return label_pairs(labels)
 
@@ -115,9 +120,15 @@ def plan_snapshot(
     external: LabelPairs,
     cache: dict[str, DomainSeries],
     unknown: set[str] | None = None,
+    drop: frozenset[str] = frozenset(),
 ) -> dict[str, DomainSeries]:
     """Every domain's series for this snapshot, reusing `cache` (uuid -> DomainSeries)
-    for domains whose name, Nova data and stats keys did not change."""
+    for domains whose name, Nova data and stats keys did not change.
+
+    Labels named in `drop` (`labels.drop`) are left off every series. A series that would
+    carry more label names than `catalog.LIMITS.max_names` loses the lowest-priority ones
+    (`catalog.plan_within_limits`): a configuration where that can happen is refused at
+    load, so this is a safety net."""
     out: dict[str, DomainSeries] = {}
     for d in snapshot.domains:
         cached = cache.get(d.uuid)
@@ -129,16 +140,20 @@ def plan_snapshot(
         ):
             out[d.uuid] = cached
             continue
-        shared = identity_labels(d, series_labels, external)
+        shared = identity_labels(d, series_labels, external, drop)
         if cached is not None and cached.plan.shared == shared:
             shared = cached.plan.shared  # the same tuple: the encoder's heads stay valid
-        plan = catalog.plan_domain(d.stats, shared, unknown, d.info.labels_for)
+        plan, device_drop = catalog.plan_within_limits(
+            d.stats, shared, series_labels, unknown, d.info.labels_for, drop
+        )
         extra: tuple[SeriesKey, ...] = ()
         if d.info.nova is not None:
-            own = label_pairs(d.info.nova.labels())
-            extra = (("libvirt_domain_openstack_info", own, shared),)
+            nova = {k: v for k, v in d.info.nova.labels().items() if k not in drop}
+            info = catalog.by_name(catalog.INFO_METRIC)
+            own = catalog.fit_own_labels(label_pairs(nova), plan.shared, info.labels)
+            extra = ((info.name, own, plan.shared),)
         running = d.stats.get("state.state") == VIR_DOMAIN_RUNNING
-        devices = catalog.devices(d.stats, d.info.labels_for)
+        devices = catalog.devices(d.stats, d.info.labels_for, device_drop)
         out[d.uuid] = DomainSeries(d.name, d.info, plan, extra, running, devices)
     return out
 
@@ -277,9 +292,20 @@ class Agent:
     ) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.collector = collector or Collector(
-            cfg.libvirt_uri, cfg.nova_refresh_interval, partial_wait=cfg.collect_timeout / 4
+        # Before any label set is built (external labels included).
+        catalog.set_limits(
+            cfg.limits_max_label_names_per_series,
+            cfg.limits_max_label_name_length,
+            cfg.limits_max_label_value_length,
         )
+        self.collector = collector or Collector(
+            cfg.libvirt_uri, cfg.nova_refresh_interval, partial_wait=cfg.collect_timeout / 4,
+            groups=cfg.collect_groups,
+        )  # fmt: skip
+        if isinstance(self.collector, Collector):
+            self.collector.groups = cfg.collect_groups  # the config's groups, whoever built it
+        self._filter = DomainFilter.from_config(cfg)
+        self._drop = frozenset(cfg.labels_drop)
         self.spool = spool
         self.sender = sender
         self.encoder = Encoder(cfg.remote_write_max_samples_per_send)
@@ -308,6 +334,7 @@ class Agent:
         self._pending: list[concurrent.futures.Future[Snapshot]] = []
         self._stuck: set[str] = set()  # uuids whose stats calls hang
         self._timeouts: collections.Counter[str] = collections.Counter()  # uuid -> cycles
+        self._timeout_keys: dict[str, SeriesKey] = {}  # uuid -> its timeouts series
 
     # --- collecting
 
@@ -326,14 +353,17 @@ class Agent:
         cycle = Cycle(snapshot.ts_ms if snapshot else int(self.clock() * 1000))
         if snapshot is not None:
             # A stuck domain's stats (partial, if any) are left out; its series keep their
-            # last values at the receiver instead of being marked stale.
+            # last values at the receiver instead of being marked stale. Domains the filters
+            # exclude (`filter.*`) are left out entirely: no series at all.
             answered = Snapshot(
-                snapshot.ts_ms, [d for d in snapshot.domains if d.uuid not in self._stuck],
+                snapshot.ts_ms,
+                [d for d in snapshot.domains if d.uuid not in self._stuck
+                 and (not self._filter or self._filter.admits(d.name, d.info.nova))],
                 snapshot.duration, snapshot.xml_fetches,
             )  # fmt: skip
             domains = plan_snapshot(
                 answered, self.cfg.nova_series_labels, self.external,
-                self._domains, self._unknown_keys,
+                self._domains, self._unknown_keys, self._drop,
             )  # fmt: skip
             stats = {d.uuid: d.stats for d in answered.domains}
             for uuid, ds in domains.items():
@@ -343,18 +373,29 @@ class Agent:
                 if uuid in self._domains:
                     domains[uuid] = self._domains[uuid]
                     self._timeouts[uuid] += 1
+            timeout_keys: dict[str, SeriesKey] = {}
             for uuid in list(self._timeouts):
                 if uuid not in domains:
                     del self._timeouts[uuid]
                     continue
                 key = ("libvirt_domain_stats_timeouts_total", (), domains[uuid].plan.shared)
+                timeout_keys[uuid] = key
                 cycle.samples.append((key, float(self._timeouts[uuid])))
             cycle.samples.extend(self._stale_markers(domains))
+            # A timeouts series is no part of a domain's plan: it ends here, with its domain
+            # (or its old labels).
+            ended = set(self._timeout_keys.values()) - set(timeout_keys.values())
+            cycle.samples.extend((key, STALE_NAN) for key in ended)
+            self._ended |= ended
+            self._timeout_keys = timeout_keys
             self._domains = domains
             self._log_unknown_keys()
             self._libvirt_domains = len(snapshot.domains)
         self._libvirt_up = 1 if snapshot is not None else 0
         cycle.samples.append((("libvirt_up", (), self.external), float(self._libvirt_up)))
+        # Counted where label sets are built (plan_snapshot), so reported with the cycle.
+        drops = float(catalog.LABEL_DROPS.count)
+        cycle.samples.append((("pusher_labels_dropped_total", (), self.external), drops))
         if snapshot is not None:
             n = float(self._libvirt_domains)
             cycle.samples.append((("libvirt_domains", (), self.external), n))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,10 @@ NOT_VALUES = {"net.0.name", "block.0.name", "block.0.path", "block.1.name", "blo
 # The libvirt stats units (REFERENCE.md §4), written out independently of the catalog.
 NS_KEYS = {"cpu.time", "cpu.user", "cpu.system", "cpu.haltpoll.success.time",
            "cpu.haltpoll.fail.time", "vcpu.<n>.time", "vcpu.<n>.wait", "vcpu.<n>.delay",
-           "block.<n>.rd.times", "block.<n>.wr.times", "block.<n>.fl.times"}  # fmt: skip
+           "block.<n>.rd.times", "block.<n>.wr.times", "block.<n>.fl.times",
+           "perf.cpu_clock", "perf.task_clock", "iothread.<n>.poll-max-ns"}  # fmt: skip
+# dirtyrate is reported in MiB/s.
+MIB_KEYS = {"dirtyrate.megabytes_per_second", "dirtyrate.vcpu.<n>.megabytes_per_second"}
 KIB_KEYS = {"balloon.current", "balloon.maximum", "balloon.swap_in", "balloon.swap_out",
             "balloon.unused", "balloon.available", "balloon.usable", "balloon.rss",
             "balloon.disk_caches"}  # fmt: skip
@@ -168,6 +172,8 @@ def test_source_units_are_converted_to_base_units() -> None:
             assert (m.unit, m.scale) == ("seconds", 1e-9), m.name
         elif m.source in KIB_KEYS:
             assert (m.unit, m.scale) == ("bytes", 1024.0), m.name
+        elif m.source in MIB_KEYS:
+            assert m.scale == 2**20 and m.name.endswith("_bytes_per_second"), m.name
         else:
             assert m.scale == 1.0, m.name
 
@@ -343,9 +349,10 @@ def test_a_stopped_guest_gives_only_what_libvirt_reported() -> None:
 def test_unknown_numeric_keys_are_reported_and_skipped() -> None:
     stats = dict(STATS)
     added = {
-        "perf.cycles": 123,
-        "iothread.count": 1,
-        "dirtyrate.calc_status": 2,
+        "perf.cycles": 123,  # the real key is perf.cpu_cycles
+        "iothread.1.poll-brand-new": 1,
+        "dirtyrate.calc_brand_new": 2,
+        "memory.bandwidth.monitor.0.node.0.bytes.new": 3,
         "block.0.newfangled": 5,
         "vcpu.x.time": 9,
         "balloon.brand_new": 4,
@@ -444,3 +451,187 @@ def test_markdown_lists_every_metric_once() -> None:
     text = catalog.markdown()
     for m in CATALOG:
         assert text.count(f"| `{m.name}` |") == 1, m.name
+
+
+# --- the optional groups: perf, iothread, memory (bandwidth), dirtyrate ---------------------
+
+PERF_EVENTS = ("cmt", "mbmt", "mbml", "cpu_cycles", "instructions", "cache_references",
+               "cache_misses", "branch_instructions", "branch_misses", "bus_cycles",
+               "stalled_cycles_frontend", "stalled_cycles_backend", "ref_cpu_cycles",
+               "cpu_clock", "task_clock", "page_faults", "context_switches", "cpu_migrations",
+               "page_faults_min", "page_faults_maj", "alignment_faults",
+               "emulation_faults")  # fmt: skip
+MBM = "memory.bandwidth.monitor"
+# Keys as libvirt documents them for virConnectGetAllDomainStats (and libvirt 11.2 names
+# them in VIR_DOMAIN_STATS_* macros); IOThread ids start at 1.
+OPTIONAL: dict[str, object] = {
+    **{f"perf.{e}": 1000 + i for i, e in enumerate(PERF_EVENTS)},
+    "iothread.count": 2,
+    "iothread.1.poll-max-ns": 32_768,
+    "iothread.1.poll-grow": 2,
+    "iothread.1.poll-shrink": 0,
+    "iothread.3.poll-max-ns": 0,
+    "iothread.3.poll-grow": 0,
+    "iothread.3.poll-shrink": 0,
+    f"{MBM}.count": 1,
+    f"{MBM}.0.name": "vcpus_0-1",
+    f"{MBM}.0.vcpus": "0-1",
+    f"{MBM}.0.node.count": 2,
+    f"{MBM}.0.node.0.id": 0,
+    f"{MBM}.0.node.0.bytes.local": 4096,
+    f"{MBM}.0.node.0.bytes.total": 8192,
+    f"{MBM}.0.node.1.id": 1,
+    f"{MBM}.0.node.1.bytes.local": 0,
+    f"{MBM}.0.node.1.bytes.total": 1024,
+    "dirtyrate.calc_status": 2,
+    "dirtyrate.calc_start_time": 348_414,
+    "dirtyrate.calc_period": 1,
+    "dirtyrate.megabytes_per_second": 4,
+    "dirtyrate.calc_mode": "dirty-ring",
+    "dirtyrate.vcpu.0.megabytes_per_second": 1,
+    "dirtyrate.vcpu.1.megabytes_per_second": 2,
+    # cpu_total's cache monitors (hosts with resctrl; elsewhere only the count, 0)
+    "cpu.cache.monitor.count": 1,
+    "cpu.cache.monitor.0.name": "vcpus_0-1",
+    "cpu.cache.monitor.0.vcpus": "0-1",
+    "cpu.cache.monitor.0.bank.count": 1,
+    "cpu.cache.monitor.0.bank.0.id": 3,
+    "cpu.cache.monitor.0.bank.0.bytes": 5_767_168,
+}
+OPTIONAL_LABEL_KEYS = {f"{MBM}.0.node.0.id", f"{MBM}.0.node.1.id", "cpu.cache.monitor.0.bank.0.id"}
+
+
+def test_every_key_of_the_optional_groups_has_a_metric() -> None:
+    unknown: set[str] = set()
+    samples = domain_samples({**STATS, **OPTIONAL}, SHARED, unknown)
+    assert unknown == set()
+    values = [k for k, v in OPTIONAL.items() if not isinstance(v, str)]
+    assert len(samples) == len(domain_samples(STATS, SHARED)) + len(values) - len(
+        OPTIONAL_LABEL_KEYS
+    )
+
+
+def test_optional_group_series_labels_and_units() -> None:
+    s = samples_by_name(domain_samples(OPTIONAL, SHARED))
+    perf = "libvirt_domain_perf_"
+    assert s[f"{perf}cpu_cycles_total"] == {(): 1003.0}
+    assert s[f"{perf}cmt_bytes"] == {(): 1000.0}
+    assert s[f"{perf}mbmt_bytes_per_second"] == {(): 1001.0}
+    assert s[f"{perf}task_clock_seconds_total"][()] == pytest.approx(1014e-9)
+    assert len([n for n in s if n.startswith(perf)]) == len(PERF_EVENTS)
+    assert s["libvirt_domain_iothreads"] == {(): 2.0}
+    assert s["libvirt_domain_iothread_poll_max_seconds"] == {
+        (("iothread", "1"),): pytest.approx(32.768e-6),
+        (("iothread", "3"),): 0.0,
+    }
+    assert s["libvirt_domain_iothread_poll_grow"][(("iothread", "1"),)] == 2.0
+    assert s["libvirt_domain_memory_bandwidth_monitors"] == {(): 1.0}
+    monitor = ("monitor", "vcpus_0-1")
+    assert s["libvirt_domain_memory_bandwidth_monitor_nodes"] == {(monitor,): 2.0}
+    assert s["libvirt_domain_memory_bandwidth_bytes_total"] == {
+        (("memory_node", "0"), monitor): 8192.0,
+        (("memory_node", "1"), monitor): 1024.0,
+    }
+    assert (
+        s["libvirt_domain_memory_bandwidth_local_bytes_total"][(("memory_node", "0"), monitor)]
+        == 4096.0
+    )
+    assert s["libvirt_domain_cpu_cache_monitors"] == {(): 1.0}
+    assert s["libvirt_domain_cpu_cache_monitor_banks"] == {(monitor,): 1.0}
+    assert s["libvirt_domain_cpu_cache_occupancy_bytes"] == {
+        (("cache_bank", "3"), monitor): 5_767_168.0
+    }
+    assert s["libvirt_domain_dirtyrate_calc_status"] == {(): 2.0}
+    assert s["libvirt_domain_dirtyrate_calc_period_seconds"] == {(): 1.0}
+    assert s["libvirt_domain_dirtyrate_bytes_per_second"] == {(): 4 * 2**20}
+    assert s["libvirt_domain_dirtyrate_vcpu_bytes_per_second"] == {
+        (("vcpu", "0"),): 2**20,
+        (("vcpu", "1"),): 2 * 2**20,
+    }
+
+
+def test_a_memory_controller_id_labels_its_series_when_it_differs_from_the_index() -> None:
+    stats = {f"{MBM}.2.node.0.id": 7, f"{MBM}.2.node.0.bytes.total": 5}  # no monitor name
+    samples = domain_samples(stats, ())
+    assert [own for (_, own, _), _ in samples] == [(("memory_node", "7"), ("monitor", "2"))]
+
+
+def test_optional_metrics_come_from_their_groups() -> None:
+    groups = {m.source.partition(".")[0] for m in CATALOG if m.source}
+    assert {"perf", "iothread", "memory", "dirtyrate"} <= groups
+    assert catalog.group_of("libvirt_domain_dirtyrate_vcpu_bytes_per_second") == "dirtyrate"
+    assert catalog.group_of("libvirt_domain_memory_bandwidth_bytes_total") == "memory"
+
+
+def test_device_labels_of_the_optional_groups() -> None:
+    for m in CATALOG:
+        if m.source.startswith(("iothread.<n>.",)):
+            assert m.labels == ("iothread",), m.name
+        elif m.source.startswith("dirtyrate.vcpu.<n>."):
+            assert m.labels == ("vcpu",), m.name
+        elif m.source.startswith(f"{MBM}.<n>."):
+            want = ("monitor", "memory_node") if "<i>" in m.source else ("monitor",)
+            assert m.labels == want, m.name
+        elif m.source.startswith("cpu.cache.monitor.<n>."):
+            want = ("monitor", "cache_bank") if "<i>" in m.source else ("monitor",)
+            assert m.labels == want, m.name
+
+
+# --- dropped labels and the label limits ---------------------------------------------------
+
+
+def test_dropped_device_labels_are_left_off() -> None:
+    stats = {"block.0.name": "vdb", "block.0.path": "/dev/sdb", "block.0.rd.reqs": 5,
+             "net.0.name": "tap1", "net.0.rx.bytes": 1}  # fmt: skip
+
+    def extra(target: str) -> catalog.LabelPairs:
+        return (("volume_id", "v1"),) if target == "vdb" else (("port_id", "p1"),)
+
+    plan = catalog.plan_domain(stats, (), None, extra, frozenset({"source_file", "port_id"}))
+    assert sorted(own for _, own, _ in plan.series) == [
+        (("target_device", "tap1"),),
+        (("target_device", "vdb"), ("volume_id", "v1")),
+    ]
+    assert catalog.devices(stats, extra, frozenset({"source_file"})) == {
+        (("port_id", "p1"), ("target_device", "tap1")),
+        (("target_device", "vdb"), ("volume_id", "v1")),
+    }
+
+
+@pytest.fixture
+def limits() -> Iterator[None]:
+    yield
+    catalog.set_limits()
+
+
+def test_the_value_limit_is_configurable(limits: None) -> None:
+    catalog.set_limits(max_value_bytes=100)
+    before = catalog.TRUNCATIONS.count
+    assert truncate_label_value("a" * 101) == "a" * 100
+    assert truncate_label_value("é" * 60).encode() == ("é" * 50).encode()
+    assert truncate_label_value("a" * 100) == "a" * 100
+    assert catalog.TRUNCATIONS.count == before + 2
+    catalog.set_limits()
+    assert truncate_label_value("a" * 2048) == "a" * 2048
+
+
+def test_max_label_names_counts_the_widest_series() -> None:
+    ext = ("host", "cluster")
+    # openstack_info: __name__, 2 external, domain, uuid and the 10 Nova labels.
+    assert catalog.max_label_names(ext, ("instance_name",)) == 15
+    assert catalog.max_label_names(ext, ("instance_name",), ("image_uuid", "root_uuid")) == 13
+    # With every Nova label dropped: a block series with its three device labels.
+    from pusher.config import NOVA_LABELS
+
+    assert catalog.max_label_names(ext, (), NOVA_LABELS) == 8
+    # ... and then the memory bandwidth series: monitor and memory_node.
+    assert catalog.max_label_names(ext, (), (*NOVA_LABELS, *catalog.DEVICE_EXTRAS)) == 7
+
+
+def test_fit_own_labels_keeps_the_first_in_order(limits: None) -> None:
+    own = (("a", "1"), ("b", "2"), ("c", "3"))
+    shared = (("x", "9"),)
+    catalog.set_limits(max_names=4)
+    assert catalog.fit_own_labels(own, shared, ("a", "b", "c")) == (("a", "1"), ("b", "2"))
+    catalog.set_limits(max_names=30)
+    assert catalog.fit_own_labels(own, shared, ("a", "b", "c")) is own

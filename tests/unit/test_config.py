@@ -70,6 +70,13 @@ def test_empty_document_gives_the_documented_defaults() -> None:
     assert cfg.buffer_fsync is True
     assert cfg.nova_series_labels == DEFAULT_SERIES_LABELS
     assert cfg.nova_refresh_interval == 600.0
+    assert cfg.collect_groups == ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
+    assert cfg.filter_projects_include == cfg.filter_projects_exclude == ()
+    assert cfg.filter_domains_include == cfg.filter_domains_exclude == ()
+    assert cfg.labels_drop == ()
+    assert cfg.limits_max_label_names_per_series == 30
+    assert cfg.limits_max_label_name_length == 1024
+    assert cfg.limits_max_label_value_length == 2048
     assert cfg.log_level == "info"
     assert cfg.shutdown_grace == 10.0
 
@@ -91,6 +98,20 @@ libvirt:
 collect:
   interval: 1m
   timeout: 45s
+  groups: [state, cpu_total, perf, iothread, memory, dirtyrate]
+filter:
+  projects:
+    include: [demo, 9f1c4e8a-0000-4000-8000-000000000001]
+    exclude: [scratch]
+  domains:
+    include: ['instance-[0-9a-f]{8}']
+    exclude: ['.*-rescue']
+labels:
+  drop: [source_file, user_name]
+limits:
+  max_label_names_per_series: 40
+  max_label_name_length: 200
+  max_label_value_length: 1000
 remote_write:
   url: https://mimir.example.com/api/v1/push
   tenant: edge-eu-1
@@ -178,6 +199,15 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.buffer_fsync is False
     assert cfg.nova_series_labels == ("instance_name", "flavor_id", "image_uuid")
     assert cfg.nova_refresh_interval == 5400.0
+    assert cfg.collect_groups == ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
+    assert cfg.filter_projects_include == ("demo", "9f1c4e8a-0000-4000-8000-000000000001")
+    assert cfg.filter_projects_exclude == ("scratch",)
+    assert cfg.filter_domains_include == ("instance-[0-9a-f]{8}",)
+    assert cfg.filter_domains_exclude == (".*-rescue",)
+    assert cfg.labels_drop == ("source_file", "user_name")
+    assert cfg.limits_max_label_names_per_series == 40
+    assert cfg.limits_max_label_name_length == 200
+    assert cfg.limits_max_label_value_length == 1000
     assert cfg.log_level == "debug"
     assert cfg.shutdown_grace == 2.5
     bearer = parse(FULL_BEARER, pki_env)
@@ -412,6 +442,30 @@ def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) 
         ("nova: {refresh_interval: 0}", "nova.refresh_interval"),
         ("log: {level: verbose}", "log.level"),
         ("shutdown_grace: -1s", "shutdown_grace"),
+        # filters, groups, dropped labels, limits
+        ("filter: {projects: {include: demo}}", "filter.projects.include"),
+        ("filter: {projects: {include: [1]}}", "filter.projects.include"),
+        ("filter: {projects: {exclude: ['']}}", "filter.projects.exclude"),
+        ("filter: {projects: {bogus: [a]}}", "filter.projects.bogus"),
+        ("filter: {domains: {include: ['instance-(']}}", "filter.domains.include"),
+        ("filter: {domains: {exclude: ['[a-']}}", "filter.domains.exclude"),
+        ("filter: {domains: [a]}", "filter.domains"),
+        ("collect: {groups: [state, cpu]}", "collect.groups"),
+        ("collect: {groups: [state, vm]}", "collect.groups"),
+        ("collect: {groups: [cpu_total, block]}", "collect.groups"),  # no state
+        ("collect: {groups: []}", "collect.groups"),
+        ("collect: {groups: state}", "collect.groups"),
+        ("labels: {drop: [domain]}", "labels.drop"),
+        ("labels: {drop: [uuid]}", "labels.drop"),
+        ("labels: {drop: [target_device]}", "labels.drop"),
+        ("labels: {drop: [host]}", "labels.drop"),
+        ("labels: {drop: source_file}", "labels.drop"),
+        ("limits: {max_label_names_per_series: 0}", "limits.max_label_names_per_series"),
+        ("limits: {max_label_names_per_series: 13}", "limits.max_label_names_per_series"),
+        ("limits: {max_label_name_length: 10}", "limits.max_label_name_length"),
+        ("limits: {max_label_value_length: 40}", "limits.max_label_value_length"),
+        ("limits: {max_label_value_length: '2048'}", "limits.max_label_value_length"),
+        ("limits: {max_label_names_per_series: 4}", "external_labels"),
     ],
 )
 def test_bad_config_raises_config_error_naming_the_dotted_key(text: str, key: str) -> None:
@@ -446,6 +500,61 @@ def test_external_label_with_empty_value_is_rejected() -> None:
 @pytest.mark.parametrize("name", ["domain", "uuid", "instance_name", "project_uuid", "image_uuid"])
 def test_external_label_clashing_with_an_agent_label_names_the_label(name: str) -> None:
     assert config_error(f"external_labels: {{{name}: x}}").key == f"external_labels.{name}"
+
+
+@pytest.mark.parametrize("name", ["iothread", "monitor", "memory_node", "port_id", "volume_id"])
+def test_external_label_clashing_with_a_device_label_is_refused(name: str) -> None:
+    assert config_error(f"external_labels: {{{name}: x}}").key == f"external_labels.{name}"
+
+
+# --- filters, stats groups, dropped labels and label limits -------------------------------
+
+
+def test_stats_groups_are_kept_once_in_order() -> None:
+    cfg = parse("collect: {groups: [state, perf, state, block]}")
+    assert cfg.collect_groups == ("state", "perf", "block")
+
+
+def test_dropping_an_identity_label_says_why() -> None:
+    err = config_error("labels: {drop: [source_file, uuid]}")
+    assert err.key == "labels.drop"
+    assert "identifies" in str(err)
+
+
+def test_every_droppable_label_is_accepted() -> None:
+    cfg = parse(f"labels: {{drop: [{', '.join(config.DROPPABLE_LABELS)}]}}")
+    assert cfg.labels_drop == config.DROPPABLE_LABELS
+
+
+def test_the_label_count_limit_is_checked_against_what_the_agent_sends() -> None:
+    # Defaults: __name__, host, domain, uuid and the 10 Nova labels of the info series.
+    assert parse("limits: {max_label_names_per_series: 14}").limits_max_label_names_per_series
+    err = config_error("limits: {max_label_names_per_series: 13}")
+    assert "14 label names" in str(err)
+    # Dropping Nova labels makes room.
+    parse("limits: {max_label_names_per_series: 13}\nlabels: {drop: [image_uuid]}")
+    # Mimir's 30 with many external labels and every Nova label on every series.
+    many = ", ".join(f"l{i}: v" for i in range(14))  # and host
+    every = ", ".join(config.NOVA_LABELS)
+    err = config_error(f"external_labels: {{{many}}}\nnova: {{series_labels: [{every}]}}")
+    assert err.key == "limits.max_label_names_per_series"
+    assert "31 label names" in str(err)
+    parse(f"external_labels: {{{many}}}\nnova: {{series_labels: [{every}]}}\n"
+          "labels: {drop: [source_file]}")  # fmt: skip
+    # So many external labels that nothing can fit: the external labels are the problem.
+    lots = ", ".join(f"l{i}: v" for i in range(26))
+    assert config_error(f"external_labels: {{{lots}}}").key == "external_labels"
+
+
+def test_external_labels_must_fit_the_length_limits() -> None:
+    err = config_error("external_labels: {dc: " + "x" * 101 + "}\n"
+                       "limits: {max_label_value_length: 100}")  # fmt: skip
+    assert err.key == "external_labels.dc"
+    err = config_error(
+        "external_labels: {" + "a" * 31 + ": x}\nlimits: {max_label_name_length: 30}"
+    )
+    assert err.key == "external_labels"
+    assert "a" * 31 not in str(err)
 
 
 def test_valid_label_names_are_accepted() -> None:

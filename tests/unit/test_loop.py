@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 
+from pusher import catalog
 from pusher.collect import DomainStats, Snapshot
 from pusher.config import from_mapping
 from pusher.encode import is_stale
-from pusher.loop import Agent, plan_snapshot, split_request
+from pusher.loop import Agent, Cycle, plan_snapshot, split_request
 from pusher.nova import DomainInfo, NovaInstance
 
 EXT = (("cluster", "c1"), ("host", "h1"))
@@ -235,3 +237,194 @@ def test_a_hanging_bulk_call_falls_back_and_keeps_the_stuck_domains_series() -> 
             assert [dict(p.shared)["uuid"] for p, _ in cycle.plans] == ["u1"]  # u1 exported
     finally:
         release.set()
+
+
+def test_a_stuck_domain_that_goes_away_ends_its_timeouts_series() -> None:
+    import threading
+
+    release = threading.Event()
+
+    class Hanging(FakeCollector):
+        def collect(self) -> Snapshot:
+            if not release.is_set():
+                release.wait(30)
+                return super().collect()  # the late answer of a hung call: ignored
+            self.ts += 15_000
+            return Snapshot(self.ts, [domain("u1", stats(), WEB)], 0.0, 0)  # u2 destroyed
+
+        def collect_each(self, timeout: float, skip: set[str]) -> tuple[Snapshot, set[str]]:
+            self.ts += 15_000
+            return Snapshot(self.ts, [domain("u1", stats(), WEB)], 0.0, 0), {"u2"} - skip
+
+    agent = agent_for(
+        [[domain("u1", stats(), WEB), domain("u2", stats(), DomainInfo())]], timeout="1s"
+    )
+    agent.collect_cycle()
+    agent.collector = Hanging([[]])  # type: ignore[assignment]
+    try:
+        agent.collect_cycle()  # u2 stuck: counted
+    finally:
+        release.set()
+    for f in agent._pending:
+        f.result(10)
+    cycle = agent.collect_cycle()
+    stale = {(name, dict(shared)["uuid"]) for (name, _, shared), v in cycle.samples if is_stale(v)}
+    assert ("libvirt_domain_stats_timeouts_total", "u2") in stale
+    assert ("libvirt_domain_state_code", "u2") in stale
+    assert not {uuid for _, uuid in stale} - {"u2"}
+    assert not [v for (n, _, _), v in agent.collect_cycle().samples if is_stale(v)]  # once
+
+
+# --- filters, dropped labels and label limits ---------------------------------------------
+
+OPS = DomainInfo(nova=NovaInstance(name="db-1", project_name="ops", project_uuid="p-ops"))
+
+
+def agent_with(tree: dict[str, object], snapshots: list[list[DomainStats]]) -> Agent:
+    cfg = from_mapping({"nova": {"series_labels": list(LABELS)}, **tree}, hostname="h1")
+    return Agent(cfg, collector=FakeCollector(snapshots))  # type: ignore[arg-type]
+
+
+def _series(cycle: Cycle) -> list[tuple[str, dict[str, str]]]:
+    return [(name, {**dict(shared), **dict(own)}) for (name, own, shared), _ in cycle.all_samples()]
+
+
+def test_filtered_out_domains_produce_no_series_at_all() -> None:
+    plain = domain("u3", stats(), DomainInfo(), name="plain-vm")  # no Nova metadata
+    agent = agent_with(
+        {"filter": {"projects": {"include": ["demo"]}}},
+        [[domain("u1", stats(), WEB), domain("u2", stats(), OPS), plain]],
+    )
+    series = _series(agent.collect_cycle())
+    uuids = {labels.get("uuid") for _, labels in series}
+    assert uuids == {"u1", "u3", None}  # ops is excluded; plain-vm has no project to judge
+
+
+def test_domain_name_filters_and_exclude_wins() -> None:
+    agent = agent_with(
+        {"filter": {"domains": {"include": ["instance-.*"]}, "projects": {"exclude": ["p-ops"]}}},
+        [[domain("u1", stats(), WEB), domain("u2", stats(), OPS),
+          domain("u3", stats(), DomainInfo(), name="plain-vm")]],
+    )  # fmt: skip
+    cycle = agent.collect_cycle()
+    assert {labels.get("uuid") for _, labels in _series(cycle)} == {"u1", None}
+    # The host series still count every domain libvirt returned.
+    assert [v for (n, _, _), v in cycle.samples if n == "libvirt_domains"] == [3.0]
+
+
+def test_dropped_labels_leave_every_series() -> None:
+    info = DomainInfo(
+        nova=NovaInstance(name="web-1", project_name="demo", user_name="alice"),
+        device_labels=(("vda", (("volume_id", "vol-1"),)),),
+    )
+    st = {**stats(), "block.0.path": "/var/lib/nova/instances/u1/disk"}
+    agent = agent_with(
+        {"labels": {"drop": ["source_file", "project_name", "user_name"]}},
+        [[domain("u1", st, info)]],
+    )
+    series = _series(agent.collect_cycle())
+    for name, labels in series:
+        assert not {"source_file", "project_name", "user_name"} & set(labels), name
+    blocks = [lab for n, lab in series if n == "libvirt_domain_block_stats_read_bytes_total"]
+    assert blocks == [{**blocks[0], "target_device": "vda", "volume_id": "vol-1"}]
+    info_series = [lab for n, lab in series if n == "libvirt_domain_openstack_info"]
+    assert info_series[0]["instance_name"] == "web-1"
+
+
+@pytest.fixture
+def limits() -> Iterator[None]:
+    yield
+    catalog.set_limits()  # Mimir's defaults again
+
+
+def test_too_many_labels_drop_nova_series_labels_then_device_extras(limits: None) -> None:
+    info = DomainInfo(
+        nova=NovaInstance(name="web-1", project_name="demo", flavor_name="m1", user_name="a"),
+        device_labels=(("vda", (("volume_id", "vol-1"),)),),
+    )
+    st = {**stats(), "block.0.path": "/disk"}
+    snap = Snapshot(1, [domain("u1", st, info)], 0.0, 0)
+    series_labels = ("instance_name", "project_name", "flavor")
+    before = catalog.LABEL_DROPS.count
+    # __name__ + 2 external + domain + uuid + 3 Nova + 3 block labels = 11
+    catalog.set_limits(max_names=9)
+    ds = plan_snapshot(snap, series_labels, EXT, {})["u1"]
+    names = {k for k, _ in ds.plan.shared}
+    assert names == {"cluster", "host", "domain", "uuid", "instance_name"}  # last ones first
+    assert catalog.LABEL_DROPS.count == before + 2
+    catalog.set_limits(max_names=6)
+    ds = plan_snapshot(snap, series_labels, EXT, {})["u1"]
+    assert {k for k, _ in ds.plan.shared} == {"cluster", "host", "domain", "uuid"}
+    block = [own for name, own, _ in ds.plan.series if "block" in name]
+    assert block == [(("target_device", "vda"),)]  # volume_id and source_file went too
+    for name, own, shared in [*ds.plan.series, *ds.extra]:
+        assert 1 + len({k for k, _ in own} | {k for k, _ in shared}) <= 6, name
+    # flavor, project_name, instance_name; volume_id, source_file (no NIC: no port_id);
+    # and three of the info series' own Nova labels: instance_name stays, the first of them.
+    assert catalog.LABEL_DROPS.count == before + 2 + 5 + 3
+    assert [dict(own) for _, own, _ in ds.extra] == [{"instance_name": "web-1"}]
+    # Never the identity, the external labels or a device's name, even when nothing fits.
+    catalog.set_limits(max_names=2)
+    ds = plan_snapshot(snap, series_labels, EXT, {})["u1"]
+    assert {k for k, _ in ds.plan.shared} == {"cluster", "host", "domain", "uuid"}
+
+
+def test_the_agent_applies_the_configured_limits(limits: None) -> None:
+    long = DomainInfo(nova=NovaInstance(name="x" * 500, project_name="demo"))
+    agent = agent_with({"limits": {"max_label_value_length": 100}}, [[domain("u1", stats(), long)]])
+    assert catalog.LIMITS.max_value_bytes == 100
+    for _, labels in _series(agent.collect_cycle()):
+        assert all(len(v.encode()) <= 100 for v in labels.values())
+    cycle = agent_with({}, [[domain("u1", stats(), WEB)]]).collect_cycle()
+    assert catalog.LIMITS.max_value_bytes == 2048
+    drops = [(n, v) for (n, _, _), v in cycle.samples if n == "pusher_labels_dropped_total"]
+    assert drops == [("pusher_labels_dropped_total", float(catalog.LABEL_DROPS.count))]
+
+
+# --- stats groups (collect.groups) --------------------------------------------------------
+
+
+def test_is_partial_expects_only_the_groups_asked_for() -> None:
+    from pusher.collect import is_partial
+
+    running = {"state.state": 1, "cpu.time": 1, "balloon.current": 1, "vcpu.current": 1,
+               "net.count": 0, "block.count": 1, "block.0.rd.reqs": 1}  # fmt: skip
+    assert not is_partial(running)
+    no_block = {k: v for k, v in running.items() if not k.startswith("block.")}
+    assert is_partial(no_block)
+    assert not is_partial(no_block, ("state", "cpu_total", "balloon", "vcpu", "interface"))
+    named_only = {**no_block, "block.count": 2}
+    assert is_partial(named_only)
+    assert not is_partial({"state.state": 1}, ("state", "perf"))
+    assert is_partial({"state.state": 1}, ("state", "cpu_total"))
+    assert not is_partial({"state.state": 5}, ("state", "cpu_total"))
+
+
+def test_the_collector_asks_libvirt_for_the_configured_groups() -> None:
+    import libvirt
+
+    from pusher.collect import STATS_GROUPS, Collector, stats_flags
+
+    assert stats_flags(("state", "cpu_total", "balloon", "vcpu", "interface", "block")) == (
+        STATS_GROUPS
+    )
+    asked: list[int] = []
+
+    class Conn:
+        def getAllDomainStats(self, stats: int, flags: int) -> list[object]:
+            asked.append(stats)
+            return []
+
+    collector = Collector("test:///default", use_events=False)
+    collector._connect = Conn  # type: ignore[method-assign]
+    collector.collect()
+    assert asked == [STATS_GROUPS]
+    cfg = from_mapping({"collect": {"groups": ["state", "perf", "iothread", "memory",
+                                               "dirtyrate"]}}, env={}, hostname="h")  # fmt: skip
+    Agent(cfg, collector=collector)  # the config's groups, whoever built the collector
+    collector.collect()
+    want = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_PERF
+            | libvirt.VIR_DOMAIN_STATS_IOTHREAD | libvirt.VIR_DOMAIN_STATS_MEMORY
+            | libvirt.VIR_DOMAIN_STATS_DIRTYRATE)  # fmt: skip
+    assert asked[-1] == want
+    assert collector.groups == ("state", "perf", "iothread", "memory", "dirtyrate")
