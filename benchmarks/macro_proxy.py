@@ -1,0 +1,167 @@
+"""A counting HTTP/1.1 proxy for benchmarks/macro.py: sender -> proxy -> receiver on loopback.
+
+It forwards every byte unchanged in both directions and counts, in the sender -> receiver
+direction, the request bodies (by Content-Length, or by chunk sizes for chunked bodies), the
+requests and the raw TCP bytes (request lines, headers and bodies). Both sides of the benchmark
+go through the same proxy code, so their wire bytes are measured the same way.
+
+`set_down(True)` simulates a receiver outage: open connections are cut and new ones are
+closed as soon as they are accepted (the sender sees a network error and keeps its backlog).
+
+The proxy runs its own asyncio loop in a daemon thread; counters are plain ints written only
+by that thread and read by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    body_bytes: int = 0
+    raw_bytes: int = 0  # sender -> receiver, everything on the wire above TCP
+    connections: int = 0
+    refused: int = 0  # connections closed while down
+
+
+class CountingProxy:
+    def __init__(self, upstream_port: int, host: str = "127.0.0.1") -> None:
+        self.upstream = (host, upstream_port)
+        self.counts = Counts()
+        self._down = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        started = threading.Event()
+        self._error: BaseException | None = None
+
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._client, host, 0)
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(start())
+            except BaseException as e:
+                self._error = e
+                started.set()
+                return
+            started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="counting-proxy", daemon=True)
+        self._thread.start()
+        if not started.wait(10) or self._error or self._server is None:
+            raise RuntimeError(f"counting proxy did not start: {self._error}")
+        self.port: int = self._server.sockets[0].getsockname()[1]
+
+    # --- control (any thread)
+
+    def snapshot(self) -> Counts:
+        c = self.counts
+        return Counts(c.requests, c.body_bytes, c.raw_bytes, c.connections, c.refused)
+
+    def set_down(self, down: bool) -> None:
+        def apply() -> None:
+            self._down = down
+            if down:
+                for w in list(self._writers):
+                    w.close()
+
+        self._loop.call_soon_threadsafe(apply)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            for w in list(self._writers):
+                w.close()
+
+        if self._loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    # --- the proxy (loop thread)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._down:
+            self.counts.refused += 1
+            writer.close()
+            return
+        self.counts.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        back = asyncio.ensure_future(self._pipe(up_reader, writer))
+        try:
+            await self._requests(reader, up_writer)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.close()
+            back.cancel()
+            with contextlib.suppress(BaseException):
+                await back
+
+    async def _requests(self, reader: asyncio.StreamReader, up: asyncio.StreamWriter) -> None:
+        c = self.counts
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return  # the sender closed the connection between requests
+            up.write(head)
+            c.raw_bytes += len(head)
+            length, chunked = 0, False
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value.strip())
+                elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                    chunked = True
+            if chunked:
+                while True:
+                    size_line = await reader.readuntil(b"\r\n")
+                    size = int(size_line.split(b";")[0].strip(), 16)
+                    data = await reader.readexactly(size + 2)  # chunk + CRLF
+                    up.write(size_line + data)
+                    c.raw_bytes += len(size_line) + len(data)
+                    c.body_bytes += size
+                    if size == 0:
+                        break  # (no trailers are sent by either sender)
+            elif length:
+                remaining = length
+                while remaining:
+                    data = await reader.read(min(remaining, 65536))
+                    if not data:
+                        raise asyncio.IncompleteReadError(b"", remaining)
+                    up.write(data)
+                    remaining -= len(data)
+                c.raw_bytes += length
+                c.body_bytes += length
+            c.requests += 1
+            await up.drain()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
