@@ -404,7 +404,8 @@ class DomainPlan:
         raw = self._get(stats)
         if len(self.keys) == 1:
             raw = (raw,)
-        return [v * s for v, s in zip(raw, self.scales, strict=True)]
+        # itemgetter returns one value per key, so raw and scales have the same length.
+        return list(map(operator.mul, raw, self.scales))
 
 
 def plan_domain(
