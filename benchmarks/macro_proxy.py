@@ -5,6 +5,12 @@ direction, the request bodies (by Content-Length, or by chunk sizes for chunked 
 requests and the raw TCP bytes (request lines, headers and bodies). Both sides of the benchmark
 go through the same proxy code, so their wire bytes are measured the same way.
 
+With `transcode_v2`, a Remote-Write 2.0 request is counted as sent, then handed to the
+receiver as the same series in 1.0 (`pusher.encode.v2_to_v1`), and the receiver's 2xx answer
+gets the `X-Prometheus-Remote-Write-*-Written` headers a 2.0 receiver would add: the receiver
+here (Prometheus 2.42) predates 2.0, and this measures what a 2.0 sender puts on the wire.
+Requests and responses then go one at a time per connection.
+
 `set_down(True)` simulates a receiver outage: open connections are cut and new ones are
 closed as soon as they are accepted (the sender sees a network error and keeps its backlog).
 
@@ -19,6 +25,12 @@ import contextlib
 import threading
 from dataclasses import dataclass
 
+from pusher.encode import decode_v2, decompress, v2_to_v1
+
+V2_TYPE = b"io.prometheus.write.v2.Request"
+# Request headers replaced when a 2.0 body is handed on as 1.0.
+_V2_HEADERS = (b"content-type", b"content-length", b"x-prometheus-remote-write-version")
+
 
 @dataclass
 class Counts:
@@ -30,8 +42,11 @@ class Counts:
 
 
 class CountingProxy:
-    def __init__(self, upstream_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, upstream_port: int, host: str = "127.0.0.1", transcode_v2: bool = False
+    ) -> None:
         self.upstream = (host, upstream_port)
+        self.transcode_v2 = transcode_v2
         self.counts = Counts()
         self._down = False
         self._writers: set[asyncio.StreamWriter] = set()
@@ -102,9 +117,14 @@ class CountingProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        back = asyncio.ensure_future(self._pipe(up_reader, writer))
+        if self.transcode_v2:
+            back = asyncio.ensure_future(asyncio.sleep(0))  # answers are relayed in _requests
+            answers: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = (up_reader, writer)
+        else:
+            back = asyncio.ensure_future(self._pipe(up_reader, writer))
+            answers = None
         try:
-            await self._requests(reader, up_writer)
+            await self._requests(reader, up_writer, answers)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
@@ -115,16 +135,20 @@ class CountingProxy:
             with contextlib.suppress(BaseException):
                 await back
 
-    async def _requests(self, reader: asyncio.StreamReader, up: asyncio.StreamWriter) -> None:
+    async def _requests(
+        self,
+        reader: asyncio.StreamReader,
+        up: asyncio.StreamWriter,
+        answers: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
+    ) -> None:
         c = self.counts
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError:
                 return  # the sender closed the connection between requests
-            up.write(head)
             c.raw_bytes += len(head)
-            length, chunked = 0, False
+            length, chunked, v2 = 0, False, False
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 name = name.strip().lower()
@@ -132,6 +156,19 @@ class CountingProxy:
                     length = int(value.strip())
                 elif name == b"transfer-encoding" and b"chunked" in value.lower():
                     chunked = True
+                elif name == b"content-type" and V2_TYPE in value:
+                    v2 = True
+            if answers is not None and v2 and not chunked:
+                body = await reader.readexactly(length)
+                c.raw_bytes += length
+                c.body_bytes += length
+                c.requests += 1
+                samples = sum(len(s) for _, s in decode_v2(decompress(body)))
+                up.write(self._as_v1(head, v2_to_v1(body)))
+                await up.drain()
+                await self._answer(*answers, written=samples)
+                continue
+            up.write(head)
             if chunked:
                 while True:
                     size_line = await reader.readuntil(b"\r\n")
@@ -154,6 +191,56 @@ class CountingProxy:
                 c.body_bytes += length
             c.requests += 1
             await up.drain()
+            if answers is not None:
+                await self._answer(*answers, written=None)
+
+    @staticmethod
+    def _as_v1(head: bytes, body: bytes) -> bytes:
+        lines = [
+            line
+            for line in head[:-4].split(b"\r\n")
+            if line.partition(b":")[0].strip().lower() not in _V2_HEADERS
+        ]
+        lines += [
+            b"Content-Type: application/x-protobuf",
+            b"X-Prometheus-Remote-Write-Version: 0.1.0",
+            b"Content-Length: %d" % len(body),
+        ]
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+    @staticmethod
+    async def _answer(
+        up: asyncio.StreamReader, writer: asyncio.StreamWriter, written: int | None
+    ) -> None:
+        """Relays one response; a 2xx to a transcoded 2.0 request gets the -Written headers."""
+        head = await up.readuntil(b"\r\n\r\n")
+        length, chunked = 0, False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value.strip())
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        status = head.split(b" ", 2)[1]
+        if written is not None and status.startswith(b"2"):
+            head = head[:-2] + (
+                b"X-Prometheus-Remote-Write-Samples-Written: %d\r\n"
+                b"X-Prometheus-Remote-Write-Histograms-Written: 0\r\n"
+                b"X-Prometheus-Remote-Write-Exemplars-Written: 0\r\n\r\n" % written
+            )
+        body = b""
+        if chunked:
+            while True:
+                size_line = await up.readuntil(b"\r\n")
+                size = int(size_line.split(b";")[0].strip(), 16)
+                body += size_line + await up.readexactly(size + 2)
+                if size == 0:
+                    break
+        elif length:
+            body = await up.readexactly(length)
+        writer.write(head + body)
+        await writer.drain()
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
