@@ -47,6 +47,7 @@ Sample = tuple[SeriesKey, float]
 NS = 1e-9  # nanoseconds -> seconds
 KIB = 1024.0  # KiB -> bytes
 MIB = 1024.0 * 1024.0  # MiB -> bytes
+MS = 1e-3  # milliseconds -> seconds
 # Mimir's default limits: a label value's length (bytes, as Go counts a string's length; the
 # metric name counts as one), a label name's length, and label names per series.
 MAX_LABEL_VALUE_BYTES = 2048
@@ -214,6 +215,28 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_P}page_faults_maj_total", "counter", "", "Major page faults of the domain.", "perf.page_faults_maj"),
     _m(f"{_P}alignment_faults_total", "counter", "", "Alignment faults of the domain.", "perf.alignment_faults"),
     _m(f"{_P}emulation_faults_total", "counter", "", "Emulation faults of the domain.", "perf.emulation_faults"),
+    # --- job (collect.job_info: one jobStats call per running or paused domain)
+    _m(f"{_D}job_type", "gauge", "", "Type of the domain's current job as libvirt's virDomainJobType number (0 none, 1 bounded, 2 unbounded).", "job.type"),
+    _m(f"{_D}job_operation", "gauge", "", "Operation of the current job as libvirt's virDomainJobOperation number (2 save, 4 incoming migration, 5 outgoing migration, 6 snapshot, 8 dump, 9 backup).", "job.operation"),
+    _m(f"{_D}job_time_elapsed_seconds", "gauge", "seconds", "Time since the current job started.", "job.time_elapsed", MS),
+    _m(f"{_D}job_time_remaining_seconds", "gauge", "seconds", "Time the current job is expected to take still (bounded jobs).", "job.time_remaining", MS),
+    _m(f"{_D}job_downtime_seconds", "gauge", "seconds", "Downtime of the migration: expected while it runs, real once it completed.", "job.downtime", MS),
+    _m(f"{_D}job_setup_time_seconds", "gauge", "seconds", "Time the migration took to set up before it started transferring.", "job.setup_time", MS),
+    _m(f"{_D}job_data_total_bytes", "gauge", "bytes", "Bytes the current job has to transfer in all (memory and disks).", "job.data_total"),
+    _m(f"{_D}job_data_processed_bytes", "gauge", "bytes", "Bytes the current job has transferred.", "job.data_processed"),
+    _m(f"{_D}job_data_remaining_bytes", "gauge", "bytes", "Bytes the current job has still to transfer.", "job.data_remaining"),
+    _m(f"{_D}job_memory_total_bytes", "gauge", "bytes", "Guest memory the current job has to transfer.", "job.memory_total"),
+    _m(f"{_D}job_memory_processed_bytes", "gauge", "bytes", "Guest memory the current job has transferred.", "job.memory_processed"),
+    _m(f"{_D}job_memory_remaining_bytes", "gauge", "bytes", "Guest memory the current job has still to transfer.", "job.memory_remaining"),
+    _m(f"{_D}job_memory_bytes_per_second", "gauge", "", "Rate at which the current job transfers guest memory, in bytes per second.", "job.memory_bps"),
+    _m(f"{_D}job_memory_dirty_pages_per_second", "gauge", "", "Rate at which the guest dirties memory pages while the migration runs.", "job.memory_dirty_rate"),
+    _m(f"{_D}job_memory_iterations", "gauge", "", "Passes the migration made over the guest's memory so far.", "job.memory_iteration"),
+    _m(f"{_D}job_memory_postcopy_requests", "gauge", "", "Page requests the destination made during post-copy migration.", "job.memory_postcopy_requests"),
+    _m(f"{_D}job_disk_total_bytes", "gauge", "bytes", "Disk data the current job has to transfer.", "job.disk_total"),
+    _m(f"{_D}job_disk_processed_bytes", "gauge", "bytes", "Disk data the current job has transferred.", "job.disk_processed"),
+    _m(f"{_D}job_disk_remaining_bytes", "gauge", "bytes", "Disk data the current job has still to transfer.", "job.disk_remaining"),
+    _m(f"{_D}job_disk_bytes_per_second", "gauge", "", "Rate at which the current job transfers disk data, in bytes per second.", "job.disk_bps"),
+    _m(f"{_D}job_auto_converge_throttle_ratio", "gauge", "", "Share of the guest's CPU time the migration's auto-converge takes away (0 to 1).", "job.auto_converge_throttle", 0.01),
     # --- iothread (optional group)
     _m(f"{_D}iothreads", "gauge", "", "Number of IOThreads of the domain.", "iothread.count"),
     _m(f"{_D}iothread_poll_max_seconds", "gauge", "seconds", "Longest time the IOThread polls for work before it sleeps (0 when polling is off).", "iothread.<n>.poll-max-ns", NS),
@@ -247,6 +270,7 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_spool_oldest_sample_age_seconds", "gauge", "seconds", "Age of the oldest sample waiting in the spool (0 when empty).", scope="agent"),
     _m("pusher_partial_records_total", "counter", "", "Running domains whose stats came back partial because another client held the domain's job; each is asked again, waiting for the job.", scope="agent"),
     _m("pusher_partial_records_kept_total", "counter", "", "Partial records that were still partial after asking again within a quarter of collect.timeout (their missing series miss a sample).", scope="agent"),
+    _m("pusher_job_info_errors_total", "counter", "", "Job info calls (collect.job_info) that failed, as for a domain gone since the bulk call.", scope="agent"),
     _m("pusher_cached_series", "gauge", "", "Series whose encoded labels the agent keeps; follows the live series (a leak would make it grow).", scope="agent"),
     _m("pusher_labels_truncated_total", "counter", "", "Label values cut to limits.max_label_value_length bytes (Mimir's limit, 2048 by default) when a domain's label set was built.", scope="agent"),
     _m("pusher_labels_dropped_total", "counter", "", "Labels left off a domain's series to keep them within limits.max_label_names_per_series (Nova series labels first, then volume_id, port_id and source_file).", scope="agent"),
@@ -282,6 +306,12 @@ for _metric in CATALOG:
         _DOMAIN_KEYS.setdefault(_metric.source, []).append(_metric)
 # Keys that are labels or bookkeeping, not values.
 _LABEL_KEYS = {
+    # job keys that repeat others in other units, or only matter to QEMU's own tuning
+    "job.time_elapsed_net", "job.downtime_net", "job.memory_constant", "job.memory_normal",
+    "job.memory_normal_bytes", "job.memory_page_size", "job.compression_cache",
+    "job.compression_bytes", "job.compression_pages", "job.compression_cache_misses",
+    "job.compression_overflow", "job.success", "job.errmsg", "job.disk_temp_used",
+    "job.disk_temp_total", "job.vfio_data_transferred",
     "net.<n>.name", "block.<n>.name", "block.<n>.path", "block.<n>.backingIndex",
     "memory.bandwidth.monitor.<n>.name", "memory.bandwidth.monitor.<n>.vcpus",
     "memory.bandwidth.monitor.<n>.node.<i>.id",

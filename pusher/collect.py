@@ -66,6 +66,7 @@ RUNNING_KEYS = tuple(_RUNNING_KEY.values())
 # Per-domain calls in flight at once (the fallbacks for stuck and partial domains).
 EACH_WORKERS = 8
 VIR_DOMAIN_RUNNING = 1
+VIR_DOMAIN_PAUSED = 3
 
 
 def stats_flags(groups: Iterable[str]) -> int:
@@ -161,7 +162,10 @@ class Collector:
         use_events: bool = True,
         partial_wait: float = 1.0,
         groups: Iterable[str] = DEFAULT_STATS_GROUPS,
+        job_info: bool = False,
     ) -> None:
+        self.job_info = job_info  # `collect.job_info`: a jobStats call per live domain
+        self.job_errors = 0
         self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
         self.partial_wait = partial_wait
         self.uri = uri
@@ -292,6 +296,8 @@ class Collector:
                 self.close()
             raise LibvirtUnavailable(f"getAllDomainStats failed: {e}") from None
         records = self._complete_partial(conn, records)
+        if self.job_info:
+            records = self._add_jobs(records)
         duration = time.monotonic() - start
         now = self.clock()
         domains: list[DomainStats] = []
@@ -345,6 +351,42 @@ class Collector:
             else:
                 self.partial_kept += 1
         self.partial_kept += len(partial) - len(done)
+        return out
+
+    def _add_jobs(self, records: list[Any]) -> list[Any]:
+        """Each running or paused domain's job info (`collect.job_info`) as `job.<key>`
+        stats keys, asked in parallel and waited for at most `partial_wait`. The call needs
+        no QEMU monitor while no job runs; a domain that does not answer in time (its
+        migration holds the monitor) keeps its record without job keys this cycle, with one
+        call in flight per domain at most."""
+        pool = self._pool()
+        futures: dict[concurrent.futures.Future[Any], int] = {}
+        for i, (dom, stats) in enumerate(records):
+            if stats.get("state.state") not in (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED):
+                continue
+            key = "job:" + dom.UUIDString()
+            pending = self._asking.get(key)
+            if pending is not None and not pending.done():
+                continue
+            f = pool.submit(dom.jobStats, 0)
+            self._asking[key] = f
+            futures[f] = i
+        done, _ = concurrent.futures.wait(futures, timeout=self.partial_wait)
+        for key in [k for k, f in self._asking.items() if f.done()]:
+            del self._asking[key]
+        out = list(records)
+        for f in done:
+            try:
+                job = f.result()
+            except libvirt.libvirtError as e:
+                # The domain went away after the bulk call, or the call is refused.
+                self.job_errors += 1
+                log.debug("jobStats failed: %s", e)
+                continue
+            dom, stats = out[futures[f]]
+            merged = dict(stats)
+            merged.update((f"job.{k}", v) for k, v in job.items())
+            out[futures[f]] = (dom, merged)
         return out
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:

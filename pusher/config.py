@@ -221,6 +221,7 @@ class Config:
     nova_series_labels: tuple[str, ...] = DEFAULT_SERIES_LABELS
     nova_refresh_interval: float = 600.0
     collect_groups: tuple[str, ...] = DEFAULT_STATS_GROUPS
+    collect_job_info: bool = False
     filter_projects_include: tuple[str, ...] = ()
     filter_projects_exclude: tuple[str, ...] = ()
     filter_domains_include: tuple[str, ...] = ()
@@ -519,6 +520,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "nova.series_labels": ("nova_series_labels", _series_labels),
     "nova.refresh_interval": ("nova_refresh_interval", _positive_duration),
     "collect.groups": ("collect_groups", _stats_groups),
+    "collect.job_info": ("collect_job_info", _bool),
     "filter.projects.include": ("filter_projects_include", _str_list),
     "filter.projects.exclude": ("filter_projects_exclude", _str_list),
     "filter.domains.include": ("filter_domains_include", _regex_list),

@@ -300,10 +300,11 @@ class Agent:
         )
         self.collector = collector or Collector(
             cfg.libvirt_uri, cfg.nova_refresh_interval, partial_wait=cfg.collect_timeout / 4,
-            groups=cfg.collect_groups,
+            groups=cfg.collect_groups, job_info=cfg.collect_job_info,
         )  # fmt: skip
         if isinstance(self.collector, Collector):
             self.collector.groups = cfg.collect_groups  # the config's groups, whoever built it
+            self.collector.job_info = cfg.collect_job_info
         self._filter = DomainFilter.from_config(cfg)
         self._drop = frozenset(cfg.labels_drop)
         self.spool = spool
@@ -478,6 +479,7 @@ class Agent:
         meta_errors = self.collector.metadata_errors
         partial = self.collector.partial_records
         partial_kept = self.collector.partial_kept
+        job_errors = getattr(self.collector, "job_errors", 0)
         truncated = catalog.TRUNCATIONS.count
         with c.lock:
             out: list[Sample] = [
@@ -496,6 +498,7 @@ class Agent:
                 (("pusher_nova_metadata_errors_total", (), ext), float(meta_errors)),
                 (("pusher_partial_records_total", (), ext), float(partial)),
                 (("pusher_partial_records_kept_total", (), ext), float(partial_kept)),
+                (("pusher_job_info_errors_total", (), ext), float(job_errors)),
                 (("pusher_labels_truncated_total", (), ext), float(truncated)),
                 (("pusher_cached_series", (), ext), float(self.encoder.cached_series())),
             ]

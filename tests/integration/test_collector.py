@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -155,5 +159,69 @@ def test_guest_busy_with_another_clients_job_is_partial_not_gone(
         os.kill(pid, signal.SIGCONT)
         if holder is not None:
             holder.wait(timeout=60)
+        assert agent.stop() == 0, agent.log()
+    assert "Traceback" not in agent.log()
+
+
+def test_job_info_shows_a_running_dump_with_its_progress(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path
+) -> None:
+    """collect.job_info on: a real libvirt job (a memory-only dump into a FIFO read slowly,
+    so it lasts seconds) shows as operation 8 with its progress; the idle guests as no job."""
+    victim, others = guests[0], guests[1:]
+    collect = {"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s", "job_info": True}
+    agent = AgentProcess(
+        write_config(tmp_path, fresh_receiver.write_url, collect=collect), tmp_path / "agent.log"
+    )
+    # libvirtd opens the dump's file: a directory it can reach, not the test's 0700 tmp_path.
+    fifo_dir = Path(tempfile.mkdtemp(prefix="pusher-job-"))
+    fifo_dir.chmod(0o755)
+    fifo = fifo_dir / "dump"
+    os.mkfifo(fifo, 0o666)
+    stop_reading = threading.Event()
+
+    def read_slowly() -> None:  # about 1 MiB per 0.2 s: a 64 MiB guest takes ~13 s
+        with open(fifo, "rb") as f:
+            while f.read(1 << 20) and not stop_reading.is_set():
+                time.sleep(0.2)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    dump: subprocess.Popen[bytes] | None = None
+    op = f'libvirt_domain_job_operation{{uuid="{victim["uuid"]}"}}'
+    try:
+        wait_for(lambda: fresh_receiver.query("libvirt_domain_job_type"), 20, "job series")
+        for g in others:
+            idle = fresh_receiver.query(f'libvirt_domain_job_type{{uuid="{g["uuid"]}"}}')
+            assert float(idle[0]["value"][1]) == 0.0
+        dump = subprocess.Popen(
+            ["virsh", "-c", "qemu:///system", "dump", victim["name"], str(fifo),
+             "--memory-only", "--live"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        seen = wait_for(lambda: fresh_receiver.query(f"{op} == 8"), 15, "the dump job")
+        assert float(seen[0]["value"][1]) == 8.0
+        total = fresh_receiver.query(
+            f'libvirt_domain_job_memory_total_bytes{{uuid="{victim["uuid"]}"}}'
+        )
+        assert total and float(total[0]["value"][1]) >= 32 * 2**20  # the guest's RAM, in bytes
+        elapsed = fresh_receiver.query(
+            f'libvirt_domain_job_time_elapsed_seconds{{uuid="{victim["uuid"]}"}}'
+        )
+        assert elapsed and 0 <= float(elapsed[0]["value"][1]) < 60  # seconds, not ms
+        assert float(fresh_receiver.query(f'libvirt_domain_job_type{{uuid="{victim["uuid"]}"}}')
+                     [0]["value"][1]) == 2.0  # fmt: skip  # unbounded
+    finally:
+        stop_reading.set()  # the reader closes the FIFO: a dump still running fails at once
+        if dump is None:  # release a reader still waiting in open() for a writer
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        else:
+            try:
+                dump.wait(timeout=60)  # the reader drains the rest, the dump ends
+            except subprocess.TimeoutExpired:
+                dump.kill()
+        reader.join(60)
+        shutil.rmtree(fifo_dir, ignore_errors=True)
         assert agent.stop() == 0, agent.log()
     assert "Traceback" not in agent.log()

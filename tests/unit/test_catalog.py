@@ -114,6 +114,9 @@ NS_KEYS = {"cpu.time", "cpu.user", "cpu.system", "cpu.haltpoll.success.time",
            "block.<n>.rd.times", "block.<n>.wr.times", "block.<n>.fl.times",
            "perf.cpu_clock", "perf.task_clock", "iothread.<n>.poll-max-ns"}  # fmt: skip
 # dirtyrate is reported in MiB/s.
+# libvirt's job info gives times in milliseconds and the auto-converge throttle in percent.
+MS_KEYS = {"job.time_elapsed", "job.time_remaining", "job.downtime", "job.setup_time"}
+PERCENT_KEYS = {"job.auto_converge_throttle"}
 MIB_KEYS = {"dirtyrate.megabytes_per_second", "dirtyrate.vcpu.<n>.megabytes_per_second"}
 KIB_KEYS = {"balloon.current", "balloon.maximum", "balloon.swap_in", "balloon.swap_out",
             "balloon.unused", "balloon.available", "balloon.usable", "balloon.rss",
@@ -172,6 +175,10 @@ def test_source_units_are_converted_to_base_units() -> None:
             assert (m.unit, m.scale) == ("seconds", 1e-9), m.name
         elif m.source in KIB_KEYS:
             assert (m.unit, m.scale) == ("bytes", 1024.0), m.name
+        elif m.source in MS_KEYS:
+            assert (m.unit, m.scale) == ("seconds", 1e-3), m.name
+        elif m.source in PERCENT_KEYS:
+            assert m.scale == 0.01 and m.name.endswith("_ratio"), m.name
         elif m.source in MIB_KEYS:
             assert m.scale == 2**20 and m.name.endswith("_bytes_per_second"), m.name
         else:
@@ -635,3 +642,28 @@ def test_fit_own_labels_keeps_the_first_in_order(limits: None) -> None:
     assert catalog.fit_own_labels(own, shared, ("a", "b", "c")) == (("a", "1"), ("b", "2"))
     catalog.set_limits(max_names=30)
     assert catalog.fit_own_labels(own, shared, ("a", "b", "c")) is own
+
+
+def test_job_info_keys_become_job_series_in_base_units() -> None:
+    # What jobStats gives during a live migration (collect.job_info adds it as job.<key>).
+    job = {"type": 2, "operation": 5, "time_elapsed": 2500, "time_elapsed_net": 2480,
+           "downtime": 300, "data_total": 2 * 2**30, "data_processed": 2**30,
+           "memory_bps": 100 * 2**20, "memory_dirty_rate": 1200, "memory_iteration": 3,
+           "memory_page_size": 4096, "memory_constant": 10, "auto_converge_throttle": 20,
+           "success": True, "errmsg": "none"}  # fmt: skip
+    stats = {"state.state": 1, **{f"job.{k}": v for k, v in job.items()}}
+    unknown: set[str] = set()
+    got = {key[0]: value for key, value in catalog.domain_samples(stats, (), unknown)}
+    assert unknown == set()  # the keys not exported are known to be left out
+    assert got["libvirt_domain_job_type"] == 2
+    assert got["libvirt_domain_job_operation"] == 5
+    assert got["libvirt_domain_job_time_elapsed_seconds"] == 2.5
+    assert got["libvirt_domain_job_downtime_seconds"] == 0.3
+    assert got["libvirt_domain_job_data_processed_bytes"] == 2**30
+    assert "libvirt_domain_job_data_remaining_bytes" not in got  # libvirt gave no such key
+    assert got["libvirt_domain_job_memory_bytes_per_second"] == 100 * 2**20
+    assert got["libvirt_domain_job_memory_iterations"] == 3
+    assert got["libvirt_domain_job_auto_converge_throttle_ratio"] == 0.2
+    assert {m.source for m in CATALOG if m.name.startswith("libvirt_domain_job_")} >= {
+        f"job.{k}" for k in ("type", "operation", "time_elapsed", "data_total", "memory_bps")
+    }

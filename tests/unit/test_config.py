@@ -71,6 +71,7 @@ def test_empty_document_gives_the_documented_defaults() -> None:
     assert cfg.nova_series_labels == DEFAULT_SERIES_LABELS
     assert cfg.nova_refresh_interval == 600.0
     assert cfg.collect_groups == ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
+    assert cfg.collect_job_info is False
     assert cfg.filter_projects_include == cfg.filter_projects_exclude == ()
     assert cfg.filter_domains_include == cfg.filter_domains_exclude == ()
     assert cfg.labels_drop == ()
@@ -99,6 +100,7 @@ collect:
   interval: 1m
   timeout: 45s
   groups: [state, cpu_total, perf, iothread, memory, dirtyrate]
+  job_info: true
 filter:
   projects:
     include: [demo, 9f1c4e8a-0000-4000-8000-000000000001]
@@ -200,6 +202,7 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.nova_series_labels == ("instance_name", "flavor_id", "image_uuid")
     assert cfg.nova_refresh_interval == 5400.0
     assert cfg.collect_groups == ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
+    assert cfg.collect_job_info is True
     assert cfg.filter_projects_include == ("demo", "9f1c4e8a-0000-4000-8000-000000000001")
     assert cfg.filter_projects_exclude == ("scratch",)
     assert cfg.filter_domains_include == ("instance-[0-9a-f]{8}",)
@@ -454,6 +457,7 @@ def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) 
         ("collect: {groups: [state, vm]}", "collect.groups"),
         ("collect: {groups: [cpu_total, block]}", "collect.groups"),  # no state
         ("collect: {groups: []}", "collect.groups"),
+        ("collect: {job_info: maybe}", "collect.job_info"),
         ("collect: {groups: state}", "collect.groups"),
         ("labels: {drop: [domain]}", "labels.drop"),
         ("labels: {drop: [uuid]}", "labels.drop"),
