@@ -218,9 +218,10 @@ def test_job_info_shows_a_running_dump_with_its_progress(
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         else:
             try:
-                dump.wait(timeout=60)  # the reader drains the rest, the dump ends
+                dump.communicate(timeout=60)  # the dump fails on the closed FIFO and ends
             except subprocess.TimeoutExpired:
                 dump.kill()
+                dump.communicate()
         reader.join(60)
         shutil.rmtree(fifo_dir, ignore_errors=True)
         assert agent.stop() == 0, agent.log()

@@ -56,6 +56,7 @@ ALERT_NAMES = {
     "LibvirtDown",
     "LibvirtGuestCrashed",
     "LibvirtGuestStuckPaused",
+    "LibvirtGuestUnresponsive",
     "LibvirtGuestNotRunning",
     "LibvirtGuestMemoryPressure",
     "LibvirtGuestSwapping",
