@@ -498,10 +498,11 @@ class Agent:
                 (("pusher_nova_metadata_errors_total", (), ext), float(meta_errors)),
                 (("pusher_partial_records_total", (), ext), float(partial)),
                 (("pusher_partial_records_kept_total", (), ext), float(partial_kept)),
-                (("pusher_job_info_errors_total", (), ext), float(job_errors)),
                 (("pusher_labels_truncated_total", (), ext), float(truncated)),
                 (("pusher_cached_series", (), ext), float(self.encoder.cached_series())),
             ]
+            if self.cfg.collect_job_info:
+                out.append((("pusher_job_info_errors_total", (), ext), float(job_errors)))
             for reason in sorted(set(KNOWN_DROP_REASONS) | set(c.dropped)):
                 key = ("pusher_samples_dropped_total", (("reason", reason),), ext)
                 out.append((key, float(c.dropped[reason])))

@@ -211,6 +211,8 @@ def test_job_info_shows_a_running_dump_with_its_progress(
             f'libvirt_domain_job_time_elapsed_seconds{{uuid="{victim["uuid"]}"}}'
         )
         assert elapsed and 0 <= float(elapsed[0]["value"][1]) < 60  # seconds, not ms
+        errors = fresh_receiver.query("pusher_job_info_errors_total")
+        assert errors and float(errors[0]["value"][1]) == 0.0
         assert float(fresh_receiver.query(f'libvirt_domain_job_type{{uuid="{victim["uuid"]}"}}')
                      [0]["value"][1]) == 2.0  # fmt: skip  # unbounded
     finally:
