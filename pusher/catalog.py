@@ -217,7 +217,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_P}emulation_faults_total", "counter", "", "Emulation faults of the domain.", "perf.emulation_faults"),
     # --- job (collect.job_info: one jobStats call per running or paused domain)
     _m(f"{_D}job_type", "gauge", "", "Type of the domain's current job as libvirt's virDomainJobType number (0 none, 1 bounded, 2 unbounded).", "job.type"),
-    _m(f"{_D}job_operation", "gauge", "", "Operation of the current job as libvirt's virDomainJobOperation number (2 save, 4 incoming migration, 5 outgoing migration, 6 snapshot, 8 dump, 9 backup).", "job.operation"),
+    _m(f"{_D}job_operation", "gauge", "", "Operation of the current job as libvirt's virDomainJobOperation number (2 save, 5 outgoing migration, 6 snapshot, 8 dump, 9 backup).", "job.operation"),
     _m(f"{_D}job_time_elapsed_seconds", "gauge", "seconds", "Time since the current job started.", "job.time_elapsed", MS),
     _m(f"{_D}job_time_remaining_seconds", "gauge", "seconds", "Time the current job is expected to take still (bounded jobs).", "job.time_remaining", MS),
     _m(f"{_D}job_downtime_seconds", "gauge", "seconds", "Downtime of the migration: expected while it runs, real once it completed.", "job.downtime", MS),

@@ -67,6 +67,8 @@ RUNNING_KEYS = tuple(_RUNNING_KEY.values())
 EACH_WORKERS = 8
 VIR_DOMAIN_RUNNING = 1
 VIR_DOMAIN_PAUSED = 3
+# jobStats calls in flight at once (collect.job_info), on their own threads.
+JOB_WORKERS = 4
 
 
 def stats_flags(groups: Iterable[str]) -> int:
@@ -181,7 +183,12 @@ class Collector:
         self.metadata_errors = 0
         self.partial_records = 0  # running domains whose first record was partial
         self.partial_kept = 0  # of those, the ones still partial when exported
-        self._asking: dict[str, concurrent.futures.Future[Any]] = {}  # uuid -> re-ask
+        # uuid -> the re-ask of its partial record, "job:" + uuid -> its jobStats call; two
+        # collect() calls may overlap (one hung past its cycle), hence the lock.
+        self._asking: dict[str, concurrent.futures.Future[Any]] = {}
+        self._asking_lock = threading.Lock()
+        self._jobs: dict[str, dict[str, Any]] = {}  # uuid -> its last job.<key> stats
+        self._job_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.host: HostInfo | None = None
 
     @property
@@ -278,6 +285,9 @@ class Collector:
         if self._each_pool is not None:
             self._each_pool.shutdown(wait=False, cancel_futures=True)
             self._each_pool = None
+        if self._job_pool is not None:
+            self._job_pool.shutdown(wait=False, cancel_futures=True)
+            self._job_pool = None
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
 
@@ -295,9 +305,13 @@ class Collector:
             if not self._alive():
                 self.close()
             raise LibvirtUnavailable(f"getAllDomainStats failed: {e}") from None
-        records = self._complete_partial(conn, records)
+        # The re-asks of partial records and the job info calls run together, within one
+        # quarter of collect.timeout in all.
+        deadline = time.monotonic() + self.partial_wait
+        jobs = self._ask_jobs(records) if self.job_info else {}
+        records = self._complete_partial(conn, records, deadline)
         if self.job_info:
-            records = self._add_jobs(records)
+            records = self._add_jobs(records, jobs, deadline)
         duration = time.monotonic() - start
         now = self.clock()
         domains: list[DomainStats] = []
@@ -312,9 +326,25 @@ class Collector:
         with self._lock:
             for gone in set(self._cache) - seen:
                 del self._cache[gone]
+            for gone in set(self._jobs) - seen:
+                del self._jobs[gone]
         return Snapshot(ts_ms, domains, duration, fetches, self.host)
 
-    def _complete_partial(self, conn: Any, records: list[Any]) -> list[Any]:
+    def _in_flight(self, key: str) -> bool:
+        with self._asking_lock:
+            pending = self._asking.get(key)
+            return pending is not None and not pending.done()
+
+    def _track(self, key: str, future: concurrent.futures.Future[Any]) -> None:
+        with self._asking_lock:
+            self._asking[key] = future
+
+    def _untrack_done(self) -> None:
+        with self._asking_lock:
+            for key in [k for k, f in self._asking.items() if f.done()]:
+                del self._asking[key]
+
+    def _complete_partial(self, conn: Any, records: list[Any], deadline: float) -> list[Any]:
         """Ask once more, after a moment, for running domains whose record is partial
         (`is_partial`): another client (Nova, an exporter) held the domain's job, which is
         usually short."""
@@ -329,15 +359,14 @@ class Collector:
         futures: dict[concurrent.futures.Future[Any], int] = {}
         for i in partial:
             uuid = records[i][0].UUIDString()
-            pending = self._asking.get(uuid)
-            if pending is not None and not pending.done():
+            if self._in_flight(uuid):
                 continue  # still waiting from an earlier cycle: one thread per domain at most
             f = pool.submit(conn.domainListGetStats, [records[i][0]], self._flags, 0)
-            self._asking[uuid] = f
+            self._track(uuid, f)
             futures[f] = i
-        done, _ = concurrent.futures.wait(futures, timeout=self.partial_wait)
-        for uuid in [u for u, f in self._asking.items() if f.done()]:
-            del self._asking[uuid]
+        wait = max(0.0, deadline - time.monotonic())
+        done, _ = concurrent.futures.wait(futures, timeout=wait)
+        self._untrack_done()
         out = list(records)
         for f in done:
             i = futures[f]
@@ -353,41 +382,64 @@ class Collector:
         self.partial_kept += len(partial) - len(done)
         return out
 
-    def _add_jobs(self, records: list[Any]) -> list[Any]:
-        """Each running or paused domain's job info (`collect.job_info`) as `job.<key>`
-        stats keys, asked in parallel and waited for at most `partial_wait`. The call needs
-        no QEMU monitor while no job runs; a domain that does not answer in time (its
-        migration holds the monitor) keeps its record without job keys this cycle, with one
-        call in flight per domain at most."""
-        pool = self._pool()
-        futures: dict[concurrent.futures.Future[Any], int] = {}
-        for i, (dom, stats) in enumerate(records):
+    def _ask_jobs(self, records: list[Any]) -> dict[concurrent.futures.Future[Any], str]:
+        """Start the job info call (`collect.job_info`) of each running or paused domain, on
+        a pool of its own (a call that hangs never holds up the stats fallbacks), one call
+        in flight per domain at most."""
+        if self._job_pool is None:
+            self._job_pool = concurrent.futures.ThreadPoolExecutor(
+                JOB_WORKERS, thread_name_prefix="libvirt-job"
+            )
+        futures: dict[concurrent.futures.Future[Any], str] = {}
+        for dom, stats in records:
             if stats.get("state.state") not in (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED):
                 continue
-            key = "job:" + dom.UUIDString()
-            pending = self._asking.get(key)
-            if pending is not None and not pending.done():
+            uuid = dom.UUIDString()
+            if self._in_flight("job:" + uuid):
                 continue
-            f = pool.submit(dom.jobStats, 0)
-            self._asking[key] = f
-            futures[f] = i
-        done, _ = concurrent.futures.wait(futures, timeout=self.partial_wait)
-        for key in [k for k, f in self._asking.items() if f.done()]:
-            del self._asking[key]
-        out = list(records)
+            f = self._job_pool.submit(dom.jobStats, 0)
+            self._track("job:" + uuid, f)
+            futures[f] = uuid
+        return futures
+
+    def _add_jobs(
+        self,
+        records: list[Any],
+        futures: dict[concurrent.futures.Future[Any], str],
+        deadline: float,
+    ) -> list[Any]:
+        """Each running or paused domain's job info as `job.<key>` stats keys: this cycle's
+        answer, or, for a domain whose call is late, the last answer (its series keep their
+        values instead of flapping). The call needs no QEMU monitor while no job runs."""
+        done, late = concurrent.futures.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        for f in late:
+            f.cancel()  # not started yet: the next cycle asks again
+        self._untrack_done()
         for f in done:
+            uuid = futures[f]
             try:
                 job = f.result()
-            except libvirt.libvirtError as e:
-                # The domain went away after the bulk call, or the call is refused.
-                self.job_errors += 1
-                log.debug("jobStats failed: %s", e)
+            except concurrent.futures.CancelledError:
                 continue
-            dom, stats = out[futures[f]]
-            merged = dict(stats)
-            merged.update((f"job.{k}", v) for k, v in job.items())
-            out[futures[f]] = (dom, merged)
-        return out
+            except libvirt.libvirtError as e:
+                # Refused for this domain (an incoming migration's destination has no
+                # statistics), or the domain went away after the bulk call.
+                if e.get_error_code() not in (
+                    libvirt.VIR_ERR_OPERATION_INVALID,
+                    libvirt.VIR_ERR_NO_DOMAIN,
+                ):
+                    self.job_errors += 1
+                    log.debug("jobStats failed: %s", e)
+                self._jobs.pop(uuid, None)
+                continue
+            self._jobs[uuid] = {f"job.{k}": v for k, v in job.items()}
+        return [self._with_job(dom, stats) for dom, stats in records]
+
+    def _with_job(self, dom: Any, stats: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if stats.get("state.state") not in (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED):
+            return dom, stats
+        job = self._jobs.get(dom.UUIDString())
+        return dom, ({**stats, **job} if job else stats)
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._each_pool is None:
@@ -430,6 +482,8 @@ class Collector:
                 uuid = dom.UUIDString()
                 info, fetched = self._info(dom, uuid, now)
                 fetches += fetched
+                if self.job_info:  # no job calls here: the last answer stands
+                    _, stats = self._with_job(dom, stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
         return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck
 

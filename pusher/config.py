@@ -80,6 +80,8 @@ DEFAULT_STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "b
 # domain and uuid identify a domain's series and the device names its devices': never.
 DROPPABLE_LABELS = ("source_file", "volume_id", "port_id", *NOVA_LABELS)
 
+# Domain-name patterns (`filter.domains.*`) are short; a longer one is a mistake.
+MAX_PATTERN_LENGTH = 1000
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _BARE_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
@@ -437,10 +439,12 @@ def _str_list(v: Any) -> tuple[str, ...]:
 def _regex_list(v: Any) -> tuple[str, ...]:
     out = _str_list(v)
     for pattern in out:
+        if len(pattern) > MAX_PATTERN_LENGTH:
+            raise ValueError(f"a pattern is longer than {MAX_PATTERN_LENGTH} characters")
         try:
             re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"{pattern!r} is not a regular expression: {e}") from None
+        except (re.error, RecursionError, OverflowError) as e:
+            raise ValueError(f"{pattern!r} is not a usable regular expression: {e}") from None
     return out
 
 

@@ -3,8 +3,9 @@
 A domain is exported when it passes both include lists (an empty list includes every domain)
 and matches neither exclude list; an exclude wins over an include. Projects match a domain's
 Nova project uuid or name exactly; domain patterns are regular expressions that must match
-the whole libvirt domain name. A domain without Nova metadata has no project: the project
-lists neither include nor exclude it, only the domain-name lists decide about it.
+the whole libvirt domain name. A domain without Nova metadata, or whose metadata names no
+project, has no project: the project lists neither include nor exclude it, only the
+domain-name lists decide about it.
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ class DomainFilter:
             return False
         if self.domains_include and not any(p.fullmatch(name) for p in self.domains_include):
             return False
-        if nova is None:
+        project = {nova.project_uuid, nova.project_name} - {""} if nova is not None else set()
+        if not project:
             return True  # no project to match: only the domain-name lists apply
-        project = {nova.project_uuid, nova.project_name} - {""}
         if project & self.projects_exclude:
             return False
         return not self.projects_include or bool(project & self.projects_include)

@@ -451,11 +451,14 @@ class Agent:
             if vanished and new.running and new.plan.shared == old.plan.shared:
                 # Still running, same labels: a series missing from the record is a partial
                 # record (another client held the domain's job), unless its device is gone:
-                # no longer named in a group the record has.
+                # no longer named in a group the record has; or unless it is a job series and
+                # the record has the domain's job info (its job ended).
                 groups = {k.partition(".")[0] for k in new.plan.signature}
+                has_job = "job.type" in new.plan.signature
                 vanished = {
                     k for k in vanished
-                    if k[1] and k[1] not in new.devices and catalog.group_of(k[0]) in groups
+                    if (k[1] and k[1] not in new.devices and catalog.group_of(k[0]) in groups)
+                    or (has_job and catalog.group_of(k[0]) == "job")
                 }  # fmt: skip
             gone |= vanished
         self._ended = gone  # forgotten by the encoder once their stale markers are written

@@ -458,6 +458,14 @@ def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) 
         ("collect: {groups: [cpu_total, block]}", "collect.groups"),  # no state
         ("collect: {groups: []}", "collect.groups"),
         ("collect: {job_info: maybe}", "collect.job_info"),
+        (
+            "filter: {domains: {exclude: ['" + "(" * 1000 + ")" * 1000 + "']}}",
+            "filter.domains.exclude",
+        ),
+        (
+            "filter: {domains: {include: ['" + "(" * 499 + ")" * 499 + "']}}",
+            "filter.domains.include",
+        ),
         ("collect: {groups: state}", "collect.groups"),
         ("labels: {drop: [domain]}", "labels.drop"),
         ("labels: {drop: [uuid]}", "labels.drop"),

@@ -76,6 +76,15 @@ def test_a_domain_without_nova_metadata_is_judged_by_its_name_only() -> None:
     assert not DomainFilter.of(domains_exclude=["plain-.*"]).admits("plain-vm", None)
 
 
+def test_nova_metadata_naming_no_project_is_judged_by_the_name_only() -> None:
+    projectless = NovaInstance(name="x")
+    assert DomainFilter.of(projects_include=["demo"]).admits("i", projectless)
+    assert DomainFilter.of(projects_exclude=["demo"]).admits("i", projectless)
+    assert not DomainFilter.of(projects_include=["demo"], domains_exclude=["i"]).admits(
+        "i", projectless
+    )
+
+
 def test_a_project_with_only_a_uuid_matches_by_uuid() -> None:
     assert DomainFilter.of(projects_include=[NAMELESS.project_uuid]).admits("i", NAMELESS)
     # An empty project name never matches anything.

@@ -152,6 +152,24 @@ def test_a_domain_shut_off_ends_its_running_series() -> None:
     assert "libvirt_domain_block_stats_read_bytes_total" in ended
 
 
+def test_a_finished_job_ends_its_job_series_and_a_missing_answer_ends_nothing() -> None:
+    job = {"job.type": 2, "job.operation": 8, "job.memory_total": 64 << 20}
+    idle = {"job.type": 0}
+    agent = agent_for([
+        [domain("u1", {**stats(), **idle}, WEB)],
+        [domain("u1", {**stats(), **job}, WEB)],  # a dump starts
+        [domain("u1", stats(), WEB)],  # no job info this cycle: nothing is judged
+        [domain("u1", {**stats(), **job}, WEB)],
+        [domain("u1", {**stats(), **idle}, WEB)],  # the dump is over
+    ])  # fmt: skip
+    assert _stale_names(agent) == {}
+    assert _stale_names(agent) == {}
+    assert _stale_names(agent) == {}  # the job series keep their values
+    assert _stale_names(agent) == {}
+    ended = _stale_names(agent)
+    assert set(ended) == {"libvirt_domain_job_operation", "libvirt_domain_job_memory_total_bytes"}
+
+
 def test_libvirt_down_marks_nothing_stale() -> None:
     class Down(FakeCollector):
         def collect(self) -> Snapshot:

@@ -1,0 +1,91 @@
+"""pusher.collect's job info (collect.job_info) on stand-in domains: merging, late answers,
+refusals and the shared deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import libvirt
+import pytest
+
+from pusher.collect import Collector
+
+
+class Dom:
+    """A stand-in for virDomain: its UUID and a jobStats that answers, fails or hangs."""
+
+    def __init__(self, uuid: str, answer: Any = None, gate: threading.Event | None = None):
+        self.uuid, self.answer, self.gate, self.calls = uuid, answer, gate, 0
+
+    def UUIDString(self) -> str:
+        return self.uuid
+
+    def jobStats(self, flags: int = 0) -> dict[str, Any]:
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(10)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return dict(self.answer or {"type": 0})
+
+
+def refusal(code: int) -> libvirt.libvirtError:
+    e = libvirt.libvirtError("refused")
+    e.err = (code, 0, "refused", 0, "", None, None, 0, 0)
+    return e
+
+
+RUNNING = {"state.state": 1, "cpu.time": 1}
+
+
+@pytest.fixture
+def collector() -> Any:
+    c = Collector("test:///default", use_events=False, partial_wait=0.3, job_info=True)
+    yield c
+    c.close()
+    if c._job_pool is not None:
+        c._job_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def cycle(c: Collector, records: list[tuple[Dom, dict[str, Any]]]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + c.partial_wait
+    futures = c._ask_jobs(records)
+    return [stats for _, stats in c._add_jobs(records, futures, deadline)]
+
+
+def test_job_keys_are_merged_for_live_domains_only(collector: Collector) -> None:
+    busy = Dom("u1", {"type": 2, "operation": 8, "memory_total": 1 << 26})
+    off = Dom("u2")
+    out = cycle(collector, [(busy, dict(RUNNING)), (off, {"state.state": 5})])
+    assert out[0] == {**RUNNING, "job.type": 2, "job.operation": 8, "job.memory_total": 1 << 26}
+    assert out[1] == {"state.state": 5} and off.calls == 0
+
+
+def test_a_late_answer_keeps_the_last_one_and_the_cycle_keeps_its_deadline(
+    collector: Collector,
+) -> None:
+    gate = threading.Event()
+    dom = Dom("u1", {"type": 2, "operation": 5})
+    assert cycle(collector, [(dom, dict(RUNNING))])[0]["job.operation"] == 5
+    dom.gate, dom.answer = gate, {"type": 0}
+    start = time.monotonic()
+    out = cycle(collector, [(dom, dict(RUNNING))])
+    assert time.monotonic() - start < collector.partial_wait + 0.2
+    assert out[0]["job.operation"] == 5  # the last answer, not a gap
+    # Still in flight: not asked again; once it answers, its answer is used.
+    cycle(collector, [(dom, dict(RUNNING))])
+    assert dom.calls == 2
+    gate.set()
+    time.sleep(0.1)
+    dom.gate = None
+    assert cycle(collector, [(dom, dict(RUNNING))])[0]["job.type"] == 0
+
+
+def test_refusals_are_not_errors_but_failures_are_counted(collector: Collector) -> None:
+    incoming = Dom("u1", refusal(libvirt.VIR_ERR_OPERATION_INVALID))
+    broken = Dom("u2", refusal(libvirt.VIR_ERR_INTERNAL_ERROR))
+    out = cycle(collector, [(incoming, dict(RUNNING)), (broken, dict(RUNNING))])
+    assert out == [RUNNING, RUNNING]
+    assert collector.job_errors == 1
