@@ -32,6 +32,21 @@ V2_TYPE = b"io.prometheus.write.v2.Request"
 _V2_HEADERS = (b"content-type", b"content-length", b"x-prometheus-remote-write-version")
 
 
+def _framing(head: bytes) -> tuple[int, bool, bytes]:
+    """An HTTP message head -> (Content-Length, whether chunked, Content-Type)."""
+    length, chunked, content_type = 0, False, b""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+        elif name == b"content-type":
+            content_type = value.strip()
+    return length, chunked, content_type
+
+
 @dataclass
 class Counts:
     requests: int = 0
@@ -148,16 +163,8 @@ class CountingProxy:
             except asyncio.IncompleteReadError:
                 return  # the sender closed the connection between requests
             c.raw_bytes += len(head)
-            length, chunked, v2 = 0, False, False
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value.strip())
-                elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
-                elif name == b"content-type" and V2_TYPE in value:
-                    v2 = True
+            length, chunked, content_type = _framing(head)
+            v2 = V2_TYPE in content_type
             if answers is not None and v2 and not chunked:
                 body = await reader.readexactly(length)
                 c.raw_bytes += length
@@ -214,14 +221,7 @@ class CountingProxy:
     ) -> None:
         """Relays one response; a 2xx to a transcoded 2.0 request gets the -Written headers."""
         head = await up.readuntil(b"\r\n\r\n")
-        length, chunked = 0, False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value.strip())
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
+        length, chunked, _ = _framing(head)
         status = head.split(b" ", 2)[1]
         if written is not None and status.startswith(b"2"):
             head = head[:-2] + (
