@@ -347,9 +347,13 @@ def test_dashboard_has_the_views_and_variables() -> None:
     variables = [v["name"] for v in board["templating"]["list"]]
     assert variables == ["datasource", "cluster", "host", "project", "instance"]
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Host overview", "Projects", "Instances", "libvirt-pusher health"]
+    assert rows == [
+        "Host overview", "Projects", "Instances", "libvirt-pusher health",
+        "Jobs and unresponsive guests",
+    ]  # fmt: skip
     titles = " ".join(p["title"].lower() for p in all_panels(board["panels"]))
-    for word in ("cpu", "steal", "memory", "disk", "network", "backlog", "dropped", "last"):
+    for word in ("cpu", "steal", "memory", "disk", "network", "backlog", "dropped", "last",
+                 "jobs", "not answering"):  # fmt: skip
         assert word in titles
     for panel in all_panels(board["panels"]):
         if panel["type"] != "row":
