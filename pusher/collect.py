@@ -189,6 +189,9 @@ class Collector:
         self._asking_lock = threading.Lock()
         self._jobs: dict[str, dict[str, Any]] = {}  # uuid -> its last job.<key> stats
         self._job_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # (domain name, Nova data) -> whether the domain is exported (`filter.*`): domains
+        # left out get no per-domain calls (partial re-asks, job info).
+        self.exported: Callable[[str, Any], bool] = lambda name, nova: True
         self.host: HostInfo | None = None
 
     @property
@@ -330,6 +333,18 @@ class Collector:
                 del self._jobs[gone]
         return Snapshot(ts_ms, domains, duration, fetches, self.host)
 
+    def _is_exported(self, dom: Any) -> bool:
+        """Whether the filters export this domain, judged on the Nova data already read
+        (a domain not read yet counts as exported)."""
+        with self._lock:
+            cached = self._cache.get(dom.UUIDString())
+        if cached is None:
+            return True
+        try:
+            return self.exported(dom.name(), cached[1].nova)
+        except libvirt.libvirtError:
+            return True
+
     def _in_flight(self, key: str) -> bool:
         with self._asking_lock:
             pending = self._asking.get(key)
@@ -348,7 +363,11 @@ class Collector:
         """Ask once more, after a moment, for running domains whose record is partial
         (`is_partial`): another client (Nova, an exporter) held the domain's job, which is
         usually short."""
-        partial = [i for i, (_, stats) in enumerate(records) if is_partial(stats, self.groups)]
+        partial = [
+            i
+            for i, (dom, stats) in enumerate(records)
+            if is_partial(stats, self.groups) and self._is_exported(dom)
+        ]
         if not partial:
             return records
         self.partial_records += len(partial)
@@ -395,7 +414,7 @@ class Collector:
             if stats.get("state.state") not in (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED):
                 continue
             uuid = dom.UUIDString()
-            if self._in_flight("job:" + uuid):
+            if self._in_flight("job:" + uuid) or not self._is_exported(dom):
                 continue
             f = self._job_pool.submit(dom.jobStats, 0)
             self._track("job:" + uuid, f)

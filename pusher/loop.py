@@ -306,6 +306,8 @@ class Agent:
             self.collector.groups = cfg.collect_groups  # the config's groups, whoever built it
             self.collector.job_info = cfg.collect_job_info
         self._filter = DomainFilter.from_config(cfg)
+        if isinstance(self.collector, Collector) and self._filter:
+            self.collector.exported = self._filter.admits
         self._drop = frozenset(cfg.labels_drop)
         self.spool = spool
         self.sender = sender

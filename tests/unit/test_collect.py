@@ -11,6 +11,7 @@ import libvirt
 import pytest
 
 from pusher.collect import Collector
+from pusher.nova import DomainInfo
 
 
 class Dom:
@@ -21,6 +22,9 @@ class Dom:
 
     def UUIDString(self) -> str:
         return self.uuid
+
+    def name(self) -> str:
+        return f"instance-{self.uuid}"
 
     def jobStats(self, flags: int = 0) -> dict[str, Any]:
         self.calls += 1
@@ -89,3 +93,12 @@ def test_refusals_are_not_errors_but_failures_are_counted(collector: Collector) 
     out = cycle(collector, [(incoming, dict(RUNNING)), (broken, dict(RUNNING))])
     assert out == [RUNNING, RUNNING]
     assert collector.job_errors == 1
+
+
+def test_domains_the_filters_leave_out_get_no_job_calls(collector: Collector) -> None:
+    kept, left_out, unread = Dom("u1"), Dom("u2"), Dom("u3")
+    collector.exported = lambda name, nova: name != "instance-u2"
+    for dom in (kept, left_out):  # their XML was read; u3's not yet: it counts as exported
+        collector._cache[dom.uuid] = (time.time(), DomainInfo())
+    cycle(collector, [(d, dict(RUNNING)) for d in (kept, left_out, unread)])
+    assert (kept.calls, left_out.calls, unread.calls) == (1, 0, 1)
