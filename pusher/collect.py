@@ -62,11 +62,11 @@ _RUNNING_KEY = {
     "interface": "net.count",
     "block": "block.count",
 }
-RUNNING_KEYS = tuple(_RUNNING_KEY.values())
 # Per-domain calls in flight at once (the fallbacks for stuck and partial domains).
 EACH_WORKERS = 8
 VIR_DOMAIN_RUNNING = 1
 VIR_DOMAIN_PAUSED = 3
+LIVE_STATES = (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED)  # states that can have a job
 # jobStats calls in flight at once (collect.job_info), on their own threads.
 JOB_WORKERS = 4
 
@@ -411,7 +411,7 @@ class Collector:
             )
         futures: dict[concurrent.futures.Future[Any], str] = {}
         for dom, stats in records:
-            if stats.get("state.state") not in (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED):
+            if stats.get("state.state") not in LIVE_STATES:
                 continue
             uuid = dom.UUIDString()
             if self._in_flight("job:" + uuid) or not self._is_exported(dom):
@@ -452,13 +452,12 @@ class Collector:
                 self._jobs.pop(uuid, None)
                 continue
             self._jobs[uuid] = {f"job.{k}": v for k, v in job.items()}
-        return [self._with_job(dom, stats) for dom, stats in records]
+        return [(dom, self._with_job(dom.UUIDString(), stats)) for dom, stats in records]
 
-    def _with_job(self, dom: Any, stats: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        if stats.get("state.state") not in (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED):
-            return dom, stats
-        job = self._jobs.get(dom.UUIDString())
-        return dom, ({**stats, **job} if job else stats)
+    def _with_job(self, uuid: str, stats: dict[str, Any]) -> dict[str, Any]:
+        """A live domain's record with its last answered job info (`job.<key>`) added."""
+        job = self._jobs.get(uuid) if stats.get("state.state") in LIVE_STATES else None
+        return {**stats, **job} if job else stats
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._each_pool is None:
@@ -502,7 +501,7 @@ class Collector:
                 info, fetched = self._info(dom, uuid, now)
                 fetches += fetched
                 if self.job_info:  # no job calls here: the last answer stands
-                    _, stats = self._with_job(dom, stats)
+                    stats = self._with_job(uuid, stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
         return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck
 

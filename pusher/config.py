@@ -78,7 +78,10 @@ STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block", "
 DEFAULT_STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
 # Labels `labels.drop` may leave off every series: the device details and the Nova labels.
 # domain and uuid identify a domain's series and the device names its devices': never.
-DROPPABLE_LABELS = ("source_file", "volume_id", "port_id", *NOVA_LABELS)
+DROPPABLE_LABELS = (*catalog.DEVICE_EXTRAS, *NOVA_LABELS)
+# Label names the agent itself puts on series besides the Nova labels: a domain's identity and
+# every device or agent label of the catalog.
+_OWN_LABELS = frozenset({"domain", "uuid", *(x for m in catalog.CATALOG for x in m.labels)})
 
 # Domain-name patterns (`filter.domains.*`) are short; a longer one is a mistake.
 MAX_PATTERN_LENGTH = 1000
@@ -617,9 +620,8 @@ def _cross_check(cfg: Config) -> None:
         raise ConfigError("collect.timeout", "must not exceed collect.interval")
     # Labels the agent puts on its own series; an external label of the same name would be
     # overridden on some series and not on others.
-    taken = {"domain", "uuid", *NOVA_LABELS, *(x for m in catalog.CATALOG for x in m.labels)}
     for name in cfg.external_labels:
-        if name in taken:
+        if name in _OWN_LABELS or name in NOVA_LABELS:
             raise ConfigError(f"external_labels.{name}", "clashes with a label the agent sets")
     _check_label_limits(cfg)
     _check_transport(cfg)
@@ -629,8 +631,7 @@ def _check_label_limits(cfg: Config) -> None:
     """Mimir's label limits (`limits.*`) must leave room for what the agent sends: the
     label names are all known here, so a series that would be refused is refused now."""
     lim = "limits"
-    own_names = {"domain", "uuid", *(x for m in catalog.CATALOG for x in m.labels)}
-    longest = max(len(x) for x in own_names)
+    longest = max(len(x) for x in _OWN_LABELS)
     if cfg.limits_max_label_name_length < longest:
         raise ConfigError(
             f"{lim}.max_label_name_length",

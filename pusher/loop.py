@@ -298,16 +298,16 @@ class Agent:
             cfg.limits_max_label_name_length,
             cfg.limits_max_label_value_length,
         )
-        self.collector = collector or Collector(
-            cfg.libvirt_uri, cfg.nova_refresh_interval, partial_wait=cfg.collect_timeout / 4,
-            groups=cfg.collect_groups, job_info=cfg.collect_job_info,
-        )  # fmt: skip
-        if isinstance(self.collector, Collector):
-            self.collector.groups = cfg.collect_groups  # the config's groups, whoever built it
-            self.collector.job_info = cfg.collect_job_info
         self._filter = DomainFilter.from_config(cfg)
-        if isinstance(self.collector, Collector) and self._filter:
-            self.collector.exported = self._filter.admits
+        self.collector = collector or Collector(
+            cfg.libvirt_uri, cfg.nova_refresh_interval, partial_wait=cfg.collect_timeout / 4
+        )
+        if isinstance(self.collector, Collector):
+            # The config's collection settings, whoever built the collector.
+            self.collector.groups = cfg.collect_groups
+            self.collector.job_info = cfg.collect_job_info
+            if self._filter:
+                self.collector.exported = self._filter.admits
         self._drop = frozenset(cfg.labels_drop)
         self.spool = spool
         self.sender = sender
@@ -484,7 +484,6 @@ class Agent:
         meta_errors = self.collector.metadata_errors
         partial = self.collector.partial_records
         partial_kept = self.collector.partial_kept
-        job_errors = getattr(self.collector, "job_errors", 0)
         truncated = catalog.TRUNCATIONS.count
         with c.lock:
             out: list[Sample] = [
@@ -507,7 +506,8 @@ class Agent:
                 (("pusher_cached_series", (), ext), float(self.encoder.cached_series())),
             ]
             if self.cfg.collect_job_info:
-                out.append((("pusher_job_info_errors_total", (), ext), float(job_errors)))
+                job_errors = float(self.collector.job_errors)
+                out.append((("pusher_job_info_errors_total", (), ext), job_errors))
             for reason in sorted(set(KNOWN_DROP_REASONS) | set(c.dropped)):
                 key = ("pusher_samples_dropped_total", (("reason", reason),), ext)
                 out.append((key, float(c.dropped[reason])))
