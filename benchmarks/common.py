@@ -8,10 +8,27 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pusher.catalog import DomainPlan
 from pusher.collect import DomainStats, Snapshot
+from pusher.loop import DomainSeries, plan_snapshot
 from pusher.nova import parse_domain_xml
 
 SNAPSHOT = Path(__file__).parent / "data" / "snapshot.json"
+# The agent's default Nova series labels, and external labels of a typical node.
+SERIES_LABELS = ("instance_name", "project_name", "project_uuid", "flavor")
+EXTERNAL = (("cluster", "region1"), ("host", "compute-0017"))
+
+
+def cycle_plans(
+    snap: Snapshot, cache: dict[str, DomainSeries]
+) -> list[tuple[DomainPlan, list[float]]]:
+    """A cycle's (plan, values) per domain, as the agent builds them, reusing and then
+    updating `cache` (uuid -> the domain's series) like the agent's own."""
+    domains = plan_snapshot(snap, SERIES_LABELS, EXTERNAL, cache)
+    cache.clear()
+    cache.update(domains)
+    stats = {d.uuid: d.stats for d in snap.domains}
+    return [(ds.plan, ds.plan.values(stats[u])) for u, ds in domains.items()]
 
 
 def recorded() -> list[dict[str, Any]]:

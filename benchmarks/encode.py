@@ -22,28 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import snapshot
+from common import cycle_plans, snapshot
 
 from pusher.collect import Snapshot
 from pusher.encode import Encoder, EncoderV2
-from pusher.loop import plan_snapshot
-
-SERIES_LABELS = ("instance_name", "project_name", "project_uuid", "flavor")
-EXTERNAL = (("cluster", "region1"), ("host", "compute-0017"))
+from pusher.loop import DomainSeries
 
 
 def one_cycle(
-    snap: Snapshot,
-    cache: dict,
-    encoder: Encoder | EncoderV2,
-    ts_ms: int,  # type: ignore[type-arg]
+    snap: Snapshot, cache: dict[str, DomainSeries], encoder: Encoder | EncoderV2, ts_ms: int
 ) -> tuple[int, int]:
-    domains = plan_snapshot(snap, SERIES_LABELS, EXTERNAL, cache)
-    cache.clear()
-    cache.update(domains)
-    stats = {d.uuid: d.stats for d in snap.domains}
-    plans = [(ds.plan, ds.plan.values(stats[u])) for u, ds in domains.items()]
-    requests = encoder.encode([], ts_ms, b"", plans)
+    requests = encoder.encode([], ts_ms, b"", cycle_plans(snap, cache))
     return sum(r.samples for r in requests), sum(len(r.body) for r in requests)
 
 
@@ -57,7 +46,7 @@ def main() -> None:
     for d in snap.domains:  # make the counters move between cycles
         d.stats["cpu.time"] = int(d.stats["cpu.time"])
 
-    cache: dict = {}  # type: ignore[type-arg]
+    cache: dict[str, DomainSeries] = {}
     encoder = Encoder(2000) if args.protocol == "v1" else EncoderV2(2000)
     t = time.process_time()
     samples, nbytes = one_cycle(snap, cache, encoder, snap.ts_ms)

@@ -20,14 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import snapshot
+from common import cycle_plans, snapshot
 
 from pusher.encode import Encoder, Request
-from pusher.loop import plan_snapshot
 from pusher.spool import Spool
-
-SERIES_LABELS = ("instance_name", "project_name", "project_uuid", "flavor")
-EXTERNAL = (("cluster", "region1"), ("host", "compute-0017"))
 
 
 def main() -> None:
@@ -37,9 +33,7 @@ def main() -> None:
     ap.add_argument("--dir", default="/var/tmp", help="where the spools go (default /var/tmp)")
     args = ap.parse_args()
     snap = snapshot(args.guests, 1_795_459_495_000)
-    domains = plan_snapshot(snap, SERIES_LABELS, EXTERNAL, {})
-    stats = {d.uuid: d.stats for d in snap.domains}
-    plans = [(ds.plan, ds.plan.values(stats[u])) for u, ds in domains.items()]
+    plans = cycle_plans(snap, {})
     encoder = Encoder(2000)
     cycles: list[list[Request]] = [
         encoder.encode([], snap.ts_ms + i * 15_000, b"", plans) for i in range(args.cycles)
