@@ -115,7 +115,10 @@ class TLSOptions:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds (a number or an HTTP date); None when absent or unreadable."""
+    """`Retry-After` as seconds (a number or an HTTP date); None when absent, unreadable, or
+    not a positive delay: `0` or a date in the past asks for no wait at all, and the backoff
+    must apply then, or a receiver (or a proxy) answering 503 with `Retry-After: 0` gets a
+    busy loop of retries (Prometheus ignores such values the same way)."""
     if not value:
         return None
     value = value.strip()
@@ -124,17 +127,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         pass
     else:
-        if not math.isfinite(seconds):
+        if not math.isfinite(seconds) or seconds <= 0:
             return None
-        return min(max(0.0, seconds), MAX_RETRY_AFTER)
+        return min(seconds, MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
         delay = when.timestamp() - (time.time() if now is None else now)
     except (TypeError, ValueError, IndexError, OverflowError, OSError, AttributeError):
         return None
-    if not math.isfinite(delay):
+    if not math.isfinite(delay) or delay <= 0:
         return None
-    return min(max(0.0, delay), MAX_RETRY_AFTER)
+    return min(delay, MAX_RETRY_AFTER)
 
 
 def mimir_reason(body: str, code: int) -> str:

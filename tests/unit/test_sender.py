@@ -215,17 +215,29 @@ NOW = 1_800_000_000.0
     [
         ("7", 7.0),
         (" 7 ", 7.0),
-        ("0", 0.0),
         ("1.5", 1.5),
         ("120", 120.0),
-        ("-5", 0.0),  # never negative
         (email.utils.formatdate(NOW + 42, usegmt=True), 42.0),
-        (email.utils.formatdate(NOW - 100, usegmt=True), 0.0),  # a date in the past: now
         ("Fri, 15 Jan 2027 08:00:30 GMT", 30.0),  # NOW is 2027-01-15 08:00:00 UTC
     ],
 )
 def test_parse_retry_after(value: str, seconds: float) -> None:
     assert parse_retry_after(value, now=NOW) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "0.0", "-5", "-0", email.utils.formatdate(NOW - 100, usegmt=True),
+              email.utils.formatdate(NOW, usegmt=True)],
+)  # fmt: skip
+def test_retry_after_asking_for_no_wait_leaves_the_backoff_in_charge(value: str) -> None:
+    # 0 or a date in the past would be a busy loop of retries if taken as the delay.
+    assert parse_retry_after(value, now=NOW) is None
+
+
+def test_503_with_retry_after_0_is_a_retry_with_backoff(http_server, senders) -> None:
+    http_server.answer(503, {"Retry-After": "0"})
+    outcome = make_sender(senders, http_server.url).send(BODY)
+    assert (outcome.kind, outcome.retry_after) == ("retry", None)
 
 
 @pytest.mark.parametrize("value", [None, "", "   ", "soon", "Fri, 99 Foo 2027", "7s", "1,5"])
