@@ -55,7 +55,15 @@ MAX_LABEL_NAME_LENGTH = 1024
 MAX_LABEL_NAMES = 30
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-_UNIT_SUFFIX = {"seconds": "_seconds", "bytes": "_bytes"}
+# Units a metric name can end in (before `_total`), longest first; a name that ends in one
+# has that unit in its metadata, and a metric with a unit names it.
+UNITS = ("bytes_per_second", "seconds", "bytes", "hertz")
+
+
+def unit_of(name: str) -> str:
+    """The unit a metric name ends in (`_bytes`, `_seconds_total`…), or "" for none."""
+    base = name.removesuffix("_total")
+    return next((u for u in UNITS if base.endswith("_" + u)), "")
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,8 @@ class Metric:
             raise ValueError(f"metric name {self.name!r} is not snake_case")
         if (self.type == "counter") != self.name.endswith("_total"):
             raise ValueError(f"{self.name}: counters, and only counters, end in _total")
-        suffix = _UNIT_SUFFIX.get(self.unit)
-        if suffix and suffix not in self.name:
-            raise ValueError(f"{self.name}: unit {self.unit} missing from the name")
+        if self.unit != unit_of(self.name):
+            raise ValueError(f"{self.name}: its unit is {unit_of(self.name)!r}, not {self.unit!r}")
         if not self.help.endswith("."):
             raise ValueError(f"{self.name}: help must be one sentence ending in a period")
 
@@ -127,7 +134,7 @@ CATALOG: tuple[Metric, ...] = (
     _m("libvirt_domains", "gauge", "", "Number of domains the last bulk stats call returned.", scope="host"),
     _m("libvirt_node_cpus", "gauge", "", "Logical CPUs of the host, as libvirt reports them.", scope="host"),
     _m("libvirt_node_memory_bytes", "gauge", "bytes", "Physical memory of the host.", scope="host"),
-    _m("libvirt_node_cpu_frequency_hertz", "gauge", "", "Nominal CPU frequency of the host.", scope="host"),
+    _m("libvirt_node_cpu_frequency_hertz", "gauge", "hertz", "Nominal CPU frequency of the host.", scope="host"),
     _m("libvirt_versions_info", "gauge", "", "Versions of libvirt and of the hypervisor; the value is always 1.", labels=("libvirt_version", "hypervisor", "hypervisor_version"), scope="host"),
     # --- state
     _m(f"{_D}state_code", "gauge", "", "Domain state as libvirt's virDomainState number (1 running, 3 paused, 5 shut off).", "state.state"),
@@ -194,8 +201,8 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_B}threshold_bytes", "gauge", "bytes", "Write threshold set on the block device, when one is set.", "block.<n>.threshold"),
     # --- perf (optional group: collect.groups; events must be enabled in the domain XML)
     _m(f"{_P}cmt_bytes", "gauge", "bytes", "Last-level cache the domain occupies (Intel CMT).", "perf.cmt"),
-    _m(f"{_P}mbmt_bytes_per_second", "gauge", "", "Memory bandwidth from one level of cache to another (Intel MBM total), in bytes per second.", "perf.mbmt"),
-    _m(f"{_P}mbml_bytes_per_second", "gauge", "", "Memory bandwidth through the socket's memory controller (Intel MBM local), in bytes per second.", "perf.mbml"),
+    _m(f"{_P}mbmt_bytes_per_second", "gauge", "bytes_per_second", "Memory bandwidth from one level of cache to another (Intel MBM total), in bytes per second.", "perf.mbmt"),
+    _m(f"{_P}mbml_bytes_per_second", "gauge", "bytes_per_second", "Memory bandwidth through the socket's memory controller (Intel MBM local), in bytes per second.", "perf.mbml"),
     _m(f"{_P}cpu_cycles_total", "counter", "", "CPU cycles the domain used.", "perf.cpu_cycles"),
     _m(f"{_P}instructions_total", "counter", "", "Instructions the domain executed.", "perf.instructions"),
     _m(f"{_P}cache_references_total", "counter", "", "Cache references (hits) of the domain.", "perf.cache_references"),
@@ -228,14 +235,14 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}job_memory_total_bytes", "gauge", "bytes", "Guest memory the current job has to transfer.", "job.memory_total"),
     _m(f"{_D}job_memory_processed_bytes", "gauge", "bytes", "Guest memory the current job has transferred.", "job.memory_processed"),
     _m(f"{_D}job_memory_remaining_bytes", "gauge", "bytes", "Guest memory the current job has still to transfer.", "job.memory_remaining"),
-    _m(f"{_D}job_memory_bytes_per_second", "gauge", "", "Rate at which the current job transfers guest memory, in bytes per second.", "job.memory_bps"),
+    _m(f"{_D}job_memory_bytes_per_second", "gauge", "bytes_per_second", "Rate at which the current job transfers guest memory, in bytes per second.", "job.memory_bps"),
     _m(f"{_D}job_memory_dirty_pages_per_second", "gauge", "", "Rate at which the guest dirties memory pages while the migration runs.", "job.memory_dirty_rate"),
     _m(f"{_D}job_memory_iterations", "gauge", "", "Passes the migration made over the guest's memory so far.", "job.memory_iteration"),
     _m(f"{_D}job_memory_postcopy_requests", "gauge", "", "Page requests the destination made during post-copy migration.", "job.memory_postcopy_requests"),
     _m(f"{_D}job_disk_total_bytes", "gauge", "bytes", "Disk data the current job has to transfer.", "job.disk_total"),
     _m(f"{_D}job_disk_processed_bytes", "gauge", "bytes", "Disk data the current job has transferred.", "job.disk_processed"),
     _m(f"{_D}job_disk_remaining_bytes", "gauge", "bytes", "Disk data the current job has still to transfer.", "job.disk_remaining"),
-    _m(f"{_D}job_disk_bytes_per_second", "gauge", "", "Rate at which the current job transfers disk data, in bytes per second.", "job.disk_bps"),
+    _m(f"{_D}job_disk_bytes_per_second", "gauge", "bytes_per_second", "Rate at which the current job transfers disk data, in bytes per second.", "job.disk_bps"),
     _m(f"{_D}job_auto_converge_throttle_ratio", "gauge", "", "Share of the guest's CPU time the migration's auto-converge takes away (0 to 1).", "job.auto_converge_throttle", 0.01),
     # --- iothread (optional group)
     _m(f"{_D}iothreads", "gauge", "", "Number of IOThreads of the domain.", "iothread.count"),
@@ -251,8 +258,8 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}dirtyrate_calc_status", "gauge", "", "Status of the last memory dirty-rate calculation as libvirt's virDomainDirtyRateStatus number (0 not started, 1 measuring, 2 measured).", "dirtyrate.calc_status"),
     _m(f"{_D}dirtyrate_calc_start_time_seconds", "gauge", "seconds", "Start of the last memory dirty-rate calculation, as QEMU reports it.", "dirtyrate.calc_start_time"),
     _m(f"{_D}dirtyrate_calc_period_seconds", "gauge", "seconds", "Length of the last memory dirty-rate calculation.", "dirtyrate.calc_period"),
-    _m(f"{_D}dirtyrate_bytes_per_second", "gauge", "", "Rate at which the guest dirtied its memory during the last calculation, in bytes per second.", "dirtyrate.megabytes_per_second", MIB),
-    _m(f"{_D}dirtyrate_vcpu_bytes_per_second", "gauge", "", "Rate at which the virtual CPU dirtied memory during the last calculation, in bytes per second.", "dirtyrate.vcpu.<n>.megabytes_per_second", MIB),
+    _m(f"{_D}dirtyrate_bytes_per_second", "gauge", "bytes_per_second", "Rate at which the guest dirtied its memory during the last calculation, in bytes per second.", "dirtyrate.megabytes_per_second", MIB),
+    _m(f"{_D}dirtyrate_vcpu_bytes_per_second", "gauge", "bytes_per_second", "Rate at which the virtual CPU dirtied memory during the last calculation, in bytes per second.", "dirtyrate.vcpu.<n>.megabytes_per_second", MIB),
     # --- the agent itself
     _m("pusher_build_info", "gauge", "", "Version of the running agent; the value is always 1.", labels=("version",), scope="agent"),
     _m("pusher_cycles_total", "counter", "", "Collection cycles run.", scope="agent"),
@@ -285,6 +292,13 @@ if len(_BY_NAME) != len(CATALOG):
 
 def by_name(name: str) -> Metric:
     return _BY_NAME[name]
+
+
+def families_of(names: Iterable[str]) -> list[Metric]:
+    """The catalog's metrics of these names, in catalog order (names it lacks are left out):
+    the metadata sent is that of the families actually sent, no more."""
+    wanted = set(names)
+    return [m for m in CATALOG if m.name in wanted]
 
 
 def group_of(name: str) -> str:
@@ -427,6 +441,7 @@ class DomainPlan:
 
     def __post_init__(self) -> None:
         self._get = operator.itemgetter(*self.keys) if self.keys else None
+        self.names = frozenset(key[0] for key in self.series)  # the metric families it feeds
 
     def values(self, stats: Mapping[str, object]) -> list[float]:
         if self._get is None:

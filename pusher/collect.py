@@ -11,11 +11,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import libvirt
 
@@ -24,6 +25,7 @@ from pusher.nova import DomainInfo, parse_domain_xml
 
 __all__ = [
     "Collector",
+    "DaemonPool",
     "DomainStats",
     "HostInfo",
     "LibvirtUnavailable",
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # libvirt-python prints every error to stderr besides raising it; the exception (logged by the
 # agent with context) is enough.
@@ -93,6 +96,73 @@ def is_partial(stats: dict[str, Any], groups: Collection[str] = DEFAULT_STATS_GR
     if any(key not in stats for group, key in _RUNNING_KEY.items() if group in groups):
         return True
     return "block" in groups and bool(stats.get("block.count")) and "block.0.rd.reqs" not in stats
+
+
+class DaemonPool:
+    """A pool of daemon threads for libvirt calls that may never return.
+
+    A call that reaches a stuck QEMU monitor hangs for as long as the guest is stuck, hours
+    maybe, and libvirt cannot cancel it. `ThreadPoolExecutor`'s workers are joined when the
+    interpreter exits, so one such call would keep every mode of the agent from exiting;
+    these workers are daemon threads, left behind at exit."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers = workers
+        self._name = name
+        self._queue: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the pool is shut down")
+            self._queue.put((future, fn, args))
+            if self._idle == 0 and len(self._threads) < self._workers:
+                t = threading.Thread(target=self._work, daemon=True,
+                                     name=f"{self._name}-{len(self._threads)}")  # fmt: skip
+                self._threads.append(t)
+                t.start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as e:  # handed to whoever waits on the future
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; idle workers end, busy ones when their call does."""
+        with self._lock:
+            self._closed = True
+            threads = len(self._threads)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in range(threads):
+            self._queue.put(None)
 
 
 class LibvirtUnavailable(Exception):
@@ -179,7 +249,7 @@ class Collector:
         self._cache: dict[str, tuple[float, DomainInfo]] = {}  # uuid -> (fetched at, info)
         self._dirty: set[str] = set()  # uuids whose XML changed since it was read
         self._lock = threading.Lock()
-        self._each_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._each_pool: DaemonPool | None = None
         self.metadata_errors = 0
         self.partial_records = 0  # running domains whose first record was partial
         self.partial_kept = 0  # of those, the ones still partial when exported
@@ -188,7 +258,7 @@ class Collector:
         self._asking: dict[str, concurrent.futures.Future[Any]] = {}
         self._asking_lock = threading.Lock()
         self._jobs: dict[str, dict[str, Any]] = {}  # uuid -> its last job.<key> stats
-        self._job_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._job_pool: DaemonPool | None = None
         # (domain name, Nova data) -> whether the domain is exported (`filter.*`): domains
         # left out get no per-domain calls (partial re-asks, job info).
         self.exported: Callable[[str, Any], bool] = lambda name, nova: True
@@ -278,6 +348,12 @@ class Collector:
                 self._dirty.add(uuid)  # redefined: Nova rewrote the XML (resize, rebuild)
 
     def close(self) -> None:
+        if self._each_pool is not None:
+            self._each_pool.shutdown()
+            self._each_pool = None
+        if self._job_pool is not None:
+            self._job_pool.shutdown()
+            self._job_pool = None
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -285,12 +361,6 @@ class Collector:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.domainEventDeregisterAny(cid)
         self._callback_ids.clear()
-        if self._each_pool is not None:
-            self._each_pool.shutdown(wait=False, cancel_futures=True)
-            self._each_pool = None
-        if self._job_pool is not None:
-            self._job_pool.shutdown(wait=False, cancel_futures=True)
-            self._job_pool = None
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
 
@@ -406,9 +476,7 @@ class Collector:
         a pool of its own (a call that hangs never holds up the stats fallbacks), one call
         in flight per domain at most."""
         if self._job_pool is None:
-            self._job_pool = concurrent.futures.ThreadPoolExecutor(
-                JOB_WORKERS, thread_name_prefix="libvirt-job"
-            )
+            self._job_pool = DaemonPool(JOB_WORKERS, "libvirt-job")
         futures: dict[concurrent.futures.Future[Any], str] = {}
         for dom, stats in records:
             if stats.get("state.state") not in LIVE_STATES:
@@ -459,11 +527,9 @@ class Collector:
         job = self._jobs.get(uuid) if stats.get("state.state") in LIVE_STATES else None
         return {**stats, **job} if job else stats
 
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _pool(self) -> DaemonPool:
         if self._each_pool is None:
-            self._each_pool = concurrent.futures.ThreadPoolExecutor(
-                EACH_WORKERS, thread_name_prefix="libvirt-each"
-            )
+            self._each_pool = DaemonPool(EACH_WORKERS, "libvirt-each")
         return self._each_pool
 
     def collect_each(self, timeout: float, skip: set[str]) -> tuple[Snapshot, set[str]]:

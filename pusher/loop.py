@@ -26,6 +26,7 @@ from pusher.catalog import LabelPairs, Sample, SeriesKey, label_pairs
 from pusher.collect import (
     VIR_DOMAIN_RUNNING,
     Collector,
+    DaemonPool,
     DomainStats,
     HostInfo,
     LibvirtUnavailable,
@@ -267,11 +268,52 @@ class Cycle:
     def count(self) -> int:
         return len(self.samples) + sum(len(values) for _, values in self.plans)
 
+    def names(self) -> set[str]:
+        """The metric names this cycle carries."""
+        names = {key[0] for key, _ in self.samples}
+        for plan, _ in self.plans:
+            names.update(plan.names)
+        return names
+
     def all_samples(self) -> list[Sample]:
         out: list[Sample] = []
         for plan, values in self.plans:
             out.extend(zip(plan.series, values, strict=True))
         return out + self.samples
+
+
+class RejectionLog:
+    """Rejections logged without flooding: the first of each reason at once, then one
+    summary line per reason per `every` seconds with what was rejected since. A receiver
+    that refuses one guest's series every cycle gives one line a minute, not two a second."""
+
+    def __init__(self, every: float = HOLD_LOG_EVERY, clock: Callable[[], float] = time.monotonic):
+        self.every = every
+        self.clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._since: dict[str, tuple[int, int, str]] = {}  # reason -> (requests, samples, last)
+
+    def rejected(self, reason: str, samples: int, code: str, message: str) -> None:
+        if reason not in self._logged_at:
+            self._logged_at[reason] = self.clock()
+            log.error("receiver rejected %d sample(s) (%s %s): %s; further rejections for this "
+                      "reason are summed up once a minute", samples, code, reason,
+                      message[:300])  # fmt: skip
+            return
+        requests, total, _ = self._since.get(reason, (0, 0, ""))
+        self._since[reason] = (requests + 1, total + samples, f"{code}: {message[:300]}")
+        self.flush()
+
+    def flush(self) -> None:
+        """The summary lines that are due."""
+        now = self.clock()
+        for reason, (requests, samples, last) in list(self._since.items()):
+            if now - self._logged_at[reason] >= self.every:
+                log.error("receiver rejected %d more request(s), %d sample(s), as %s in the last "
+                          "%.0fs; the latest (%s)", requests, samples, reason,
+                          now - self._logged_at[reason], last)  # fmt: skip
+                self._logged_at[reason] = now
+                del self._since[reason]
 
 
 @dataclass
@@ -331,9 +373,8 @@ class Agent:
         self._last_hold_log = float("-inf")
         self._last_retry_log = float("-inf")
         self._failing = 0  # failed attempts since the last success
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            MAX_PENDING_CALLS, thread_name_prefix="libvirt"
-        )
+        self._rejections = RejectionLog()
+        self._executor = DaemonPool(MAX_PENDING_CALLS, "libvirt")
         self._pending: list[concurrent.futures.Future[Snapshot]] = []
         self._stuck: set[str] = set()  # uuids whose stats calls hang
         self._timeouts: collections.Counter[str] = collections.Counter()  # uuid -> cycles
@@ -503,7 +544,7 @@ class Agent:
                 (("pusher_partial_records_total", (), ext), float(partial)),
                 (("pusher_partial_records_kept_total", (), ext), float(partial_kept)),
                 (("pusher_labels_truncated_total", (), ext), float(truncated)),
-                (("pusher_cached_series", (), ext), float(self.encoder.cached_series())),
+                (("pusher_cached_series", (), ext), float(self._encoder().cached_series())),
             ]
             if self.cfg.collect_job_info:
                 job_errors = float(self.collector.job_errors)
@@ -530,15 +571,18 @@ class Agent:
         now = time.monotonic()
         interval = self.cfg.remote_write_metadata_interval
         if interval > 0 and now - self._last_metadata >= interval:
-            metadata = metadata_bytes(catalog.CATALOG)
+            metadata = metadata_bytes(catalog.families_of(cycle.names()))
             self._last_metadata = now
-        encoder = self.encoder_v2 if self.protocol == 2 else self.encoder
-        self.spool.put(encoder.encode(cycle.samples, cycle.ts_ms, metadata, cycle.plans))
+        self.spool.put(self._encoder().encode(cycle.samples, cycle.ts_ms, metadata, cycle.plans))
         self.encoder.forget(self._ended)
         self._ended = set()
         self._wake_lanes()
         self._write_health(cycle.ts_ms / 1000)
         return n
+
+    def _encoder(self) -> Encoder | EncoderV2:
+        """The encoder new cycles are written with (the protocol may fall back to 1.0)."""
+        return self.encoder_v2 if self.protocol == 2 else self.encoder
 
     def _write_health(self, cycle_at: float) -> None:
         """`<buffer.path>/health.json`, read by `libvirt-pusher --health` (no port needed)."""
@@ -602,7 +646,7 @@ class Agent:
             if requests:
                 log.info("%d request(s) left in the spool for the next start", requests)
             self.spool.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
         self.collector.close()
         if self.sender is not None:
             self.sender.close()
@@ -691,6 +735,7 @@ class Agent:
             parts = [_Part(compress(raw), sum(r.samples for r in rows))]
         attempt = 0
         backoff = self.cfg.remote_write_min_backoff
+        self._rejections.flush()
         while parts:
             part = parts[0]
             if part.proto == 2 and self.protocol == 1:
@@ -706,21 +751,25 @@ class Agent:
                 why = "the receiver does not take Remote-Write 2.0 (remote_write.protocol: v2)"
                 outcome = Outcome("hold", outcome.code, message=why)
             if outcome.kind == "ok":
+                # A 2.0 receiver says how many it wrote: the rest were dropped, not sent.
+                sent = part.samples
                 if outcome.written is not None and outcome.written < part.samples:
-                    self._count_drop("not_written", part.samples - outcome.written)
+                    sent = max(0, outcome.written)
+                    self._count_drop("not_written", part.samples - sent)
                 if self._failing:
                     log.info("remote write recovered after %d failed attempt(s)", self._failing)
                     self._failing = 0
                 parts.pop(0)
                 attempt, backoff = 0, self.cfg.remote_write_min_backoff
                 with self.counters.lock:
-                    self.counters.sent += part.samples
+                    self.counters.sent += sent
                     self.counters.last_success = self.clock()
             elif outcome.kind == "reject":
                 parts.pop(0)
                 self._count_drop(outcome.reason, part.samples)
-                log.error("receiver rejected %d sample(s) (%s %s): %s", part.samples,
-                          outcome.code, outcome.reason, outcome.message[:300])  # fmt: skip
+                self._rejections.rejected(
+                    outcome.reason, part.samples, outcome.code, outcome.message
+                )
             elif outcome.kind == "too_large":
                 parts[0:1] = self._split(part)
             elif outcome.kind == "hold":
@@ -735,7 +784,8 @@ class Agent:
             else:  # retry
                 attempt += 1
                 jittered = backoff / 2 + random.uniform(0, backoff / 2)
-                delay = outcome.retry_after if outcome.retry_after is not None else jittered
+                # Only a positive Retry-After replaces the backoff: 0 would be a busy loop.
+                delay = outcome.retry_after if outcome.retry_after else jittered
                 backoff = min(backoff * 2, self.cfg.remote_write_max_backoff)
                 self._log_retry(outcome, delay)
                 if not self._sleep(delay):

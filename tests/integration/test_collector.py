@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -230,3 +231,64 @@ def test_job_info_shows_a_running_dump_with_its_progress(
         shutil.rmtree(fifo_dir, ignore_errors=True)
         assert agent.stop() == 0, agent.log()
     assert "Traceback" not in agent.log()
+
+
+# Every mode exits within collect.timeout + shutdown_grace (plus a second) whatever libvirt
+# calls still hang; Python's own start and the first connection get the allowance below.
+EXIT_TIMEOUT = 1.0
+EXIT_GRACE = 2.0
+START_ALLOWANCE = 2.0
+
+
+def _stuck_config(tmp_path: Path, url: str) -> Path:
+    collect = {"interval": "2s", "timeout": f"{EXIT_TIMEOUT:g}s"}
+    return write_config(tmp_path, url, collect=collect, shutdown_grace=f"{EXIT_GRACE:g}s")
+
+
+def _timed(args: list[str], limit: float) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=limit + 60)
+    return time.monotonic() - start, done
+
+
+def test_every_mode_exits_on_time_while_a_guest_is_stuck(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path
+) -> None:
+    victim = guests[1]
+    pid = qemu_pid(victim["name"])
+    limit = EXIT_TIMEOUT + EXIT_GRACE + 1.0 + START_ALLOWANCE
+    config = _stuck_config(tmp_path, fresh_receiver.write_url)
+    base = [sys.executable, "-m", "pusher", "-c", str(config)]
+    os.kill(pid, signal.SIGSTOP)
+    holder: subprocess.Popen[bytes] | None = None
+    try:
+        # A call of another client gets the stopped monitor first, as in production where
+        # the guest is stuck before the agent asks (it then holds the guest's job).
+        holder = subprocess.Popen(
+            ["virsh", "-c", "qemu:///system", "domstats", victim["name"]],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.5)
+        took_dry, dry = _timed([*base, "--dry-run"], limit)
+        assert dry.returncode == 0, dry.stderr
+        assert took_dry < limit, f"--dry-run took {took_dry:.1f}s"
+        assert f'uuid="{guests[0]["uuid"]}"' in dry.stdout
+        took_once, once = _timed([*base, "--once"], limit)
+        assert once.returncode == 0, once.stderr
+        assert took_once < limit, f"--once took {took_once:.1f}s"
+        agent = AgentProcess(config, tmp_path / "agent.log")
+        wait_for(lambda: fresh_receiver.query("libvirt_up"), 20, "the agent's first cycles")
+        time.sleep(3)  # a few cycles with the stuck guest
+        start = time.monotonic()
+        status = agent.stop(timeout=limit + 30)
+        took = time.monotonic() - start
+        assert status == 0, agent.log()
+        assert took < EXIT_TIMEOUT + EXIT_GRACE + 1.0, f"SIGTERM to exit took {took:.1f}s"
+        print(f"exits with a stuck guest: --dry-run {took_dry:.2f}s, --once {took_once:.2f}s, "
+              f"serve {took:.2f}s after SIGTERM")  # fmt: skip
+        assert "Traceback" not in agent.log()
+        assert (tmp_path / "spool" / "spool.db").exists()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if holder is not None:
+            holder.wait(60)

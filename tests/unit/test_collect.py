@@ -3,6 +3,8 @@ refusals and the shared deadline."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from pusher.collect import Collector
+from pusher.collect import Collector, DaemonPool
 from pusher.nova import DomainInfo
 
 
@@ -49,8 +51,6 @@ def collector() -> Any:
     c = Collector("test:///default", use_events=False, partial_wait=0.3, job_info=True)
     yield c
     c.close()
-    if c._job_pool is not None:
-        c._job_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def cycle(c: Collector, records: list[tuple[Dom, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -102,3 +102,32 @@ def test_domains_the_filters_leave_out_get_no_job_calls(collector: Collector) ->
         collector._cache[dom.uuid] = (time.time(), DomainInfo())
     cycle(collector, [(d, dict(RUNNING)) for d in (kept, left_out, unread)])
     assert (kept.calls, left_out.calls, unread.calls) == (1, 0, 1)
+
+
+def test_a_call_that_never_returns_does_not_keep_the_process_from_exiting() -> None:
+    # A stuck QEMU monitor holds a libvirt call for as long as the guest is stuck.
+    code = (
+        "import threading\n"
+        "from pusher.collect import DaemonPool\n"
+        "pool = DaemonPool(2, 'libvirt')\n"
+        "hung = pool.submit(threading.Event().wait)\n"
+        "queued = [pool.submit(threading.Event().wait) for _ in range(3)]\n"
+        "pool.shutdown()\n"
+        "assert all(f.cancelled() for f in queued[1:]), queued\n"
+        "print('done')\n"
+    )
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "done"), done.stderr
+    assert time.monotonic() - start < 10
+
+
+def test_the_pool_runs_calls_and_hands_back_results_and_errors() -> None:
+    pool = DaemonPool(2, "test")
+    try:
+        assert pool.submit(sum, [1, 2]).result(5) == 3
+        with pytest.raises(ZeroDivisionError):
+            pool.submit(divmod, 1, 0).result(5)
+    finally:
+        pool.shutdown()
