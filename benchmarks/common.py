@@ -10,8 +10,8 @@ from typing import Any
 
 from pusher.catalog import DomainPlan
 from pusher.collect import DomainStats, Snapshot
-from pusher.loop import DomainSeries, plan_snapshot
 from pusher.nova import parse_domain_xml
+from pusher.series import DomainSeries, plan_snapshot
 
 SNAPSHOT = Path(__file__).parent / "data" / "snapshot.json"
 # The agent's default Nova series labels, and external labels of a typical node.

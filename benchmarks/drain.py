@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import snapshot
 
 from pusher import catalog
+from pusher.agent import Agent
 from pusher.config import from_mapping
 from pusher.encode import Encoder, EncoderV2, metadata_bytes
-from pusher.loop import Agent, build_samples
 from pusher.sender import Sender
+from pusher.series import build_samples
 from pusher.spool import Spool
 
 NULL_RECEIVER = textwrap.dedent("""
@@ -135,11 +136,11 @@ def main() -> None:
             with sqlite3.connect(db) as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             file_bytes = sum(p.stat().st_size for p in Path(cfg.buffer_path).glob("spool.db*"))
-            agent = Agent(cfg, sender=Sender(url, "openstack"), spool=spool)
+            agent = Agent(cfg, Sender(url, "openstack"), spool)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             emptied = agent.drain_once(time.monotonic() + 600)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-            sent = agent.counters.sent
+            sent = agent.delivery.stats.sent
         finally:
             proc.terminate()
             proc.wait()

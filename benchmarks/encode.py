@@ -26,7 +26,7 @@ from common import cycle_plans, snapshot
 
 from pusher.collect import Snapshot
 from pusher.encode import Encoder, EncoderV2
-from pusher.loop import DomainSeries
+from pusher.series import DomainSeries
 
 
 def one_cycle(

@@ -17,14 +17,17 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 __all__ = [
     "CATALOG",
     "DEVICE_PREFIXES",
     "DomainPlan",
+    "LabelLimits",
     "LabelPairs",
     "Metric",
+    "Reading",
+    "Reporter",
     "Sample",
     "SeriesKey",
     "by_name",
@@ -32,8 +35,8 @@ __all__ = [
     "label_pairs",
     "max_label_names",
     "plan_domain",
+    "reading",
     "series_labels",
-    "set_limits",
 ]
 
 MetricType = Literal["counter", "gauge"]
@@ -43,6 +46,15 @@ LabelPairs = tuple[tuple[str, str], ...]
 # the encoder caches the result per key.
 SeriesKey = tuple[str, LabelPairs, LabelPairs]
 Sample = tuple[SeriesKey, float]
+# One of the agent's own numbers: (metric name, the series' own labels, value). Each part of
+# the agent that keeps numbers reports them as readings (`Reporter`); the agent adds the
+# external labels.
+Reading = tuple[str, LabelPairs, float]
+
+
+class Reporter(Protocol):
+    def readings(self) -> Iterable[Reading]: ...
+
 
 NS = 1e-9  # nanoseconds -> seconds
 KIB = 1024.0  # KiB -> bytes
@@ -294,6 +306,13 @@ def by_name(name: str) -> Metric:
     return _BY_NAME[name]
 
 
+def reading(name: str, value: float, labels: LabelPairs = ()) -> Reading:
+    """One of the agent's own numbers, under a name the catalog declares (or KeyError)."""
+    if name not in _BY_NAME:
+        raise KeyError(f"{name} is not in the catalog")
+    return (name, labels, float(value))
+
+
 def families_of(names: Iterable[str]) -> list[Metric]:
     """The catalog's metrics of these names, in catalog order (names it lacks are left out):
     the metadata sent is that of the families actually sent, no more."""
@@ -350,55 +369,42 @@ def _device_key(key: str) -> tuple[str, str, tuple[str, ...]]:
     return ".".join(parts), prefix, tuple(indices)
 
 
-class _Count:
-    """A count kept here and read as a self-metric. Label sets are built once per domain
-    and cached, so these count distinct events, not cycles."""
-
-    count = 0
-
-
-TRUNCATIONS = _Count()  # label values cut to LIMITS.max_value_bytes
-LABEL_DROPS = _Count()  # labels left off to keep LIMITS.max_names
-
-
 @dataclass
-class Limits:
-    """Mimir's limits the agent keeps to (`limits.*`), set once at start by `set_limits`."""
+class LabelLimits:
+    """Mimir's label limits the agent keeps to (`limits.*`), and what keeping them cost:
+    label values cut (`truncated`) and labels left off (`dropped`). Label sets are built
+    once per domain and cached, so these count distinct events, not cycles. The agent has
+    one, built from its config and handed to whatever builds label sets; the default is
+    Mimir's limits, with counts nobody reads."""
 
     max_names: int = MAX_LABEL_NAMES
     max_name_length: int = MAX_LABEL_NAME_LENGTH
     max_value_bytes: int = MAX_LABEL_VALUE_BYTES
+    truncated: int = 0
+    dropped: int = 0
+
+    def readings(self) -> list[Reading]:
+        return [
+            reading("pusher_labels_truncated_total", self.truncated),
+            reading("pusher_labels_dropped_total", self.dropped),
+        ]
 
 
-LIMITS = Limits()
-
-
-def set_limits(
-    max_names: int = MAX_LABEL_NAMES,
-    max_name_length: int = MAX_LABEL_NAME_LENGTH,
-    max_value_bytes: int = MAX_LABEL_VALUE_BYTES,
-) -> None:
-    """Set the label limits (no arguments: Mimir's defaults). Label sets built before keep
-    what they were built with."""
-    LIMITS.max_names = max_names
-    LIMITS.max_name_length = max_name_length
-    LIMITS.max_value_bytes = max_value_bytes
-
-
-def truncate_label_value(value: str) -> str:
-    """Cut a value to the byte limit (`LIMITS.max_value_bytes`) on a UTF-8 character
+def truncate_label_value(value: str, limits: LabelLimits | None = None) -> str:
+    """Cut a value to the byte limit (`limits.max_value_bytes`) on a UTF-8 character
     boundary."""
-    limit = LIMITS.max_value_bytes
+    limits = limits or LabelLimits()
     raw = value.encode("utf-8", "surrogatepass")
-    if len(raw) <= limit:
+    if len(raw) <= limits.max_value_bytes:
         return value
-    TRUNCATIONS.count += 1
-    return raw[:limit].decode("utf-8", "ignore")
+    limits.truncated += 1
+    return raw[: limits.max_value_bytes].decode("utf-8", "ignore")
 
 
-def label_pairs(labels: Mapping[str, str]) -> LabelPairs:
+def label_pairs(labels: Mapping[str, str], limits: LabelLimits | None = None) -> LabelPairs:
     """A label map as sorted pairs, empty values left out and long values cut."""
-    return tuple(sorted((k, truncate_label_value(v)) for k, v in labels.items() if v))
+    limits = limits or LabelLimits()
+    return tuple(sorted((k, truncate_label_value(v, limits)) for k, v in labels.items() if v))
 
 
 def series_labels(key: SeriesKey) -> list[tuple[str, str]]:
@@ -459,6 +465,7 @@ def plan_domain(
     unknown: set[str] | None = None,
     extra: DeviceExtra = _no_extra,
     drop: frozenset[str] = frozenset(),
+    limits: LabelLimits | None = None,
 ) -> DomainPlan:
     """The plan for one domain's `getAllDomainStats` record.
 
@@ -486,7 +493,7 @@ def plan_domain(
             own = device_labels.get((prefix, indices)) or ()
             if not own:
                 own = device_labels[(prefix, indices)] = _device_labels(
-                    stats, prefix, indices, extra, drop
+                    stats, prefix, indices, extra, drop, limits
                 )
         for m in metrics:
             keys.append(key)
@@ -500,9 +507,10 @@ def domain_samples(
     shared: LabelPairs,
     unknown: set[str] | None = None,
     drop: frozenset[str] = frozenset(),
+    limits: LabelLimits | None = None,
 ) -> list[Sample]:
     """One domain's `getAllDomainStats` record -> samples in base units (via its plan)."""
-    plan = plan_domain(stats, shared, unknown, drop=drop)
+    plan = plan_domain(stats, shared, unknown, drop=drop, limits=limits)
     return list(zip(plan.series, plan.values(stats), strict=True))
 
 
@@ -510,6 +518,7 @@ def devices(
     stats: Mapping[str, object],
     extra: DeviceExtra = _no_extra,
     drop: frozenset[str] = frozenset(),
+    limits: LabelLimits | None = None,
 ) -> frozenset[LabelPairs]:
     """The label sets of the devices (vCPUs, NICs, disks) a record names, whether or not it
     carries their counters (a partial record names its disks without counting them)."""
@@ -521,7 +530,7 @@ def devices(
             (prefix == "vcpu" and rest == "state")
             or (prefix in ("net", "block") and rest == "name")
         ):
-            out.add(_device_labels(stats, prefix, (index,), extra, drop))
+            out.add(_device_labels(stats, prefix, (index,), extra, drop, limits))
     return frozenset(out)
 
 
@@ -531,6 +540,7 @@ def _device_labels(
     indices: tuple[str, ...],
     extra: DeviceExtra = _no_extra,
     drop: frozenset[str] = frozenset(),
+    limits: LabelLimits | None = None,
 ) -> LabelPairs:
     index = indices[0]
     if prefix in ("vcpu", "dirtyrate.vcpu"):
@@ -545,7 +555,7 @@ def _device_labels(
             host_id = stats.get(f"{prefix}.{index}.{sub}.{indices[1]}.id")
             ok = isinstance(host_id, int) and not isinstance(host_id, bool)
             labels[label] = str(host_id) if ok else indices[1]
-        return label_pairs(labels)
+        return label_pairs(labels, limits)
     name = stats.get(f"{prefix}.{index}.name")
     target = name if isinstance(name, str) and name else f"{prefix}{index}"
     labels = dict(extra(target))
@@ -555,7 +565,7 @@ def _device_labels(
         labels["source_file"] = path
     for label in drop & labels.keys():
         del labels[label]
-    return label_pairs(labels)
+    return label_pairs(labels, limits)
 
 
 # --- label limits ------------------------------------------------------------------------
@@ -588,17 +598,20 @@ def plan_within_limits(
     unknown: set[str] | None = None,
     extra: DeviceExtra = _no_extra,
     drop: frozenset[str] = frozenset(),
+    limits: LabelLimits | None = None,
 ) -> tuple[DomainPlan, frozenset[str]]:
-    """`plan_domain`, with every series kept within `LIMITS.max_names` label names
+    """`plan_domain`, with every series kept within `limits.max_names` label names
     (`__name__` included): while the widest would carry more, leave off the `droppable`
     shared labels (the Nova series labels), the last first, then the device labels of
     DEVICE_EXTRAS; never the domain's identity, the external labels, or a device's own name.
-    Each label left off is counted in LABEL_DROPS. Returns the plan and the device labels
-    dropped. (A configuration where this can happen is refused at load: a safety net.)"""
-    plan = plan_domain(stats, shared, unknown, extra, drop)
+    Each label left off is counted in `limits.dropped`. Returns the plan and the device
+    labels dropped. (A configuration where this can happen is refused at load: a safety
+    net.)"""
+    limits = limits or LabelLimits()
+    plan = plan_domain(stats, shared, unknown, extra, drop, limits)
     candidates = [n for n in reversed(list(droppable)) if n in dict(shared)]
     candidates += [n for n in DEVICE_EXTRAS if n not in drop]
-    while candidates and _widest(plan) > LIMITS.max_names:
+    while candidates and _widest(plan) > limits.max_names:
         name = candidates.pop(0)
         if any(k == name for k, _ in shared):
             shared = tuple(p for p in shared if p[0] != name)
@@ -606,8 +619,8 @@ def plan_within_limits(
             drop = drop | {name}
         else:
             continue  # no series of this domain carries it
-        LABEL_DROPS.count += 1
-        plan = plan_domain(stats, shared, None, extra, drop)
+        limits.dropped += 1
+        plan = plan_domain(stats, shared, None, extra, drop, limits)
     return plan, drop
 
 
@@ -618,20 +631,23 @@ def _widest(plan: DomainPlan) -> int:
     return 1 + len(plan.shared) + own
 
 
-def fit_own_labels(own: LabelPairs, shared: LabelPairs, order: Iterable[str]) -> LabelPairs:
-    """One series' own labels cut to fit `LIMITS.max_names` together with the shared ones:
+def fit_own_labels(
+    own: LabelPairs, shared: LabelPairs, order: Iterable[str], limits: LabelLimits | None = None
+) -> LabelPairs:
+    """One series' own labels cut to fit `limits.max_names` together with the shared ones:
     own labels the shared ones lack are left off in the reverse of `order` (each counted in
-    LABEL_DROPS)."""
+    `limits.dropped`)."""
+    limits = limits or LabelLimits()
     shared_names = {k for k, _ in shared}
     keep = {k for k, _ in own}
     width = 1 + len(keep | shared_names)
     for name in reversed(list(order)):
-        if width <= LIMITS.max_names:
+        if width <= limits.max_names:
             break
         if name in keep and name not in shared_names:
             keep.discard(name)
             width -= 1
-            LABEL_DROPS.count += 1
+            limits.dropped += 1
     if len(keep) == len(own):
         return own
     return tuple(p for p in own if p[0] in keep)

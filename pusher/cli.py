@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from types import FrameType
 
 from pusher import __version__, config
-from pusher.collect import Collector
+from pusher.agent import Agent, own_samples
+from pusher.catalog import reading
+from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config, ConfigError
 from pusher.encode import exposition
-from pusher.loop import Agent, check_health
+from pusher.health import check_health
 from pusher.sender import Sender
+from pusher.series import Planner
 from pusher.spool import Spool, SpoolError
 
 __all__ = ["main"]
@@ -109,23 +112,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
         return 2
     sender = Sender.from_config(cfg)
-    agent = Agent(cfg, sender=sender, spool=spool)
+    agent = Agent(cfg, sender, spool)
     if args.once:
         return _once(agent, cfg)
     return _serve(agent, cfg)
 
 
+class _BuildInfo:
+    def readings(self) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return [reading("pusher_build_info", 1, (("version", __version__),))]
+
+
 def _dry_run(cfg: Config) -> int:
-    collector = Collector(cfg.libvirt_uri, cfg.nova_refresh_interval, use_events=False)
-    agent = Agent(cfg, collector=collector)
+    """One cycle from the collector and the planner, printed; no spool, nothing sent."""
+    collection = DeadlineCollector(
+        Collector.from_config(cfg, use_events=False), cfg.collect_timeout
+    )
+    planner = Planner.from_config(cfg)
     try:
-        cycle = agent.collect_cycle()
-        cycle.samples.extend(agent.self_samples())
-        samples = cycle.all_samples()
+        snapshot = collection.collect()
+        cycle = planner.cycle(snapshot, frozenset(collection.stuck), int(time.time() * 1000))
+        own = own_samples([_BuildInfo(), collection, planner.limits], planner.external)
+        samples = cycle.all_samples() + own
     finally:
-        collector.close()
+        collection.close()
     sys.stdout.write(exposition(samples))
-    return 0 if agent._libvirt_up else 1
+    return 0 if snapshot is not None else 1
 
 
 def _once(agent: Agent, cfg: Config) -> int:
@@ -133,17 +145,17 @@ def _once(agent: Agent, cfg: Config) -> int:
     deadline = time.monotonic() + max(cfg.shutdown_grace, cfg.remote_write_timeout)
     delivered = agent.drain_once(deadline)
     agent.shutdown(0)
-    c = agent.counters
-    rejected = {r: n for r, n in c.dropped.items() if n}
+    stats = agent.delivery.stats
+    rejected = {r: n for r, n in stats.dropped.items() if n}
     if not delivered:
         log.error("delivery did not finish; the rest stays in the spool")
         return 1
     if rejected:
         log.error("samples dropped: %s", rejected)
         return 1
-    if not agent._libvirt_up:
+    if not agent.libvirt_up:
         return 1
-    log.info("delivered %d sample(s)", c.sent)
+    log.info("delivered %d sample(s)", stats.sent)
     return 0
 
 

@@ -20,12 +20,15 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from pusher.config import DEFAULT_STATS_GROUPS
-from pusher.nova import DomainInfo, parse_domain_xml
+from pusher.catalog import Reading, reading
+from pusher.config import DEFAULT_STATS_GROUPS, Config
+from pusher.filters import DomainFilter
+from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
 
 __all__ = [
     "Collector",
     "DaemonPool",
+    "DeadlineCollector",
     "DomainStats",
     "HostInfo",
     "LibvirtUnavailable",
@@ -72,6 +75,8 @@ VIR_DOMAIN_PAUSED = 3
 LIVE_STATES = (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED)  # states that can have a job
 # jobStats calls in flight at once (collect.job_info), on their own threads.
 JOB_WORKERS = 4
+# Bulk stats calls left hanging (by stuck guests) before the agent stops starting new ones.
+MAX_PENDING_CALLS = 3
 
 
 def stats_flags(groups: Iterable[str]) -> int:
@@ -235,10 +240,12 @@ class Collector:
         partial_wait: float = 1.0,
         groups: Iterable[str] = DEFAULT_STATS_GROUPS,
         job_info: bool = False,
+        exported: Callable[[str, NovaInstance | None], bool] | None = None,
     ) -> None:
         self.job_info = job_info  # `collect.job_info`: a jobStats call per live domain
         self.job_errors = 0
         self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
+        self.flags = stats_flags(self.groups)
         self.partial_wait = partial_wait
         self.uri = uri
         self.refresh_interval = refresh_interval
@@ -261,17 +268,32 @@ class Collector:
         self._job_pool: DaemonPool | None = None
         # (domain name, Nova data) -> whether the domain is exported (`filter.*`): domains
         # left out get no per-domain calls (partial re-asks, job info).
-        self.exported: Callable[[str, Any], bool] = lambda name, nova: True
+        self.exported = exported or (lambda name, nova: True)
         self.host: HostInfo | None = None
 
-    @property
-    def groups(self) -> tuple[str, ...]:
-        return self._groups
+    @classmethod
+    def from_config(cls, cfg: Config, use_events: bool = True) -> Collector:
+        domain_filter = DomainFilter.from_config(cfg)
+        return cls(
+            cfg.libvirt_uri,
+            cfg.nova_refresh_interval,
+            use_events=use_events,
+            # Re-asks of partial records and job info share a quarter of collect.timeout.
+            partial_wait=cfg.collect_timeout / 4,
+            groups=cfg.collect_groups,
+            job_info=cfg.collect_job_info,
+            exported=domain_filter.admits if domain_filter else None,
+        )
 
-    @groups.setter
-    def groups(self, groups: Iterable[str]) -> None:
-        self._groups = tuple(groups)
-        self._flags = stats_flags(self._groups)
+    def readings(self) -> list[Reading]:
+        out = [
+            reading("pusher_nova_metadata_errors_total", self.metadata_errors),
+            reading("pusher_partial_records_total", self.partial_records),
+            reading("pusher_partial_records_kept_total", self.partial_kept),
+        ]
+        if self.job_info:
+            out.append(reading("pusher_job_info_errors_total", self.job_errors))
+        return out
 
     # --- connection
 
@@ -372,7 +394,7 @@ class Collector:
         ts_ms = int(self.clock() * 1000)
         start = time.monotonic()
         try:
-            records = conn.getAllDomainStats(self._flags, STATS_FLAGS)
+            records = conn.getAllDomainStats(self.flags, STATS_FLAGS)
         except libvirt.libvirtError as e:
             # A dead connection surfaces here; drop it so the next cycle reconnects.
             if not self._alive():
@@ -450,7 +472,7 @@ class Collector:
             uuid = records[i][0].UUIDString()
             if self._in_flight(uuid):
                 continue  # still waiting from an earlier cycle: one thread per domain at most
-            f = pool.submit(conn.domainListGetStats, [records[i][0]], self._flags, 0)
+            f = pool.submit(conn.domainListGetStats, [records[i][0]], self.flags, 0)
             self._track(uuid, f)
             futures[f] = i
         wait = max(0.0, deadline - time.monotonic())
@@ -549,7 +571,7 @@ class Collector:
         except libvirt.libvirtError as e:
             raise LibvirtUnavailable(f"listAllDomains failed: {e}") from None
         pool = self._pool()
-        futures = {pool.submit(conn.domainListGetStats, [d], self._flags, 0): d for d in doms}
+        futures = {pool.submit(conn.domainListGetStats, [d], self.flags, 0): d for d in doms}
         done, not_done = concurrent.futures.wait(futures, timeout=timeout)
         now = self.clock()
         domains: list[DomainStats] = []
@@ -599,3 +621,71 @@ class Collector:
         with self._lock:
             self._cache[uuid] = (now, info)
         return info, 1
+
+
+class DeadlineCollector:
+    """A cycle's collection within `timeout`, whatever guests are stuck.
+
+    The bulk call runs on a worker thread, given half of the timeout; if it does not
+    answer, one call per domain in parallel for the other half (`Collector.collect_each`).
+    A stuck QEMU monitor holds the first call that reaches it forever (NOWAIT does not help
+    that one; it helps the calls after it, which skip the held domain). A call that missed
+    its deadline keeps running, as libvirt cannot cancel it, on a daemon thread that never
+    keeps the process from exiting; domains found stuck stay in `stuck` until every such
+    call has returned.
+    """
+
+    def __init__(self, collector: Collector, timeout: float) -> None:
+        self.collector = collector
+        self.timeout = timeout
+        self.stuck: set[str] = set()  # uuids whose stats calls hang
+        self.errors = 0
+        self.duration = 0.0  # seconds the last collection took
+        self._pool = DaemonPool(MAX_PENDING_CALLS, "libvirt")
+        self._pending: list[concurrent.futures.Future[Snapshot]] = []
+
+    def collect(self) -> Snapshot | None:
+        """This cycle's snapshot; None when libvirt cannot be read (logged and counted)."""
+        start = time.monotonic()
+        try:
+            return self._collect()
+        except LibvirtUnavailable as e:
+            self.errors += 1
+            log.error("%s", e)
+            return None
+        finally:
+            self.duration = time.monotonic() - start
+
+    def _collect(self) -> Snapshot:
+        self._pending = [f for f in self._pending if not f.done()]
+        if not self._pending and self.stuck:
+            log.info("stuck libvirt calls returned; %d domain(s) answer again", len(self.stuck))
+            self.stuck.clear()
+        if len(self._pending) >= MAX_PENDING_CALLS:
+            raise LibvirtUnavailable(
+                f"{len(self._pending)} libvirt calls have not returned; not starting another"
+            )
+        half = self.timeout / 2
+        bulk = self._pool.submit(self.collector.collect)
+        try:
+            return bulk.result(timeout=half)
+        except concurrent.futures.TimeoutError:
+            self._pending.append(bulk)
+        snapshot, stuck = self.collector.collect_each(half, skip=self.stuck)
+        new = stuck - self.stuck
+        if new:
+            log.warning("libvirt stats did not answer within %gs for %d domain(s): %s",
+                        half, len(new), ", ".join(sorted(new)))  # fmt: skip
+        self.stuck |= stuck
+        return snapshot
+
+    def readings(self) -> list[Reading]:
+        return [
+            reading("pusher_collect_duration_seconds", self.duration),
+            reading("pusher_collect_errors_total", self.errors),
+            *self.collector.readings(),
+        ]
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self.collector.close()

@@ -25,10 +25,14 @@ __all__ = [
     "EncoderV2",
     "Request",
     "compress",
+    "count_series",
     "decompress",
     "exposition",
     "is_stale",
+    "merge_bodies",
     "metadata_bytes",
+    "split_body",
+    "split_request",
     "v2_to_v1",
 ]
 
@@ -302,6 +306,62 @@ class EncoderV2:
             parts = _splice(heads, ts_value, [v for _, v in chunk])
             requests.append(Request(compress(table + b"".join(parts)), len(chunk), ts_ms, 2))
         return requests
+
+
+# --- taking requests apart and putting them together (delivery's 413 split and merging) -----
+
+_SERIES_TAG = {1: b"\x0a", 2: b"\x2a"}  # WriteRequest.timeseries = 1; v2 Request.timeseries = 5
+_V2_SYMBOL_TAG = b"\x22"  # v2 Request.symbols = 4
+
+
+def split_request(raw: bytes) -> list[bytes]:
+    """An uncompressed request's top-level fields, each as its own bytes, in order."""
+    fields: list[bytes] = []
+    i = 0
+    while i < len(raw):
+        start = i
+        i += 1  # every field this agent writes has a one-byte tag
+        length = shift = 0
+        while True:
+            b = raw[i]
+            i += 1
+            length |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        i += length
+        fields.append(raw[start:i])
+    return fields
+
+
+def count_series(fields: Sequence[bytes], proto: int = 1) -> int:
+    """Samples in these top-level fields: every series this agent writes holds one."""
+    tag = _SERIES_TAG[proto]
+    return sum(1 for f in fields if f[:1] == tag)
+
+
+def split_body(body: bytes, proto: int = 1) -> tuple[Request, Request] | None:
+    """A compressed request cut in two halves of its series (a 2.0 request's halves each
+    keep the whole symbol table its series refer to); None when it holds one series or
+    less. The halves' `ts_ms` is 0: they are parts, not cycles."""
+    fields = split_request(decompress(body))
+    common = [f for f in fields if proto == 2 and f[:1] == _V2_SYMBOL_TAG]
+    rest = [f for f in fields if not (proto == 2 and f[:1] == _V2_SYMBOL_TAG)]
+    if len(rest) < 2:
+        return None
+    mid = len(rest) // 2
+    first, second = common + rest[:mid], common + rest[mid:]
+    return (
+        Request(compress(b"".join(first)), count_series(first, proto), 0, proto),
+        Request(compress(b"".join(second)), count_series(second, proto), 0, proto),
+    )
+
+
+def merge_bodies(bodies: Iterable[bytes]) -> bytes:
+    """Compressed 1.0 requests as one: the concatenation of two WriteRequests is the
+    WriteRequest of all their series (repeated fields append). Not for 2.0, whose series
+    refer to their own request's symbols."""
+    return compress(b"".join(decompress(b) for b in bodies))
 
 
 def decode_v2(raw: bytes) -> list[tuple[list[tuple[str, str]], list[tuple[int, float]]]]:

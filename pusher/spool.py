@@ -30,9 +30,10 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from pusher.catalog import Reading, reading
 from pusher.encode import Request
 
 __all__ = ["Row", "Spool", "SpoolError"]
@@ -68,8 +69,15 @@ class Row:
 
 
 class Spool:
-    def __init__(self, directory: str, max_bytes: int, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str,
+        max_bytes: int,
+        fsync: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.directory = directory
+        self.clock = clock
         self.max_bytes = max_bytes
         self.fsync = fsync
         self.path = os.path.join(directory, DB_NAME)
@@ -452,6 +460,17 @@ class Spool:
                 self._bytes + self._overflow_bytes,
                 oldest,
             )
+
+    def readings(self) -> list[Reading]:
+        """Its size and age; the samples it dropped are counted where they are taken
+        (`take_drops`), with delivery's."""
+        requests, nbytes, oldest = self.stats()
+        age = max(0.0, self.clock() - oldest / 1000) if oldest is not None else 0.0
+        return [
+            reading("pusher_spool_bytes", nbytes),
+            reading("pusher_spool_requests", requests),
+            reading("pusher_spool_oldest_sample_age_seconds", age),
+        ]
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from pki import PKI, make_pki
 
+from pusher.agent import Agent
 from pusher.collect import Collector
 from pusher.config import from_mapping
-from pusher.loop import Agent
 from pusher.sender import Outcome, Sender, TLSOptions
 from pusher.spool import Spool
 
@@ -336,11 +336,11 @@ def test_data_refused_by_tls_stays_in_the_spool_and_is_counted(
     )  # fmt: skip
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
     collector = Collector(cfg.libvirt_uri, use_events=False)
-    agent = Agent(cfg, collector=collector, sender=Sender.from_config(cfg), spool=spool)
+    agent = Agent(cfg, Sender.from_config(cfg), spool, collector)
     agent.run_cycle()
     pending = spool.stats()[0]
     assert not agent.drain_once(time.monotonic() + 0.5)
-    assert agent.counters.responses["error"] >= 1
+    assert agent.delivery.stats.responses["error"] >= 1
     assert spool.stats()[0] == pending == 1
     agent.shutdown(0)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -604,21 +603,13 @@ def test_dropped_device_labels_are_left_off() -> None:
     }
 
 
-@pytest.fixture
-def limits() -> Iterator[None]:
-    yield
-    catalog.set_limits()
-
-
-def test_the_value_limit_is_configurable(limits: None) -> None:
-    catalog.set_limits(max_value_bytes=100)
-    before = catalog.TRUNCATIONS.count
-    assert truncate_label_value("a" * 101) == "a" * 100
-    assert truncate_label_value("é" * 60).encode() == ("é" * 50).encode()
-    assert truncate_label_value("a" * 100) == "a" * 100
-    assert catalog.TRUNCATIONS.count == before + 2
-    catalog.set_limits()
-    assert truncate_label_value("a" * 2048) == "a" * 2048
+def test_the_value_limit_is_configurable() -> None:
+    limits = catalog.LabelLimits(max_value_bytes=100)
+    assert truncate_label_value("a" * 101, limits) == "a" * 100
+    assert truncate_label_value("é" * 60, limits).encode() == ("é" * 50).encode()
+    assert truncate_label_value("a" * 100, limits) == "a" * 100
+    assert limits.truncated == 2
+    assert truncate_label_value("a" * 2048) == "a" * 2048  # Mimir's default: 2048 bytes
 
 
 def test_max_label_names_counts_the_widest_series() -> None:
@@ -634,13 +625,14 @@ def test_max_label_names_counts_the_widest_series() -> None:
     assert catalog.max_label_names(ext, (), (*NOVA_LABELS, *catalog.DEVICE_EXTRAS)) == 7
 
 
-def test_fit_own_labels_keeps_the_first_in_order(limits: None) -> None:
+def test_fit_own_labels_keeps_the_first_in_order() -> None:
     own = (("a", "1"), ("b", "2"), ("c", "3"))
     shared = (("x", "9"),)
-    catalog.set_limits(max_names=4)
-    assert catalog.fit_own_labels(own, shared, ("a", "b", "c")) == (("a", "1"), ("b", "2"))
-    catalog.set_limits(max_names=30)
-    assert catalog.fit_own_labels(own, shared, ("a", "b", "c")) is own
+    limits = catalog.LabelLimits(max_names=4)
+    assert catalog.fit_own_labels(own, shared, ("a", "b", "c"), limits) == (
+        ("a", "1"), ("b", "2"))  # fmt: skip
+    assert limits.dropped == 1
+    assert catalog.fit_own_labels(own, shared, ("a", "b", "c"), catalog.LabelLimits()) is own
 
 
 def test_job_info_keys_become_job_series_in_base_units() -> None:

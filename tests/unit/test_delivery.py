@@ -1,4 +1,5 @@
-"""Delivery of spooled requests, driven by a scripted sender: every outcome, counted once."""
+"""Delivery of spooled requests over a scripted transport: every outcome, each sample counted
+once, and the agent's cycle feeding it."""
 
 from __future__ import annotations
 
@@ -6,111 +7,247 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_loop import WEB, FakeCollector, domain, stats
+from test_series import WEB, FakeCollector, domain, stats
 
-from pusher.config import from_mapping
-from pusher.encode import decompress
-from pusher.loop import Agent, RejectionLog
+from pusher.agent import Agent
+from pusher.config import Config, from_mapping
+from pusher.delivery import Backoff, Delivery, ProtocolMemory, RejectionLog
+from pusher.encode import Encoder, EncoderV2, decompress, v2_to_v1
+from pusher.nova import DomainInfo
 from pusher.pb.remote_write_pb2 import WriteRequest
 from pusher.sender import Outcome
 from pusher.spool import Spool
 
+NOW = 1_800_000_000.0  # the delivery's wall clock in these tests
 
-class ScriptedSender:
+
+class ScriptedTransport:
     """Answers each send with the next scripted outcome (the last one repeats)."""
 
     def __init__(self, *outcomes: Outcome) -> None:
         self.outcomes = list(outcomes)
         self.sent: list[tuple[bytes, int, int]] = []  # (body, attempt, proto)
+        self.at: list[float] = []  # monotonic time of each send
 
     def send(self, body: bytes, attempt: int = 0, proto: int = 1) -> Outcome:
         self.sent.append((body, attempt, proto))
+        self.at.append(time.monotonic())
         return self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
 
     def close(self) -> None:
         pass
 
+    def series(self, i: int) -> int:
+        body, _, proto = self.sent[i]
+        raw = decompress(v2_to_v1(body) if proto == 2 else body)
+        return len(WriteRequest.FromString(raw).timeseries)
+
+
+OK = Outcome("ok", "204")
+
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Iterator[Spool]:
-    s = Spool(str(tmp_path / "spool"), 10**8)
+    s = Spool(str(tmp_path / "spool"), 10**8, fsync=False)
     yield s
     s.close()
 
 
-def agent_with(spool: Spool, sender: ScriptedSender, cycles: int = 1, **rw: object) -> Agent:
-    tree = {"remote_write": {"url": "http://127.0.0.1:9/push", **rw}}
-    cfg = from_mapping(tree, hostname="h1")
-    snapshots = [[domain("u1", stats(), WEB)] for _ in range(cycles)]
-    agent = Agent(cfg, collector=FakeCollector(snapshots), sender=sender, spool=spool)  # type: ignore[arg-type]
-    agent.clock = lambda: FakeCollector(()).ts / 1000 + 15 * cycles  # type: ignore[arg-type]
-    return agent
+def config(**rw: Any) -> Config:
+    return from_mapping({"remote_write": {"url": "http://127.0.0.1:9/push", **rw}}, {}, "h1")
+
+
+def delivery(spool: Spool, transport: ScriptedTransport, **rw: Any) -> Delivery:
+    cfg = config(**rw)
+    protocol = ProtocolMemory(cfg.remote_write_protocol, spool.directory)
+    return Delivery(cfg, spool, transport, protocol, clock=lambda: NOW)
+
+
+def put(spool: Spool, n: int = 10, age: float = 0.0, proto: int = 1, name: str = "m") -> None:
+    """One cycle of `n` series taken `age` seconds before NOW, spooled."""
+    samples = [((f"{name}_{i}", (), (("host", "h1"),)), float(i)) for i in range(n)]
+    encoder = EncoderV2(10**6) if proto == 2 else Encoder(10**6)
+    spool.put(encoder.encode(samples, int((NOW - age) * 1000)))
+
+
+def drain(d: Delivery, seconds: float = 5.0) -> None:
+    d.stop(time.monotonic() + seconds)
+    d.drain()
+
+
+def test_ok_delivers_and_removes_the_rows(spool: Spool) -> None:
+    t = ScriptedTransport(OK)
+    d = delivery(spool, t)
+    put(spool)
+    put(spool)
+    drain(d)
+    assert spool.stats()[0] == 0
+    assert (d.stats.sent, t.series(0), len(t.sent)) == (20, 20, 1)  # merged into one
+    assert d.stats.responses["204"] == 1 and d.stats.last_success == NOW
+
+
+def test_retry_uses_the_backoff_and_sends_the_attempt_number(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("retry", "503"), Outcome("retry", "error"), OK)
+    d = delivery(spool, t)
+    put(spool)
+    drain(d)
+    assert [attempt for _, attempt, _ in t.sent] == [0, 1, 2]
+    assert d.stats.sent == 10 and d.stats.retried == 20
+    waits = [b - a for a, b in zip(t.at, t.at[1:], strict=False)]
+    assert waits[0] >= 0.015 and 0.03 <= waits[1] < 1.0  # 30 ms, then 60 ms, jittered
+
+
+def test_retry_after_is_honoured(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("retry", "429", retry_after=0.4), OK)
+    d = delivery(spool, t)
+    put(spool)
+    drain(d)
+    assert t.at[1] - t.at[0] >= 0.4
+    assert d.stats.sent == 10
 
 
 def test_retry_after_0_waits_the_backoff_not_a_busy_loop(spool: Spool) -> None:
     # A receiver (or a proxy before it) answering 503 with `Retry-After: 0`.
-    sender = ScriptedSender(Outcome("retry", "503", retry_after=0.0))
-    agent = agent_with(spool, sender)
-    agent.run_cycle()
-    agent.drain_once(time.monotonic() + 0.5)
+    t = ScriptedTransport(Outcome("retry", "503", retry_after=0.0))
+    d = delivery(spool, t)
+    put(spool)
+    drain(d, 0.5)
     # Backoff from 30 ms doubling (jittered to half or more): at most 5 sends in 0.5 s.
-    assert 2 <= len(sender.sent) <= 6, len(sender.sent)
-    assert spool.stats()[0] > 0  # kept for later
+    assert 2 <= len(t.sent) <= 6, len(t.sent)
+    assert spool.stats()[0] == 1  # kept for later
+
+
+def test_backoff_doubles_to_its_maximum_and_holds_probe_slowly() -> None:
+    b = Backoff(0.03, 0.2)
+    delays = [b.retry_delay(None) for _ in range(6)]
+    assert all(0.015 <= x <= 0.2 for x in delays) and b.current == 0.2
+    assert b.retry_delay(7.0) == 7.0
+    b.start_over()
+    assert b.hold_delay(None) == 10.0  # credentials refused: 10 s at the least
+    assert b.hold_delay(1000.0) == 300.0  # and 5 min at the most
+
+
+def test_hold_keeps_everything_until_the_deadline(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("hold", "401", message="no org id"))
+    d = delivery(spool, t)
+    put(spool)
+    drain(d, 1.0)  # the next probe would be 10 s later: past the deadline
+    assert len(t.sent) == 1
+    assert spool.stats()[0] == 1 and not d.stats.dropped["http_401"]
+    assert d.stats.sent == 0
+
+
+def test_hold_then_accepted_delivers(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pusher.delivery.HOLD_MIN_PROBE", 0.05)
+    t = ScriptedTransport(Outcome("hold", "403"), OK)
+    d = delivery(spool, t)
+    put(spool)
+    drain(d)
+    assert [a for _, a, _ in t.sent] == [0, 1] and d.stats.sent == 10
+
+
+def test_too_large_splits_in_halves_until_it_fits(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("too_large", "413"), Outcome("too_large", "413"), OK)
+    d = delivery(spool, t)
+    put(spool, 8)
+    drain(d)
+    # 8 -> 4 + 4; the first 4 -> 2 + 2; then everything goes.
+    assert [t.series(i) for i in range(len(t.sent))] == [8, 4, 2, 2, 4]
+    assert d.stats.sent == 8 and spool.stats()[0] == 0
+
+
+def test_a_single_series_too_large_is_dropped_and_counted(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("too_large", "413"))
+    d = delivery(spool, t)
+    put(spool, 1)
+    drain(d)
+    assert d.stats.dropped["too_large"] == 1 and spool.stats()[0] == 0
+
+
+def test_a_2_0_request_splits_with_its_symbols(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("too_large", "413"), Outcome("ok", "204", written=3))
+    d = delivery(spool, t, protocol="v2")
+    put(spool, 6, proto=2)
+    drain(d)
+    assert [t.series(i) for i in range(3)] == [6, 3, 3]  # each half decodes whole
+    assert d.stats.sent == 6
+
+
+def test_reject_drops_once_with_the_receivers_reason(spool: Spool) -> None:
+    # Mimir 3.0.3 sets the -Written headers on a 400 too: they count nothing stored.
+    t = ScriptedTransport(Outcome("reject", "400", reason="sample-out-of-order", written=7))
+    d = delivery(spool, t)
+    put(spool)
+    drain(d)
+    assert len(t.sent) == 1 and spool.stats()[0] == 0
+    assert d.stats.sent == 0 and dict(d.stats.dropped) == {"sample-out-of-order": 10}
 
 
 def test_a_partial_2_0_write_counts_each_sample_once(spool: Spool) -> None:
-    sender = ScriptedSender(Outcome("ok", "204", written=3))
-    agent = agent_with(spool, sender, protocol="v2", max_samples_per_send=100000)
-    n = agent.run_cycle()
-    assert agent.drain_once(time.monotonic() + 5)
-    c = agent.counters
-    in_requests = len(sender.sent)
-    assert c.sent == 3 * in_requests
-    assert c.dropped["not_written"] == n - c.sent
-    assert c.sent + sum(c.dropped.values()) == n
+    t = ScriptedTransport(Outcome("ok", "204", written=3))
+    d = delivery(spool, t, protocol="v2")
+    put(spool, 10, proto=2)
+    drain(d)
+    assert d.stats.sent == 3 and dict(d.stats.dropped) == {"not_written": 7}
 
 
-def test_a_400_with_written_headers_drops_the_request_once(spool: Spool) -> None:
-    # Mimir 3.0.3 sets the -Written headers on a 400 too: they count nothing stored.
-    sender = ScriptedSender(
-        Outcome("reject", "400", reason="sample-out-of-order", message="x", written=7)
-    )
-    agent = agent_with(spool, sender)
-    n = agent.run_cycle()
-    assert agent.drain_once(time.monotonic() + 5)
-    assert agent.counters.sent == 0
-    assert agent.counters.dropped["sample-out-of-order"] == n
-    assert sum(agent.counters.dropped.values()) == n
+def test_auto_falls_back_to_1_0_for_good_and_remembers(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("unsupported", "415"), OK)
+    d = delivery(spool, t, protocol="auto")
+    assert d.protocol.current == 2
+    put(spool, 5, proto=2)
+    drain(d)
+    assert [proto for _, _, proto in t.sent] == [2, 1]  # the same request again, as 1.0
+    assert d.stats.sent == 5 and d.protocol.current == 1
+    assert ProtocolMemory("auto", spool.directory).current == 1  # after a restart too
+    assert ProtocolMemory("v2", spool.directory).current == 2  # an explicit choice wins
 
 
-def _self_value(agent: Agent, name: str) -> float:
-    (value,) = [v for (metric, _, _), v in agent.self_samples() if metric == name]
-    return value
+def test_v2_against_a_1_x_receiver_holds(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("unsupported", "204"))
+    d = delivery(spool, t, protocol="v2")
+    put(spool, 5, proto=2)
+    drain(d, 0.5)
+    assert len(t.sent) == 1 and spool.stats()[0] == 1 and d.protocol.current == 2
 
 
-@pytest.mark.parametrize("protocol", ["v1", "v2"])
-def test_cached_series_counts_the_encoder_in_use(spool: Spool, protocol: str) -> None:
-    agent = agent_with(spool, ScriptedSender(Outcome("ok", "204", written=10**6)),
-                       protocol=protocol)  # fmt: skip
-    agent.run_cycle()
-    assert _self_value(agent, "pusher_cached_series") >= 4  # u1's series at the least
+def test_rows_older_than_max_sample_age_are_dropped_before_sending(spool: Spool) -> None:
+    t = ScriptedTransport(OK)
+    d = delivery(spool, t, max_sample_age="1h")
+    put(spool, 4, age=3700)
+    put(spool, 6, age=10)
+    drain(d)
+    assert dict(d.stats.dropped) == {"too_old": 4}
+    assert d.stats.sent == 6 and t.series(0) == 6
 
 
-def test_metadata_is_sent_for_the_families_sent_only(spool: Spool) -> None:
-    sender = ScriptedSender(Outcome("ok", "204"))
-    agent = agent_with(spool, sender, max_samples_per_send=100000)
-    agent.run_cycle()
-    assert agent.drain_once(time.monotonic() + 5)
-    (body, _, _), *_ = sender.sent
-    request = WriteRequest.FromString(decompress(body))
-    sent = {lab.value for ts in request.timeseries for lab in ts.labels if lab.name == "__name__"}
-    described = {m.metric_family_name for m in request.metadata}
-    assert described == sent
-    assert "libvirt_domain_perf_cpu_cycles_total" not in described
-    units = {m.metric_family_name: m.unit for m in request.metadata}
-    assert units["pusher_collect_duration_seconds"] == "seconds"
+def test_backfill_lanes_send_fresh_cycles_first(spool: Spool) -> None:
+    t = ScriptedTransport(OK)
+    d = delivery(spool, t, order="backfill", max_samples_per_send=10)
+    put(spool, 10, age=600, name="old")
+    put(spool, 10, age=300, name="older_too")
+    put(spool, 10, age=1, name="new")
+    d.stop(time.monotonic() + 5)
+    d.drain("fresh")
+    assert t.series(0) == 10 and len(t.sent) == 1  # only the fresh row
+    first = WriteRequest.FromString(decompress(t.sent[0][0])).timeseries[0]
+    assert first.labels[0].value.startswith("new")
+    d.drain("backlog")
+    assert len(t.sent) == 3 and spool.stats()[0] == 0
+
+
+def test_the_shutdown_deadline_ends_a_retry_and_keeps_the_rows(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("retry", "503", retry_after=30.0))
+    d = delivery(spool, t)
+    put(spool)
+    start = time.monotonic()
+    drain(d, 0.3)
+    assert time.monotonic() - start < 0.3 + 0.5
+    assert len(t.sent) == 1 and spool.stats()[0] == 1
+    assert spool.peek(100, claim=True) != []  # released for the next start
 
 
 def test_a_persistent_rejection_is_logged_once_then_summed_up_each_minute(
@@ -132,3 +269,60 @@ def test_a_persistent_rejection_is_logged_once_then_summed_up_each_minute(
     assert "120 more request(s), 1200 sample(s)" in lines[1]
     assert "120 more request(s), 1200 sample(s)" in lines[2]
     assert "label-value-too-long" in lines[3]  # another reason: logged at once
+
+
+# --- the agent's cycle into delivery ------------------------------------------------------
+
+
+def agent_with(spool: Spool, t: ScriptedTransport, cycles: int = 1, **rw: Any) -> Agent:
+    snapshots = [[domain("u1", stats(), WEB)] for _ in range(cycles)]
+    return Agent(config(**rw), t, spool, FakeCollector(snapshots))  # type: ignore[arg-type]
+
+
+def _own(agent: Agent, name: str) -> float:
+    (value,) = [v for (metric, _, _), v in agent.self_samples() if metric == name]
+    return value
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_cached_series_counts_the_encoder_in_use(spool: Spool, protocol: str) -> None:
+    agent = agent_with(spool, ScriptedTransport(OK), protocol=protocol)
+    agent.run_cycle()
+    assert _own(agent, "pusher_cached_series") >= 4  # u1's series at the least
+
+
+def test_metadata_is_sent_for_the_families_sent_only(spool: Spool) -> None:
+    t = ScriptedTransport(OK)
+    agent = agent_with(spool, t, max_samples_per_send=100000, max_sample_age="0s")
+    agent.run_cycle()
+    assert agent.drain_once(time.monotonic() + 5)
+    request = WriteRequest.FromString(decompress(t.sent[0][0]))
+    sent = {lab.value for ts in request.timeseries for lab in ts.labels if lab.name == "__name__"}
+    described = {m.metric_family_name for m in request.metadata}
+    assert described == sent
+    assert "libvirt_domain_perf_cpu_cycles_total" not in described
+    units = {m.metric_family_name: m.unit for m in request.metadata}
+    assert units["pusher_collect_duration_seconds"] == "seconds"
+
+
+def test_every_collected_sample_ends_sent_or_dropped(spool: Spool) -> None:
+    t = ScriptedTransport(Outcome("ok", "204", written=5))
+    agent = agent_with(spool, t, protocol="v2", max_sample_age="0s")
+    n = agent.run_cycle()
+    assert agent.drain_once(time.monotonic() + 5)
+    stats = agent.delivery.stats
+    assert stats.sent + sum(stats.dropped.values()) == n
+
+
+def test_ended_series_leave_the_encoders_cache(spool: Spool) -> None:
+    collector = FakeCollector([
+        [domain("u1", stats(), WEB), domain("u2", stats(disks=2), DomainInfo())],
+        [domain("u1", stats(), WEB)],
+        [domain("u1", stats(), WEB)],
+    ])  # fmt: skip
+    agent = Agent(config(), ScriptedTransport(OK), spool, collector)  # type: ignore[arg-type]
+    agent.run_cycle()
+    with_both = agent.encoder.cached_series()
+    agent.run_cycle()  # u2 gone: stale markers written, then forgotten
+    agent.run_cycle()
+    assert agent.encoder.cached_series() <= with_both - 5  # u2 had 5 series

@@ -24,10 +24,10 @@ from pusher.catalog import label_pairs, series_labels
 from pusher.collect import DomainStats, Snapshot
 from pusher.config import ConfigError, from_mapping
 from pusher.encode import Encoder, decompress
-from pusher.loop import build_samples
 from pusher.nova import NOVA_NS_PREFIX, parse_domain_xml
 from pusher.pb import remote_write_pb2
 from pusher.sender import MAX_ERROR_BODY, Sender, mimir_reason, parse_retry_after
+from pusher.series import build_samples
 
 # Mimir's limits (defaults): label name 1024 bytes, label value 2048 bytes.
 MAX_NAME_BYTES = 1024

@@ -26,9 +26,9 @@ import yaml
 from pki import PKI, make_pki
 
 from pusher import config, sender
+from pusher.agent import Agent
 from pusher.collect import Collector
 from pusher.config import Config, ConfigError, from_mapping, redact_url
-from pusher.loop import Agent
 from pusher.sender import MAX_ERROR_BODY, Outcome, Sender, TLSOptions
 from pusher.spool import Spool
 
@@ -815,14 +815,14 @@ def test_hostile_answers_are_counted_and_the_data_is_kept(
     """)
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
     collector = Collector(cfg.libvirt_uri, use_events=False)
-    agent = Agent(cfg, collector=collector, sender=Sender.from_config(cfg), spool=spool)
+    agent = Agent(cfg, Sender.from_config(cfg), spool, collector)
     agent.run_cycle()
     pending = spool.stats()[0]
     delivered = agent.drain_once(time.monotonic() + 0.8)
     assert not delivered
-    assert agent.counters.responses[code] >= 1
+    assert agent.delivery.stats.responses[code] >= 1
     assert spool.stats()[0] == pending  # nothing dropped
-    assert not agent.counters.dropped or not any(agent.counters.dropped.values())
+    assert not agent.delivery.stats.dropped or not any(agent.delivery.stats.dropped.values())
     agent.shutdown(0)
 
 

@@ -1,18 +1,19 @@
-"""The agent's pure core: per-domain plans, their reuse, and stale markers."""
+"""The pure core: per-domain plans, their reuse, and stale markers (`pusher.series`), fed by
+the deadline collector over a fake libvirt collector."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 
-from pusher import catalog
-from pusher.collect import DomainStats, Snapshot
-from pusher.config import from_mapping
+from pusher.agent import own_samples
+from pusher.catalog import LabelLimits
+from pusher.collect import DeadlineCollector, DomainStats, Snapshot
+from pusher.config import Config, from_mapping
 from pusher.encode import is_stale
-from pusher.loop import Agent, Cycle, plan_snapshot, split_request
 from pusher.nova import DomainInfo, NovaInstance
+from pusher.series import Cycle, Planner, plan_snapshot
 
 EXT = (("cluster", "c1"), ("host", "h1"))
 LABELS = ("instance_name", "project_name")
@@ -44,14 +45,30 @@ class FakeCollector:
         self.ts += 15_000
         return Snapshot(self.ts, self.snapshots.pop(0), 0.0, 0)
 
+    def readings(self) -> list[object]:
+        return []
+
     def close(self) -> None:
         pass
 
 
-def agent_for(snapshots: list[list[DomainStats]], timeout: str = "10s") -> Agent:
+class Pipeline:
+    """What the agent does to collect a cycle, without spool or sender."""
+
+    def __init__(self, cfg: Config, collector: FakeCollector) -> None:
+        self.cfg = cfg
+        self.collection = DeadlineCollector(collector, cfg.collect_timeout)  # type: ignore[arg-type]
+        self.planner = Planner.from_config(cfg)
+
+    def collect_cycle(self) -> Cycle:
+        snapshot = self.collection.collect()
+        return self.planner.cycle(snapshot, frozenset(self.collection.stuck), 0)
+
+
+def agent_for(snapshots: list[list[DomainStats]], timeout: str = "10s") -> Pipeline:
     tree = {"nova": {"series_labels": list(LABELS)}, "collect": {"timeout": timeout}}
     cfg = from_mapping(tree, hostname="h1")
-    return Agent(cfg, collector=FakeCollector(snapshots))  # type: ignore[arg-type]
+    return Pipeline(cfg, FakeCollector(snapshots))
 
 
 WEB = DomainInfo(nova=NovaInstance(name="web-1", project_name="demo"))
@@ -82,7 +99,7 @@ def test_changed_domain_gets_a_new_plan(change: str) -> None:
     assert again["u1"] is not first["u1"]
 
 
-def _stale_names(agent: Agent) -> dict[str, list[dict[str, str]]]:
+def _stale_names(agent: Pipeline) -> dict[str, list[dict[str, str]]]:
     cycle = agent.collect_cycle()
     out: dict[str, list[dict[str, str]]] = {}
     for (name, own, shared), value in cycle.samples:
@@ -179,7 +196,7 @@ def test_libvirt_down_marks_nothing_stale() -> None:
 
     agent = agent_for([[domain("u1", stats(), WEB)]])
     agent.collect_cycle()
-    agent.collector = Down([])  # type: ignore[assignment]
+    agent.collection.collector = Down([])  # type: ignore[assignment]
     cycle = agent.collect_cycle()
     assert not any(is_stale(v) for _, v in cycle.samples)
     up = [v for (name, _, _), v in cycle.samples if name == "libvirt_up"]
@@ -192,31 +209,6 @@ def test_plan_values_are_in_base_units() -> None:
     plan = plan_snapshot(snap, LABELS, EXT, {})["u1"].plan
     values = dict(zip([k[0] for k in plan.series], plan.values(stats()), strict=True))
     assert math.isclose(values["libvirt_domain_info_cpu_time_seconds_total"], 5.0)
-
-
-def test_split_request_keeps_every_field_whole() -> None:
-    raw = b"\x0a\x03abc" + b"\x0a\x81\x01" + b"x" * 129 + b"\x1a\x01z"
-    assert split_request(raw) == [b"\x0a\x03abc", b"\x0a\x81\x01" + b"x" * 129, b"\x1a\x01z"]
-
-
-def test_ended_series_leave_the_encoders_cache() -> None:
-    from pusher.spool import Spool
-
-    agent = agent_for([
-        [domain("u1", stats(), WEB), domain("u2", stats(disks=2), DomainInfo())],
-        [domain("u1", stats(), WEB)],
-        [domain("u1", stats(), WEB)],
-    ])  # fmt: skip
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        agent.spool = Spool(tmp + "/spool", 10**7)
-        agent.run_cycle()
-        with_both = agent.encoder.cached_series()
-        agent.run_cycle()  # u2 gone: stale markers written, then forgotten
-        agent.run_cycle()
-        assert agent.encoder.cached_series() <= with_both - 5  # u2 had 5 series
-        agent.spool.close()
 
 
 def test_a_hanging_bulk_call_falls_back_and_keeps_the_stuck_domains_series() -> None:
@@ -238,8 +230,8 @@ def test_a_hanging_bulk_call_falls_back_and_keeps_the_stuck_domains_series() -> 
         [[domain("u1", stats(), WEB), domain("u2", stats(), DomainInfo())]], timeout="1s"
     )
     agent.collect_cycle()  # both answered once
-    agent.collector = Hanging([[], []])  # type: ignore[assignment]
-    cfg_timeout = agent.cfg.collect_timeout
+    agent.collection.collector = Hanging([[], []])  # type: ignore[assignment]
+    cfg_timeout = agent.collection.timeout
     try:
         for expected in (1.0, 2.0):
             start = _time.monotonic()
@@ -278,12 +270,12 @@ def test_a_stuck_domain_that_goes_away_ends_its_timeouts_series() -> None:
         [[domain("u1", stats(), WEB), domain("u2", stats(), DomainInfo())]], timeout="1s"
     )
     agent.collect_cycle()
-    agent.collector = Hanging([[]])  # type: ignore[assignment]
+    agent.collection.collector = Hanging([[]])  # type: ignore[assignment]
     try:
         agent.collect_cycle()  # u2 stuck: counted
     finally:
         release.set()
-    for f in agent._pending:
+    for f in agent.collection._pending:
         f.result(10)
     cycle = agent.collect_cycle()
     stale = {(name, dict(shared)["uuid"]) for (name, _, shared), v in cycle.samples if is_stale(v)}
@@ -298,9 +290,9 @@ def test_a_stuck_domain_that_goes_away_ends_its_timeouts_series() -> None:
 OPS = DomainInfo(nova=NovaInstance(name="db-1", project_name="ops", project_uuid="p-ops"))
 
 
-def agent_with(tree: dict[str, object], snapshots: list[list[DomainStats]]) -> Agent:
+def agent_with(tree: dict[str, object], snapshots: list[list[DomainStats]]) -> Pipeline:
     cfg = from_mapping({"nova": {"series_labels": list(LABELS)}, **tree}, hostname="h1")
-    return Agent(cfg, collector=FakeCollector(snapshots))  # type: ignore[arg-type]
+    return Pipeline(cfg, FakeCollector(snapshots))
 
 
 def _series(cycle: Cycle) -> list[tuple[str, dict[str, str]]]:
@@ -349,13 +341,7 @@ def test_dropped_labels_leave_every_series() -> None:
     assert info_series[0]["instance_name"] == "web-1"
 
 
-@pytest.fixture
-def limits() -> Iterator[None]:
-    yield
-    catalog.set_limits()  # Mimir's defaults again
-
-
-def test_too_many_labels_drop_nova_series_labels_then_device_extras(limits: None) -> None:
+def test_too_many_labels_drop_nova_series_labels_then_device_extras() -> None:
     info = DomainInfo(
         nova=NovaInstance(name="web-1", project_name="demo", flavor_name="m1", user_name="a"),
         device_labels=(("vda", (("volume_id", "vol-1"),)),),
@@ -363,15 +349,15 @@ def test_too_many_labels_drop_nova_series_labels_then_device_extras(limits: None
     st = {**stats(), "block.0.path": "/disk"}
     snap = Snapshot(1, [domain("u1", st, info)], 0.0, 0)
     series_labels = ("instance_name", "project_name", "flavor")
-    before = catalog.LABEL_DROPS.count
+    limits = LabelLimits(max_names=9)
+    before = limits.dropped
     # __name__ + 2 external + domain + uuid + 3 Nova + 3 block labels = 11
-    catalog.set_limits(max_names=9)
-    ds = plan_snapshot(snap, series_labels, EXT, {})["u1"]
+    ds = plan_snapshot(snap, series_labels, EXT, {}, limits=limits)["u1"]
     names = {k for k, _ in ds.plan.shared}
     assert names == {"cluster", "host", "domain", "uuid", "instance_name"}  # last ones first
-    assert catalog.LABEL_DROPS.count == before + 2
-    catalog.set_limits(max_names=6)
-    ds = plan_snapshot(snap, series_labels, EXT, {})["u1"]
+    assert limits.dropped == before + 2
+    limits.max_names = 6
+    ds = plan_snapshot(snap, series_labels, EXT, {}, limits=limits)["u1"]
     assert {k for k, _ in ds.plan.shared} == {"cluster", "host", "domain", "uuid"}
     block = [own for name, own, _ in ds.plan.series if "block" in name]
     assert block == [(("target_device", "vda"),)]  # volume_id and source_file went too
@@ -379,24 +365,27 @@ def test_too_many_labels_drop_nova_series_labels_then_device_extras(limits: None
         assert 1 + len({k for k, _ in own} | {k for k, _ in shared}) <= 6, name
     # flavor, project_name, instance_name; volume_id, source_file (no NIC: no port_id);
     # and three of the info series' own Nova labels: instance_name stays, the first of them.
-    assert catalog.LABEL_DROPS.count == before + 2 + 5 + 3
+    assert limits.dropped == before + 2 + 5 + 3
     assert [dict(own) for _, own, _ in ds.extra] == [{"instance_name": "web-1"}]
     # Never the identity, the external labels or a device's name, even when nothing fits.
-    catalog.set_limits(max_names=2)
-    ds = plan_snapshot(snap, series_labels, EXT, {})["u1"]
+    limits.max_names = 2
+    ds = plan_snapshot(snap, series_labels, EXT, {}, limits=limits)["u1"]
     assert {k for k, _ in ds.plan.shared} == {"cluster", "host", "domain", "uuid"}
 
 
-def test_the_agent_applies_the_configured_limits(limits: None) -> None:
+def test_the_agent_applies_the_configured_limits() -> None:
     long = DomainInfo(nova=NovaInstance(name="x" * 500, project_name="demo"))
     agent = agent_with({"limits": {"max_label_value_length": 100}}, [[domain("u1", stats(), long)]])
-    assert catalog.LIMITS.max_value_bytes == 100
+    assert agent.planner.limits.max_value_bytes == 100
     for _, labels in _series(agent.collect_cycle()):
         assert all(len(v.encode()) <= 100 for v in labels.values())
-    cycle = agent_with({}, [[domain("u1", stats(), WEB)]]).collect_cycle()
-    assert catalog.LIMITS.max_value_bytes == 2048
-    drops = [(n, v) for (n, _, _), v in cycle.samples if n == "pusher_labels_dropped_total"]
-    assert drops == [("pusher_labels_dropped_total", float(catalog.LABEL_DROPS.count))]
+    other = agent_with({}, [[domain("u1", stats(), WEB)]])
+    other.collect_cycle()
+    assert other.planner.limits.max_value_bytes == 2048  # each agent its own limits
+    samples = own_samples([agent.planner.limits], EXT)
+    counts = {n: v for (n, _, _), v in samples}
+    assert counts["pusher_labels_truncated_total"] == agent.planner.limits.truncated >= 1
+    assert counts["pusher_labels_dropped_total"] == float(agent.planner.limits.dropped)
 
 
 # --- stats groups (collect.groups) --------------------------------------------------------
@@ -439,7 +428,8 @@ def test_the_collector_asks_libvirt_for_the_configured_groups() -> None:
     assert asked == [STATS_GROUPS]
     cfg = from_mapping({"collect": {"groups": ["state", "perf", "iothread", "memory",
                                                "dirtyrate"]}}, env={}, hostname="h")  # fmt: skip
-    Agent(cfg, collector=collector)  # the config's groups, whoever built the collector
+    collector = Collector.from_config(cfg, use_events=False)  # the config's groups
+    collector._connect = Conn  # type: ignore[method-assign]
     collector.collect()
     want = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_PERF
             | libvirt.VIR_DOMAIN_STATS_IOTHREAD | libvirt.VIR_DOMAIN_STATS_MEMORY

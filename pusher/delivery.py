@@ -1,0 +1,402 @@
+"""Delivery: spooled requests to the receiver, oldest first, each to its end.
+
+A lane drains spool rows one batch at a time (`Delivery.drain`) and delivers each batch
+(`Delivery.deliver`), acting on the sender's `Outcome`:
+
+    ok           the rows leave the spool; a 2.0 receiver's shortfall is counted as dropped
+    retry        the same request again after a backoff (30 ms doubling to 5 s, jittered),
+                 or after the receiver's Retry-After when it asks for a positive delay
+    hold         credentials or URL refused: keep everything, probe every 10 s to 5 min
+    too_large    413: the request is cut in halves, recursively
+    reject       the receiver kept what was valid: never resent, the samples counted
+    unsupported  the receiver takes only 1.0: with `protocol: auto`, fall back for good
+                 (remembered in the spool directory) and send the same request as 1.0
+
+Rows older than `remote_write.max_sample_age` are dropped before sending (`too_old`): the
+receiver would refuse them. In `backfill` order two lanes run: `fresh` sends the last two
+cycles at once, `backlog` the older rows behind them. Every sample ends counted once: sent,
+or dropped with its reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pusher.catalog import Reading, reading
+from pusher.config import Config
+from pusher.encode import Request, merge_bodies, split_body, v2_to_v1
+from pusher.sender import Outcome
+from pusher.spool import Row, Spool
+
+__all__ = [
+    "KNOWN_DROP_REASONS",
+    "Backoff",
+    "Delivery",
+    "DeliveryStats",
+    "ProtocolMemory",
+    "RejectionLog",
+    "Result",
+    "Transport",
+]
+
+log = logging.getLogger(__name__)
+
+# Drop reasons reported from the first cycle on (at 0), so alerts see the series exist.
+KNOWN_DROP_REASONS = ("too_old", "spool_full", "spool_corrupt", "spool_unwritable", "too_large")
+# While credentials are refused, probe this often at the least, and log at most once a minute.
+HOLD_MIN_PROBE = 10.0
+HOLD_MAX_PROBE = 300.0
+LOG_EVERY = 60.0
+PROTOCOL_FILE = "protocol"  # "1" once an `auto` agent found its receiver takes only 1.0
+
+Result = Literal["done", "deadline", "handover"]
+Lane = Literal["all", "fresh", "backlog"]
+
+
+class Transport(Protocol):
+    """What delivery needs of the sender: one POST of one body."""
+
+    def send(self, body: bytes, attempt: int = 0, proto: int = 1) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class DeliveryStats:
+    """What delivery did, written by the sending lanes, read by the collecting thread."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: int = 0
+    retried: int = 0
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    responses: collections.Counter[str] = field(default_factory=collections.Counter)
+    send_seconds: float = 0.0
+    last_success: float = 0.0
+
+    def drop(self, reason: str, samples: int) -> None:
+        with self.lock:
+            self.dropped[reason] += samples
+
+    def readings(self) -> list[Reading]:
+        with self.lock:
+            out = [
+                reading("pusher_samples_sent_total", self.sent),
+                reading("pusher_samples_retried_total", self.retried),
+                reading("pusher_send_duration_seconds_total", self.send_seconds),
+                reading("pusher_last_send_success_timestamp_seconds", self.last_success),
+            ]
+            for why in sorted(set(KNOWN_DROP_REASONS) | set(self.dropped)):
+                out.append(reading("pusher_samples_dropped_total", self.dropped[why],
+                                   (("reason", why),)))  # fmt: skip
+            for code, n in sorted(self.responses.items()):
+                out.append(reading("pusher_requests_total", n, (("code", code),)))
+        return out
+
+
+class Backoff:
+    """Exponential backoff with jitter, from `minimum` doubling to `maximum`."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.current = minimum
+
+    def start_over(self) -> None:
+        """After a success: the next failure waits the least again."""
+        self.current = self.minimum
+
+    def retry_delay(self, retry_after: float | None) -> float:
+        """The wait before a retry: the receiver's Retry-After when it asks for a positive
+        delay (0 would be a busy loop), else the backoff jittered to half of it or more."""
+        jittered = self.current / 2 + random.uniform(0, self.current / 2)
+        self.current = min(self.current * 2, self.maximum)
+        return retry_after if retry_after else jittered
+
+    def hold_delay(self, retry_after: float | None) -> float:
+        """The wait before probing refused credentials again: 10 s to 5 min."""
+        delay = min(max(HOLD_MIN_PROBE, self.current, retry_after or 0), HOLD_MAX_PROBE)
+        self.current = min(max(self.current * 2, HOLD_MIN_PROBE), HOLD_MAX_PROBE)
+        return delay
+
+
+class ProtocolMemory:
+    """The remote-write version new cycles are encoded in: 2 for `v2`, 1 for `v1`, and for
+    `auto` 2 until the receiver shows it takes only 1.0, then 1 for good (a file in the spool
+    directory keeps that across restarts)."""
+
+    def __init__(self, choice: str, directory: str | None) -> None:
+        self.choice = choice
+        self._path = os.path.join(directory, PROTOCOL_FILE) if directory else None
+        self.current = 1 if choice == "v1" else 2
+        if choice == "auto" and self._path is not None:
+            with contextlib.suppress(OSError), open(self._path, encoding="utf-8") as f:
+                self.current = 1 if f.read().strip() == "1" else 2
+
+    def fall_back(self, outcome: Outcome) -> None:
+        """The receiver is 1.x: send 1.0 from now on, and remember it across restarts."""
+        if self.current == 2:
+            log.warning("the receiver does not take Remote-Write 2.0 (%s: %s); using 1.0 from "
+                        "now on", outcome.code, outcome.message[:200])  # fmt: skip
+        self.current = 1
+        if self._path is not None:
+            with contextlib.suppress(OSError), open(self._path, "w", encoding="utf-8") as f:
+                f.write("1\n")
+
+
+class RejectionLog:
+    """Rejections logged without flooding: the first of each reason at once, then one
+    summary line per reason per `every` seconds with what was rejected since. A receiver
+    that refuses one guest's series every cycle gives one line a minute, not two a second."""
+
+    def __init__(self, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic):
+        self.every = every
+        self.clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._since: dict[str, tuple[int, int, str]] = {}  # reason -> (requests, samples, last)
+
+    def rejected(self, reason: str, samples: int, code: str, message: str) -> None:
+        if reason not in self._logged_at:
+            self._logged_at[reason] = self.clock()
+            log.error("receiver rejected %d sample(s) (%s %s): %s; further rejections for this "
+                      "reason are summed up once a minute", samples, code, reason,
+                      message[:300])  # fmt: skip
+            return
+        requests, total, _ = self._since.get(reason, (0, 0, ""))
+        self._since[reason] = (requests + 1, total + samples, f"{code}: {message[:300]}")
+        self.flush()
+
+    def flush(self) -> None:
+        """The summary lines that are due."""
+        now = self.clock()
+        for reason, (requests, samples, last) in list(self._since.items()):
+            if now - self._logged_at[reason] >= self.every:
+                log.error("receiver rejected %d more request(s), %d sample(s), as %s in the last "
+                          "%.0fs; the latest (%s)", requests, samples, reason,
+                          now - self._logged_at[reason], last)  # fmt: skip
+                self._logged_at[reason] = now
+                del self._since[reason]
+
+
+class Delivery:
+    """Drains the spool into the transport. One instance serves every lane."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        spool: Spool,
+        transport: Transport,
+        protocol: ProtocolMemory,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.transport = transport
+        self.protocol = protocol
+        self.clock = clock
+        self.stats = DeliveryStats()
+        self.stopping = threading.Event()  # no new rows will come: return once empty
+        self.deadline = float("inf")  # monotonic: give up sending then (the shutdown grace)
+        self._wake: dict[str, threading.Event] = {}  # per lane: the spool has new data
+        self._rejections = RejectionLog()
+        self._failing = 0  # failed attempts since the last success
+        self._last_retry_log = float("-inf")
+        self._last_hold_log = float("-inf")
+
+    def wake(self) -> None:
+        for event in list(self._wake.values()):
+            event.set()
+
+    def stop(self, deadline: float) -> None:
+        """Send what is left until `deadline` (monotonic), then stop."""
+        self.deadline = deadline
+        self.stopping.set()
+        self.wake()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    # --- a lane
+
+    def drain(self, lane: Lane = "all") -> None:
+        """Send until the deadline passes, or until the spool is empty once stopping."""
+        wake = self._wake.setdefault(lane, threading.Event())
+        while self.remaining() > 0:
+            rows = self._next_rows(lane)
+            if not rows:
+                if self.stopping.is_set():
+                    return
+                wake.wait(1.0)
+                wake.clear()
+                continue
+            rows = self._drop_too_old(rows)
+            if not rows:
+                continue
+            result = self.deliver(rows, lane)
+            if result != "done":
+                self.spool.release(rows)  # for the backlog lane, or the next start
+            if result == "deadline":
+                return
+
+    def _next_rows(self, lane: Lane) -> list[Row]:
+        since = before = None
+        if lane == "fresh":
+            since = self._fresh_since_ms()
+        elif lane == "backlog":
+            before = self._fresh_since_ms()
+        limit = self.cfg.remote_write_max_samples_per_send
+        return self.spool.peek(limit, since, before, claim=True)
+
+    def _fresh_since_ms(self) -> int:
+        """Rows from the last two cycles count as fresh."""
+        return int((self.clock() - 2 * self.cfg.collect_interval) * 1000)
+
+    def _drop_too_old(self, rows: list[Row]) -> list[Row]:
+        max_age = self.cfg.remote_write_max_sample_age
+        if max_age <= 0:
+            return rows
+        horizon = (self.clock() - max_age) * 1000
+        old = [r for r in rows if r.ts_ms < horizon]
+        if not old:
+            return rows
+        self.spool.remove(old)
+        n = sum(r.samples for r in old)
+        self.stats.drop("too_old", n)
+        log.warning("dropped %d sample(s) older than remote_write.max_sample_age", n)
+        return [r for r in rows if r.ts_ms >= horizon]
+
+    # --- one batch
+
+    def deliver(self, rows: list[Row], lane: Lane = "all") -> Result:
+        """Send one batch of spooled rows to the end: "done" when they are delivered or
+        dropped, "deadline" when the shutdown deadline came first, "handover" when the
+        fresh lane's rows aged into the backlog lane's while it was retrying them."""
+        parts = _parts(rows)
+        attempt = 0
+        backoff = Backoff(self.cfg.remote_write_min_backoff, self.cfg.remote_write_max_backoff)
+        self._rejections.flush()
+        while parts:
+            part = parts[0]
+            if part.proto == 2 and self.protocol.current == 1:
+                part = parts[0] = Request(v2_to_v1(part.body), part.samples, part.ts_ms, 1)
+            if attempt:
+                with self.stats.lock:
+                    self.stats.retried += part.samples
+            outcome = self._post(part, attempt)
+            if outcome.kind == "unsupported" and self.protocol.choice == "auto":
+                self.protocol.fall_back(outcome)
+                continue  # the same part again, as 1.0
+            if outcome.kind in ("retry", "hold", "unsupported"):
+                attempt += 1
+                wait = self._wait_after(outcome, backoff)
+                if wait != "done":
+                    return wait
+                if lane == "fresh" and max(r.ts_ms for r in rows) < self._fresh_since_ms():
+                    return "handover"
+                continue
+            parts[0:1] = self._settle(part, outcome)
+            if outcome.kind == "ok":
+                attempt = 0
+                backoff.start_over()
+        self.spool.remove(rows)
+        return "done"
+
+    def _post(self, part: Request, attempt: int) -> Outcome:
+        start = time.monotonic()
+        outcome = self.transport.send(part.body, attempt, part.proto)
+        with self.stats.lock:
+            self.stats.send_seconds += time.monotonic() - start
+            self.stats.responses[outcome.code] += 1
+        return outcome
+
+    def _settle(self, part: Request, outcome: Outcome) -> list[Request]:
+        """What replaces a part the receiver answered for good: nothing, or its halves."""
+        if outcome.kind == "too_large":
+            return self._split(part)
+        if outcome.kind == "reject":
+            self.stats.drop(outcome.reason, part.samples)
+            self._rejections.rejected(outcome.reason, part.samples, outcome.code, outcome.message)
+            return []
+        # ok. A 2.0 receiver says how many it wrote: the rest were dropped, not sent.
+        sent = part.samples
+        if outcome.written is not None and outcome.written < part.samples:
+            sent = max(0, outcome.written)
+            self.stats.drop("not_written", part.samples - sent)
+        if self._failing:
+            log.info("remote write recovered after %d failed attempt(s)", self._failing)
+            self._failing = 0
+        with self.stats.lock:
+            self.stats.sent += sent
+            self.stats.last_success = self.clock()
+        return []
+
+    def _wait_after(self, outcome: Outcome, backoff: Backoff) -> Result:
+        """Wait before sending the same part again; "deadline" when there is no time."""
+        if outcome.kind == "retry":
+            delay = backoff.retry_delay(outcome.retry_after)
+            self._log_retry(outcome, delay)
+        else:
+            if outcome.kind == "unsupported":  # protocol: v2 and a 1.x receiver
+                why = "the receiver does not take Remote-Write 2.0 (remote_write.protocol: v2)"
+                outcome = Outcome("hold", outcome.code, message=why)
+            self._log_hold(outcome)
+            delay = backoff.hold_delay(outcome.retry_after)
+        return "done" if self._sleep(delay) else "deadline"
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait for a backoff; False when the shutdown deadline leaves no time for it."""
+        if seconds >= self.remaining():
+            return False
+        if self.stopping.is_set():
+            time.sleep(max(0.0, seconds))
+        else:
+            self.stopping.wait(seconds)
+        return True
+
+    def _split(self, part: Request) -> list[Request]:
+        halves = split_body(part.body, part.proto)
+        if halves is None:
+            self.stats.drop("too_large", part.samples)
+            log.error("a single series is larger than the receiver accepts; dropped")
+            return []
+        log.warning("receiver answered 413; splitting a request of %d sample(s)", part.samples)
+        return list(halves)
+
+    def _log_retry(self, outcome: Outcome, delay: float) -> None:
+        """The first failure of a streak, then at most one line a minute: an outage of hours
+        must not fill the disk with log lines."""
+        self._failing += 1
+        now = time.monotonic()
+        if self._failing == 1 or now - self._last_retry_log >= LOG_EVERY:
+            self._last_retry_log = now
+            requests, _, _ = self.spool.stats()
+            log.warning("remote write failed (%s: %s); %d attempt(s) so far, %d request(s) "
+                        "spooled; retrying in %.2fs", outcome.code, outcome.message[:200],
+                        self._failing, requests, delay)  # fmt: skip
+
+    def _log_hold(self, outcome: Outcome) -> None:
+        now = time.monotonic()
+        if now - self._last_hold_log >= LOG_EVERY:
+            self._last_hold_log = now
+            requests, _, _ = self.spool.stats()
+            log.error("receiver refused the request (%s: %s); holding %d request(s) in the "
+                      "spool and probing again", outcome.code, outcome.message[:200],
+                      requests)  # fmt: skip
+
+
+def _parts(rows: Iterable[Row]) -> list[Request]:
+    """A batch's requests: 1.0 rows merged into one (fewer, larger requests drain faster);
+    2.0 rows one by one, each carrying its own symbol table."""
+    rows = list(rows)
+    if len(rows) == 1 or any(r.proto != 1 for r in rows):
+        return [Request(r.body, r.samples, r.ts_ms, r.proto) for r in rows]
+    body = merge_bodies(r.body for r in rows)
+    return [Request(body, sum(r.samples for r in rows), rows[-1].ts_ms)]
