@@ -18,11 +18,12 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 
 from pusher import catalog
+from pusher.secrets import MAX_SECRET_BYTES, REDACTED, read_secret, redact_url, valid_token
 
 __all__ = [
     "DEFAULT_SERIES_LABELS",
@@ -35,9 +36,7 @@ __all__ = [
     "load",
     "parse_duration",
     "parse_size",
-    "read_secret",
-    "redact_url",
-    "valid_token",
+    "redact_url",  # where the CLI has it from
 ]
 
 
@@ -100,58 +99,9 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$"
 )
-# Credential files are small; anything larger is the wrong file.
-MAX_SECRET_BYTES = 64 * 1024
 # A config document is small: more nodes than this under one key is an alias bomb.
 _MAX_NODES = 10_000
 _MAX_DEPTH = 32
-REDACTED = "<redacted>"
-
-
-def redact_url(url: str) -> str:
-    """`url` fit to print: its userinfo (`user:password@`) and query values replaced."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return REDACTED
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
-    query = "&".join(
-        f"{p.partition('=')[0]}={REDACTED}" if "=" in p else p for p in parts.query.split("&")
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def read_secret(path: str) -> bytes:
-    """A credential file's content without surrounding whitespace.
-
-    Raises ValueError saying why it cannot be used, never what it holds.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_SECRET_BYTES + 1)
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_SECRET_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_SECRET_BYTES // 1024} KiB")
-    data = data.strip()
-    if not data:
-        raise ValueError(f"{path} is empty")
-    return data
-
-
-def valid_token(token: bytes) -> bool:
-    """A bearer token fit for a header: printable ASCII without spaces (RFC 6750)."""
-    return bool(token) and all(0x21 <= b <= 0x7E for b in token)
 
 
 def parse_duration(text: str | int | float) -> float:

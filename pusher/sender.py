@@ -33,9 +33,7 @@ import http.client
 import http.cookiejar
 import logging
 import math
-import os
 import re
-import threading
 import time
 import warnings
 from collections.abc import Generator, Mapping
@@ -49,7 +47,8 @@ import requests.auth
 import urllib3
 
 from pusher import __version__
-from pusher.config import REDACTED, Config, read_secret, valid_token
+from pusher.config import Config
+from pusher.secrets import FileSecret, Redactor
 
 __all__ = ["Outcome", "Sender", "TLSOptions", "mimir_reason", "parse_retry_after"]
 
@@ -67,13 +66,6 @@ MAX_RETRY_AFTER = 600.0
 MAX_ERROR_TEXT = 300
 # Mimir's ids are short; a longer one is not Mimir's and would make a long label value.
 _MIMIR_ID = re.compile(r"err-mimir-([a-z0-9-]{1,64})(?![a-z0-9-])")
-# `scheme://anything@`: userinfo in any URL a message quotes.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"]*@")
-# C0 and C1 controls, line and paragraph separators, bidi overrides: nothing a log line
-# should carry from a remote party.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
-# Secrets shorter than this are not scrubbed from messages (they would garble every word).
-_MIN_SECRET = 4
 
 Kind = Literal["ok", "retry", "hold", "too_large", "reject", "unsupported"]
 # Remote-Write 2.0: the request headers that differ from 1.0, and the receiver's answer.
@@ -143,107 +135,8 @@ def mimir_reason(body: str, code: int) -> str:
     return m.group(1) if m else f"http_{code}"
 
 
-class _Redactor:
-    """Removes known secrets, URL userinfo and control characters from text to be printed."""
-
-    def __init__(self) -> None:
-        self._known: list[str] = []  # oldest first
-        self._secrets: list[str] = []  # longest first, so one inside another goes whole
-        self._lock = threading.Lock()
-
-    def add(self, secret: str | bytes) -> None:
-        text = secret.decode("utf-8", "replace") if isinstance(secret, bytes) else secret
-        if len(text) < _MIN_SECRET:
-            return
-        with self._lock:
-            if text not in self._known:
-                self._known = [*self._known, text][-32:]  # rotations add; the oldest go
-                self._secrets = sorted(self._known, key=len, reverse=True)
-
-    def __call__(self, text: str, cut: bool = False) -> str:
-        """`text` fit to print. `cut`: the text was truncated, so a secret may have been
-        cut in two; a tail that starts one is dropped too."""
-        secrets = self._secrets
-        for _ in range(4):  # until nothing changes: a replacement may join a new match
-            before = text
-            for s in secrets:
-                text = text.replace(s, REDACTED)
-            text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
-            text = _UNPRINTABLE.sub(" ", text)
-            if text == before:
-                break
-        if any(s in text for s in secrets):
-            return REDACTED  # a pathological overlap: print nothing rather than a secret
-        if cut:
-            text = _cut_partial_secret(text, secrets)
-        return text.strip()
-
-
 def _limit(text: str) -> str:
     return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
-
-
-def _cut_partial_secret(text: str, secrets: list[str]) -> str:
-    """`text` without a tail of 3 characters or more that starts a secret."""
-    cut = True
-    while cut:
-        cut = False
-        for s in secrets:
-            for n in range(min(len(s) - 1, len(text)), 2, -1):
-                if text.endswith(s[:n]):
-                    text, cut = text[: len(text) - n], True
-                    break
-    return text
-
-
-class _FileSecret:
-    """A credential kept in a file, re-read when the file changes (or after the receiver
-    refused it), so a rotated token is picked up without a restart. A file that is missing,
-    empty or malformed for a moment (mid-rotation) leaves the last good value in use."""
-
-    def __init__(self, path: str, key: str, redact: _Redactor, token: bool = False) -> None:
-        self.path = path
-        self.key = key
-        self._redact = redact
-        self._token = token
-        self._lock = threading.Lock()
-        self._signature: tuple[int, ...] | None = None
-        self._stale = True
-        self._warned: tuple[int, ...] | None = None
-        self.value = b""
-        self.get()
-
-    def invalidate(self) -> None:
-        self._stale = True
-
-    def get(self) -> bytes:
-        with self._lock:
-            try:
-                st = os.stat(self.path)
-                signature: tuple[int, ...] = (
-                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                )  # fmt: skip
-            except OSError:
-                signature = ()
-            if signature == self._signature and not self._stale:
-                return self.value
-            try:
-                value = read_secret(self.path)
-                if self._token and not valid_token(value):
-                    raise ValueError(f"{self.path} holds characters a token cannot have")
-            except ValueError as e:
-                if signature != self._warned:
-                    self._warned = signature
-                    keeping = "keeping the previous value" if self.value else "sending none"
-                    log.warning("%s: %s; %s", self.key, e, keeping)
-                return self.value
-            self._signature, self._stale, self._warned = signature, False, None
-            if value != self.value:
-                if self.value:
-                    log.info("%s: %s changed; using the new credential", self.key, self.path)
-                self._redact.add(value)
-                self.value = value
-            return self.value
 
 
 class _Credentials(requests.auth.AuthBase):
@@ -253,10 +146,10 @@ class _Credentials(requests.auth.AuthBase):
 
     def __init__(
         self,
-        redact: _Redactor,
+        redact: Redactor,
         username: str = "",
-        password: _FileSecret | bytes | None = None,
-        token: _FileSecret | None = None,
+        password: FileSecret | bytes | None = None,
+        token: FileSecret | None = None,
     ) -> None:
         self._redact = redact
         self._username = username.encode("utf-8")
@@ -265,7 +158,7 @@ class _Credentials(requests.auth.AuthBase):
 
     def invalidate(self) -> None:
         for secret in (self._password, self._token):
-            if isinstance(secret, _FileSecret):
+            if isinstance(secret, FileSecret):
                 secret.invalidate()
 
     def header(self) -> str | None:
@@ -274,7 +167,7 @@ class _Credentials(requests.auth.AuthBase):
             return f"Bearer {token.decode('ascii')}" if token else None
         if self._password is not None:
             password = self._password
-            if isinstance(password, _FileSecret):
+            if isinstance(password, FileSecret):
                 password = password.get()
                 if not password:
                     return None  # unreadable since the start: send none, the 401 says why
@@ -339,7 +232,7 @@ class Sender:
     ) -> None:
         """`basic_auth` is (username, password file). A `user:password@` in `url` is used
         as basic auth when no other credential is given, and never printed."""
-        self.redact = _Redactor()
+        self.redact = Redactor()
         self.url, url_user, url_password = self._split_userinfo(url)
         self.timeout = timeout
         self.tls = tls or TLSOptions()
@@ -388,12 +281,12 @@ class Sender:
         self.headers = base
 
         if bearer_token_file:
-            token = _FileSecret(bearer_token_file, "remote_write.bearer_token_file",
+            token = FileSecret(bearer_token_file, "remote_write.bearer_token_file",
                                 self.redact, token=True)  # fmt: skip
             self._auth = _Credentials(self.redact, token=token)
         elif basic_auth is not None:
             user, password_file = basic_auth
-            password = _FileSecret(password_file, "remote_write.basic_auth.password_file",
+            password = FileSecret(password_file, "remote_write.basic_auth.password_file",
                                    self.redact)  # fmt: skip
             self._auth = _Credentials(self.redact, user, password)
         elif url_password is not None:

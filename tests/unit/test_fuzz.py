@@ -27,6 +27,7 @@ from pusher.encode import Encoder, decompress
 from pusher.loop import build_samples
 from pusher.nova import NOVA_NS_PREFIX, parse_domain_xml
 from pusher.pb import remote_write_pb2
+from pusher.secrets import Redactor
 from pusher.sender import MAX_ERROR_BODY, Sender, mimir_reason, parse_retry_after
 
 # Mimir's limits (defaults): label name 1024 bytes, label value 2048 bytes.
@@ -394,7 +395,7 @@ SECRET = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size
 @settings(max_examples=300, **FAST)
 @given(SECRET, TEXT, TEXT)
 def test_the_redactor_never_lets_a_secret_through(secret: str, before: str, after: str) -> None:
-    redact = sender._Redactor()
+    redact = Redactor()
     redact.add(secret)
     out = redact(before + secret + after)
     assert secret not in out
@@ -405,7 +406,7 @@ def test_the_redactor_never_lets_a_secret_through(secret: str, before: str, afte
 @given(SECRET, TEXT, st.integers(3, 40))
 def test_a_secret_cut_short_leaves_no_tail_of_it(secret: str, before: str, keep: int) -> None:
     # What a capped error body does to a token it echoes: cuts it. No start of it may remain.
-    redact = sender._Redactor()
+    redact = Redactor()
     redact.add(secret)
     out = redact(before + secret[: min(keep, len(secret) - 1)], cut=True)
     assert not any(out.endswith(secret[:n]) for n in range(3, len(secret)))

@@ -27,8 +27,9 @@ from pki import PKI, make_pki
 
 from pusher import config, sender
 from pusher.collect import Collector
-from pusher.config import Config, ConfigError, from_mapping, redact_url
+from pusher.config import Config, ConfigError, from_mapping
 from pusher.loop import Agent
+from pusher.secrets import redact_url
 from pusher.sender import MAX_ERROR_BODY, Outcome, Sender, TLSOptions
 from pusher.spool import Spool
 
