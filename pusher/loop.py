@@ -294,25 +294,25 @@ class Agent:
         self.clock = clock
         # Before any label set is built (external labels included).
         catalog.set_limits(
-            cfg.limits_max_label_names_per_series,
-            cfg.limits_max_label_name_length,
-            cfg.limits_max_label_value_length,
+            cfg.limits.max_label_names_per_series,
+            cfg.limits.max_label_name_length,
+            cfg.limits.max_label_value_length,
         )
-        self._filter = DomainFilter.from_config(cfg)
+        self._filter = DomainFilter.from_config(cfg.filter)
         self.collector = collector or Collector(
-            cfg.libvirt_uri, cfg.nova_refresh_interval, partial_wait=cfg.collect_timeout / 4
+            cfg.libvirt.uri, cfg.nova.refresh_interval, partial_wait=cfg.collect.timeout / 4
         )
         if isinstance(self.collector, Collector):
             # The config's collection settings, whoever built the collector.
-            self.collector.groups = cfg.collect_groups
-            self.collector.job_info = cfg.collect_job_info
+            self.collector.groups = cfg.collect.groups
+            self.collector.job_info = cfg.collect.job_info
             if self._filter:
                 self.collector.exported = self._filter.admits
-        self._drop = frozenset(cfg.labels_drop)
+        self._drop = frozenset(cfg.labels.drop)
         self.spool = spool
         self.sender = sender
-        self.encoder = Encoder(cfg.remote_write_max_samples_per_send)
-        self.encoder_v2 = EncoderV2(cfg.remote_write_max_samples_per_send)
+        self.encoder = Encoder(cfg.remote_write.max_samples_per_send)
+        self.encoder_v2 = EncoderV2(cfg.remote_write.max_samples_per_send)
         self.protocol = self._initial_protocol()  # 1 or 2: what new cycles are encoded as
         self.counters = Counters()
         self.external = label_pairs(cfg.external_labels)
@@ -365,7 +365,7 @@ class Agent:
                 snapshot.duration, snapshot.xml_fetches,
             )  # fmt: skip
             domains = plan_snapshot(
-                answered, self.cfg.nova_series_labels, self.external,
+                answered, self.cfg.nova.series_labels, self.external,
                 self._domains, self._unknown_keys, self._drop,
             )  # fmt: skip
             stats = {d.uuid: d.stats for d in answered.domains}
@@ -424,7 +424,7 @@ class Agent:
             raise LibvirtUnavailable(
                 f"{len(self._pending)} libvirt calls have not returned; not starting another"
             )
-        half = self.cfg.collect_timeout / 2
+        half = self.cfg.collect.timeout / 2
         bulk = self._executor.submit(self.collector.collect)
         try:
             return bulk.result(timeout=half)
@@ -505,7 +505,7 @@ class Agent:
                 (("pusher_labels_truncated_total", (), ext), float(truncated)),
                 (("pusher_cached_series", (), ext), float(self.encoder.cached_series())),
             ]
-            if self.cfg.collect_job_info:
+            if self.cfg.collect.job_info:
                 job_errors = float(self.collector.job_errors)
                 out.append((("pusher_job_info_errors_total", (), ext), job_errors))
             for reason in sorted(set(KNOWN_DROP_REASONS) | set(c.dropped)):
@@ -528,7 +528,7 @@ class Agent:
             self.counters.collected += n
         metadata = b""
         now = time.monotonic()
-        interval = self.cfg.remote_write_metadata_interval
+        interval = self.cfg.remote_write.metadata_interval
         if interval > 0 and now - self._last_metadata >= interval:
             metadata = metadata_bytes(catalog.CATALOG)
             self._last_metadata = now
@@ -547,7 +547,7 @@ class Agent:
         with self.counters.lock:
             state = {
                 "cycle_at": cycle_at,
-                "interval": self.cfg.collect_interval,
+                "interval": self.cfg.collect.interval,
                 "libvirt_up": self._libvirt_up,
                 "last_send_success": self.counters.last_success,
                 "spool_requests": requests,
@@ -558,7 +558,7 @@ class Agent:
     def run(self) -> None:
         """Collect on every interval boundary until `stop()`, then drain within the grace."""
         self.start_sender()
-        interval = self.cfg.collect_interval
+        interval = self.cfg.collect.interval
         try:
             while not self.stop_event.is_set():
                 now = self.clock()
@@ -583,7 +583,7 @@ class Agent:
         backlog (or a receiver throttling it) never delays what dashboards show now."""
         if self._sender_threads:
             return
-        lanes = ["fresh", "backlog"] if self.cfg.remote_write_order == "backfill" else ["all"]
+        lanes = ["fresh", "backlog"] if self.cfg.remote_write.order == "backfill" else ["all"]
         for lane in lanes:
             t = threading.Thread(target=self._drain, args=(lane,), name=f"send-{lane}",
                                  daemon=True)  # fmt: skip
@@ -634,7 +634,7 @@ class Agent:
 
     def _fresh_since_ms(self) -> int:
         """Rows from the last two cycles count as fresh."""
-        return int((self.clock() - 2 * self.cfg.collect_interval) * 1000)
+        return int((self.clock() - 2 * self.cfg.collect.interval) * 1000)
 
     def _drain(self, lane: str = "all") -> None:
         assert self.spool is not None and self.sender is not None
@@ -646,7 +646,7 @@ class Agent:
             elif lane == "backlog":
                 before = self._fresh_since_ms()
             rows = self.spool.peek(
-                self.cfg.remote_write_max_samples_per_send, since, before, claim=True
+                self.cfg.remote_write.max_samples_per_send, since, before, claim=True
             )
             if not rows:
                 if self.stop_event.is_set():
@@ -664,7 +664,7 @@ class Agent:
                 return
 
     def _drop_too_old(self, rows: list[Row]) -> list[Row]:
-        max_age = self.cfg.remote_write_max_sample_age
+        max_age = self.cfg.remote_write.max_sample_age
         if max_age <= 0:
             return rows
         horizon = (self.clock() - max_age) * 1000
@@ -690,7 +690,7 @@ class Agent:
             raw = b"".join(decompress(r.body) for r in rows)
             parts = [_Part(compress(raw), sum(r.samples for r in rows))]
         attempt = 0
-        backoff = self.cfg.remote_write_min_backoff
+        backoff = self.cfg.remote_write.min_backoff
         while parts:
             part = parts[0]
             if part.proto == 2 and self.protocol == 1:
@@ -699,7 +699,7 @@ class Agent:
                 with self.counters.lock:
                     self.counters.retried += part.samples
             outcome = self._post(part.body, attempt, part.proto)
-            if outcome.kind == "unsupported" and self.cfg.remote_write_protocol == "auto":
+            if outcome.kind == "unsupported" and self.cfg.remote_write.protocol == "auto":
                 self._fall_back_to_v1(outcome)
                 continue  # the same part again, as 1.0
             if outcome.kind == "unsupported":
@@ -712,7 +712,7 @@ class Agent:
                     log.info("remote write recovered after %d failed attempt(s)", self._failing)
                     self._failing = 0
                 parts.pop(0)
-                attempt, backoff = 0, self.cfg.remote_write_min_backoff
+                attempt, backoff = 0, self.cfg.remote_write.min_backoff
                 with self.counters.lock:
                     self.counters.sent += part.samples
                     self.counters.last_success = self.clock()
@@ -736,7 +736,7 @@ class Agent:
                 attempt += 1
                 jittered = backoff / 2 + random.uniform(0, backoff / 2)
                 delay = outcome.retry_after if outcome.retry_after is not None else jittered
-                backoff = min(backoff * 2, self.cfg.remote_write_max_backoff)
+                backoff = min(backoff * 2, self.cfg.remote_write.max_backoff)
                 self._log_retry(outcome, delay)
                 if not self._sleep(delay):
                     return "deadline"
@@ -758,7 +758,7 @@ class Agent:
                     f.write("1\n")
 
     def _initial_protocol(self) -> int:
-        choice = self.cfg.remote_write_protocol
+        choice = self.cfg.remote_write.protocol
         if choice == "v1":
             return 1
         if choice == "v2" or self.spool is None:

@@ -300,22 +300,22 @@ class Sender:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Sender:
-        user = cfg.remote_write_basic_auth_username
+        user = cfg.remote_write.basic_auth.username
         return cls(
-            cfg.remote_write_url,
-            cfg.remote_write_tenant,
-            cfg.remote_write_timeout,
-            cfg.remote_write_headers,
+            cfg.remote_write.url,
+            cfg.remote_write.tenant,
+            cfg.remote_write.timeout,
+            cfg.remote_write.headers,
             tls=TLSOptions(
-                cfg.remote_write_tls_ca_file,
-                cfg.remote_write_tls_cert_file,
-                cfg.remote_write_tls_key_file,
-                cfg.remote_write_tls_server_name,
-                cfg.remote_write_tls_insecure_skip_verify,
+                cfg.remote_write.tls.ca_file,
+                cfg.remote_write.tls.cert_file,
+                cfg.remote_write.tls.key_file,
+                cfg.remote_write.tls.server_name,
+                cfg.remote_write.tls.insecure_skip_verify,
             ),
-            basic_auth=(user, cfg.remote_write_basic_auth_password_file) if user else None,
-            bearer_token_file=cfg.remote_write_bearer_token_file,
-            proxy_url=cfg.remote_write_proxy_url,
+            basic_auth=(user, cfg.remote_write.basic_auth.password_file) if user else None,
+            bearer_token_file=cfg.remote_write.bearer_token_file,
+            proxy_url=cfg.remote_write.proxy_url,
         )
 
     def _split_userinfo(self, url: str) -> tuple[str, str, str | None]:

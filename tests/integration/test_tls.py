@@ -335,7 +335,7 @@ def test_data_refused_by_tls_stays_in_the_spool_and_is_counted(
          "shutdown_grace": "1s"}, {}, "node-1",
     )  # fmt: skip
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
-    collector = Collector(cfg.libvirt_uri, use_events=False)
+    collector = Collector(cfg.libvirt.uri, use_events=False)
     agent = Agent(cfg, collector=collector, sender=Sender.from_config(cfg), spool=spool)
     agent.run_cycle()
     pending = spool.stats()[0]

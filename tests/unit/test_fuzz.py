@@ -242,7 +242,7 @@ def test_label_pairs_never_yield_an_empty_or_oversized_value(labels: dict[str, s
 
 # --- the config ---------------------------------------------------------------------------
 
-PARTS = sorted({p for key in config._SCHEMA for p in key.split(".")})
+PARTS = sorted({p for key in config._KEYS for p in key.split(".")})
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(), TEXT, st.dates(), st.binary(max_size=8),
     st.sampled_from([
@@ -267,7 +267,7 @@ TREE = st.recursive(
 def schema_shaped(draw: st.DrawFn) -> dict[object, object]:
     """A document with some of the schema's keys, each holding anything at all."""
     tree: dict[object, object] = {}
-    for key in draw(st.lists(st.sampled_from(sorted(config._SCHEMA)), max_size=8)):
+    for key in draw(st.lists(st.sampled_from(sorted(config._KEYS)), max_size=8)):
         node = tree
         *sections, leaf = key.split(".")
         for section in sections:

@@ -239,7 +239,7 @@ def test_a_hanging_bulk_call_falls_back_and_keeps_the_stuck_domains_series() -> 
     )
     agent.collect_cycle()  # both answered once
     agent.collector = Hanging([[], []])  # type: ignore[assignment]
-    cfg_timeout = agent.cfg.collect_timeout
+    cfg_timeout = agent.cfg.collect.timeout
     try:
         for expected in (1.0, 2.0):
             start = _time.monotonic()

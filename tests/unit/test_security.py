@@ -94,14 +94,14 @@ def test_tls_and_credential_keys_are_read(pki: PKI, secrets: dict[str, str]) -> 
           bearer_token_file: {secrets["token"]}
           proxy_url: http://proxy.example:3128
     """)
-    assert cfg.remote_write_tls_ca_file == pki.ca_pem
-    assert (cfg.remote_write_tls_cert_file, cfg.remote_write_tls_key_file) == (
+    assert cfg.remote_write.tls.ca_file == pki.ca_pem
+    assert (cfg.remote_write.tls.cert_file, cfg.remote_write.tls.key_file) == (
         pki.client_pem,
         pki.client_key,
     )
-    assert cfg.remote_write_tls_server_name == "mimir.test"
-    assert cfg.remote_write_bearer_token_file == secrets["token"]
-    assert cfg.remote_write_proxy_url == "http://proxy.example:3128"
+    assert cfg.remote_write.tls.server_name == "mimir.test"
+    assert cfg.remote_write.bearer_token_file == secrets["token"]
+    assert cfg.remote_write.proxy_url == "http://proxy.example:3128"
 
 
 def test_credential_paths_may_come_from_the_environment(secrets: dict[str, str]) -> None:
@@ -111,7 +111,7 @@ def test_credential_paths_may_come_from_the_environment(secrets: dict[str, str])
         "remote_write: {bearer_token_file: '${CREDENTIALS_DIRECTORY}/token'}",
         {"CREDENTIALS_DIRECTORY": directory},
     )
-    assert cfg.remote_write_bearer_token_file == secrets["token"]
+    assert cfg.remote_write.bearer_token_file == secrets["token"]
 
 
 @pytest.mark.parametrize(
@@ -211,22 +211,22 @@ def test_the_example_config_documents_every_transport_key() -> None:
     path = REPO / "config.example.yaml"
     flat: dict[str, object] = {}
     config._flatten(yaml.safe_load(path.read_text(encoding="utf-8")), "", flat)
-    keys = {k for k in config._SCHEMA if k.startswith("remote_write.")}
+    keys = {k for k in config._KEYS if k.startswith("remote_write.")}
     assert keys <= set(flat), keys - set(flat)
     cfg = config.load(str(path), env={})
-    assert cfg.remote_write_tls_insecure_skip_verify is False
-    assert cfg.remote_write_bearer_token_file == cfg.remote_write_proxy_url == ""
+    assert cfg.remote_write.tls.insecure_skip_verify is False
+    assert cfg.remote_write.bearer_token_file == cfg.remote_write.proxy_url == ""
 
 
 def test_empty_transport_keys_mean_unset() -> None:
     cfg = parse("remote_write: {tls: {ca_file: '', server_name: ''}, bearer_token_file: ''}")
-    assert cfg.remote_write_tls_ca_file == cfg.remote_write_bearer_token_file == ""
+    assert cfg.remote_write.tls.ca_file == cfg.remote_write.bearer_token_file == ""
 
 
 def test_insecure_skip_verify_is_off_by_default_and_warned_about_when_on(
     caplog: pytest.LogCaptureFixture, senders: list[Sender]
 ) -> None:
-    assert Config().remote_write_tls_insecure_skip_verify is False
+    assert Config().remote_write.tls.insecure_skip_verify is False
     cfg = parse("remote_write: {url: 'https://m/push', tls: {insecure_skip_verify: true}}")
     with caplog.at_level("WARNING", logger="pusher.sender"):
         senders.append(Sender.from_config(cfg))
@@ -815,7 +815,7 @@ def test_hostile_answers_are_counted_and_the_data_is_kept(
         shutdown_grace: 1s
     """)
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
-    collector = Collector(cfg.libvirt_uri, use_events=False)
+    collector = Collector(cfg.libvirt.uri, use_events=False)
     agent = Agent(cfg, collector=collector, sender=Sender.from_config(cfg), spool=spool)
     agent.run_cycle()
     pending = spool.stats()[0]
