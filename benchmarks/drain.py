@@ -135,7 +135,7 @@ def main() -> None:
             with sqlite3.connect(db) as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             file_bytes = sum(p.stat().st_size for p in Path(cfg.buffer.path).glob("spool.db*"))
-            agent = Agent(cfg, sender=Sender(url, "openstack"), spool=spool)
+            agent = Agent(cfg, sender=Sender(cfg.remote_write), spool=spool)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             emptied = agent.drain_once(time.monotonic() + 600)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0

@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpoolError as e:
         print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
         return 2
-    sender = Sender.from_config(cfg)
+    sender = Sender(cfg.remote_write)
     agent = Agent(cfg, sender=sender, spool=spool)
     if args.once:
         return _once(agent, cfg)

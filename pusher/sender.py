@@ -47,10 +47,10 @@ import requests.auth
 import urllib3
 
 from pusher import __version__
-from pusher.config import Config
+from pusher.config import RemoteWriteConfig, TLSConfig
 from pusher.secrets import FileSecret, Redactor
 
-__all__ = ["Outcome", "Sender", "TLSOptions", "mimir_reason", "parse_retry_after"]
+__all__ = ["Outcome", "Sender", "mimir_reason", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +93,6 @@ class Outcome:
     reason: str = ""
     message: str = ""
     written: int | None = None  # samples a 2.0 receiver says it wrote
-
-
-@dataclass(frozen=True)
-class TLSOptions:
-    """`remote_write.tls`: empty strings mean the defaults (system CAs, no client cert)."""
-
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    server_name: str = ""
-    insecure_skip_verify: bool = False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -217,32 +206,34 @@ class _Session(requests.Session):
 
 
 class Sender:
-    def __init__(
-        self,
-        url: str,
-        tenant: str = "",
-        timeout: float = 30.0,
-        headers: Mapping[str, str] | None = None,
-        session: requests.Session | None = None,
-        *,
-        tls: TLSOptions | None = None,
-        basic_auth: tuple[str, str] | None = None,
-        bearer_token_file: str = "",
-        proxy_url: str = "",
-    ) -> None:
-        """`basic_auth` is (username, password file). A `user:password@` in `url` is used
-        as basic auth when no other credential is given, and never printed."""
+    """Posts remote-write bodies as the `remote_write` section says: URL, tenant, timeout,
+    headers, TLS, proxy and credentials."""
+
+    def __init__(self, cfg: RemoteWriteConfig, *, session: requests.Session | None = None) -> None:
+        """A `user:password@` in the URL is used as basic auth when no other credential is
+        given, and never printed. `session` replaces the one the sender would make."""
         self.redact = Redactor()
-        self.url, url_user, url_password = self._split_userinfo(url)
-        self.timeout = timeout
-        self.tls = tls or TLSOptions()
+        self.url, url_user, url_password = self._split_userinfo(cfg.url)
+        self.timeout = cfg.timeout
+        self.tls = cfg.tls
         self.session = session or _Session()
         self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        if self.tls.server_name:
-            self.session.mount("https://", _ServerNameAdapter(self.tls.server_name))
-        self._verify: bool | str = True
-        if self.tls.insecure_skip_verify:
-            self._verify = False
+        self._verify, self._cert = self._setup_tls(cfg.tls)
+        self._proxies = self._setup_proxies(cfg.proxy_url)
+        self.headers = self._headers(cfg.headers, cfg.tenant)
+        self._auth = self._credentials(cfg, url_user, url_password)
+        self.session.auth = self._auth
+        if self._auth.header() is not None and urlsplit(self.url).scheme == "http":
+            log.warning("remote_write credentials go over plain http://: anyone on the path "
+                        "can read them; use https://")  # fmt: skip
+
+    def _setup_tls(self, tls: TLSConfig) -> tuple[bool | str, tuple[str, str] | None]:
+        """requests' `verify` and `cert` for `tls`; a `server_name` is mounted on the session."""
+        if tls.server_name:
+            self.session.mount("https://", _ServerNameAdapter(tls.server_name))
+        verify: bool | str = True
+        if tls.insecure_skip_verify:
+            verify = False
             # The warning is logged once below; urllib3's would repeat on every request.
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
             log.warning(
@@ -250,18 +241,25 @@ class Sender:
                 "not checked, so anyone on the path can read and alter what is sent, "
                 "credentials included"
             )
-        elif self.tls.ca_file:
-            self._verify = self.tls.ca_file
-        self._cert = (self.tls.cert_file, self.tls.key_file) if self.tls.cert_file else None
-        self._proxies = {"http": proxy_url, "https": proxy_url} if proxy_url else None
+        elif tls.ca_file:
+            verify = tls.ca_file
+        return verify, (tls.cert_file, tls.key_file) if tls.cert_file else None
+
+    def _setup_proxies(self, proxy_url: str) -> dict[str, str] | None:
+        """requests' `proxies` for `proxy_url`; every proxy's `user:password@` (this one's and
+        the environment's) joins the secrets."""
         try:
             env_proxies = list(requests.utils.get_environ_proxies(self.url).values())
         except ValueError:  # a URL config validation would have refused
             env_proxies = []
         for proxy in [proxy_url, *env_proxies]:
             self._add_url_secrets(proxy)  # user:password@ of a proxy is never printed either
+        return {"http": proxy_url, "https": proxy_url} if proxy_url else None
 
-        base = dict(headers or {})
+    def _headers(self, headers: Mapping[str, str], tenant: str) -> dict[str, str]:
+        """The configured headers under the ones remote-write requires; the values of those
+        that look like credentials join the secrets."""
+        base = dict(headers)
         for name, value in base.items():
             if name.lower() in ("authorization", "cookie", "proxy-authorization") or any(
                 w in name.lower() for w in ("token", "key", "secret", "password", "auth")
@@ -278,45 +276,24 @@ class Sender:
         })  # fmt: skip
         if tenant:
             base["X-Scope-OrgID"] = tenant
-        self.headers = base
+        return base
 
-        if bearer_token_file:
-            token = FileSecret(bearer_token_file, "remote_write.bearer_token_file",
-                                self.redact, token=True)  # fmt: skip
-            self._auth = _Credentials(self.redact, token=token)
-        elif basic_auth is not None:
-            user, password_file = basic_auth
-            password = FileSecret(password_file, "remote_write.basic_auth.password_file",
-                                   self.redact)  # fmt: skip
-            self._auth = _Credentials(self.redact, user, password)
-        elif url_password is not None:
-            self._auth = _Credentials(self.redact, url_user, url_password.encode("utf-8"))
-        else:
-            self._auth = _Credentials(self.redact)
-        self.session.auth = self._auth
-        if self._auth.header() is not None and urlsplit(self.url).scheme == "http":
-            log.warning("remote_write credentials go over plain http://: anyone on the path "
-                        "can read them; use https://")  # fmt: skip
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> Sender:
-        user = cfg.remote_write.basic_auth.username
-        return cls(
-            cfg.remote_write.url,
-            cfg.remote_write.tenant,
-            cfg.remote_write.timeout,
-            cfg.remote_write.headers,
-            tls=TLSOptions(
-                cfg.remote_write.tls.ca_file,
-                cfg.remote_write.tls.cert_file,
-                cfg.remote_write.tls.key_file,
-                cfg.remote_write.tls.server_name,
-                cfg.remote_write.tls.insecure_skip_verify,
-            ),
-            basic_auth=(user, cfg.remote_write.basic_auth.password_file) if user else None,
-            bearer_token_file=cfg.remote_write.bearer_token_file,
-            proxy_url=cfg.remote_write.proxy_url,
-        )
+    def _credentials(
+        self, cfg: RemoteWriteConfig, url_user: str, url_password: str | None
+    ) -> _Credentials:
+        """The one credential configured: a token file, basic auth, the URL's userinfo, or
+        none."""
+        if cfg.bearer_token_file:
+            token = FileSecret(cfg.bearer_token_file, "remote_write.bearer_token_file",
+                               self.redact, token=True)  # fmt: skip
+            return _Credentials(self.redact, token=token)
+        if cfg.basic_auth.username:
+            password = FileSecret(cfg.basic_auth.password_file,
+                                  "remote_write.basic_auth.password_file", self.redact)  # fmt: skip
+            return _Credentials(self.redact, cfg.basic_auth.username, password)
+        if url_password is not None:
+            return _Credentials(self.redact, url_user, url_password.encode("utf-8"))
+        return _Credentials(self.redact)
 
     def _split_userinfo(self, url: str) -> tuple[str, str, str | None]:
         """(url without userinfo, user, password or None); the password joins the secrets."""

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pusher import config, sender
 from pusher.catalog import label_pairs, series_labels
 from pusher.collect import DomainStats, Snapshot
-from pusher.config import ConfigError, from_mapping
+from pusher.config import ConfigError, RemoteWriteConfig, from_mapping
 from pusher.encode import Encoder, decompress
 from pusher.loop import build_samples
 from pusher.nova import NOVA_NS_PREFIX, parse_domain_xml
@@ -486,7 +486,8 @@ def one_shot() -> Iterator[OneShotServer]:
 @given(ANSWER)
 def test_any_answer_gives_a_sane_outcome_in_bounded_time(one_shot, answer: bytes) -> None:
     one_shot.answer = answer
-    s = Sender(one_shot.url, timeout=1.0, headers={"Authorization": "Bearer s3cr3t-t0ken"})
+    headers = {"Authorization": "Bearer s3cr3t-t0ken"}
+    s = Sender(RemoteWriteConfig(url=one_shot.url, timeout=1.0, headers=headers))
     try:
         start = time.monotonic()
         outcome = s.send(b"body")

@@ -27,10 +27,10 @@ from pki import PKI, make_pki
 
 from pusher import config, sender
 from pusher.collect import Collector
-from pusher.config import Config, ConfigError, from_mapping
+from pusher.config import BasicAuth, Config, ConfigError, RemoteWriteConfig, TLSConfig, from_mapping
 from pusher.loop import Agent
 from pusher.secrets import redact_url
-from pusher.sender import MAX_ERROR_BODY, Outcome, Sender, TLSOptions
+from pusher.sender import MAX_ERROR_BODY, Outcome, Sender
 from pusher.spool import Spool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def senders() -> Iterator[list[Sender]]:
 
 
 def make_sender(senders: list[Sender], url: str, **kwargs: object) -> Sender:
-    s = Sender(url, **kwargs)  # type: ignore[arg-type]
+    s = Sender(RemoteWriteConfig(url=url, **kwargs))  # type: ignore[arg-type]
     senders.append(s)
     return s
 
@@ -229,7 +229,7 @@ def test_insecure_skip_verify_is_off_by_default_and_warned_about_when_on(
     assert Config().remote_write.tls.insecure_skip_verify is False
     cfg = parse("remote_write: {url: 'https://m/push', tls: {insecure_skip_verify: true}}")
     with caplog.at_level("WARNING", logger="pusher.sender"):
-        senders.append(Sender.from_config(cfg))
+        senders.append(Sender(cfg.remote_write))
     assert any(
         r.levelname == "WARNING" and "insecure_skip_verify" in r.getMessage()
         for r in caplog.records
@@ -308,7 +308,7 @@ def test_bearer_token_file_is_sent_without_its_newline(
 
 
 def test_basic_auth_password_file_is_sent(http_server, senders, secrets: dict[str, str]) -> None:
-    s = make_sender(senders, http_server.url, basic_auth=("edge-1", secrets["password"]))
+    s = make_sender(senders, http_server.url, basic_auth=BasicAuth("edge-1", secrets["password"]))
     assert s.send(BODY).kind == "ok"
     expected = base64.b64encode(f"edge-1:{PASSWORD}".encode()).decode()
     assert http_server.received[0].headers["Authorization"] == f"Basic {expected}"
@@ -443,7 +443,7 @@ def test_a_receiver_echoing_the_credentials_never_gets_them_into_an_outcome(
     if mode == "bearer":
         kwargs["bearer_token_file"] = secrets["token"]
     elif mode == "basic":
-        kwargs["basic_auth"] = ("edge-1", secrets["password"])
+        kwargs["basic_auth"] = BasicAuth("edge-1", secrets["password"])
     elif mode == "url":
         url = url.replace("http://", f"http://edge-1:{URL_PASSWORD}@")
     else:
@@ -816,7 +816,7 @@ def test_hostile_answers_are_counted_and_the_data_is_kept(
     """)
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
     collector = Collector(cfg.libvirt.uri, use_events=False)
-    agent = Agent(cfg, collector=collector, sender=Sender.from_config(cfg), spool=spool)
+    agent = Agent(cfg, collector=collector, sender=Sender(cfg.remote_write), spool=spool)
     agent.run_cycle()
     pending = spool.stats()[0]
     delivered = agent.drain_once(time.monotonic() + 0.8)
@@ -898,7 +898,7 @@ def test_the_collectors_connection_refuses_to_change_a_domain() -> None:
 
 def test_tls_options_default_to_verifying_with_the_system_cas(senders) -> None:
     s = make_sender(senders, "https://mimir.example/api/v1/push")
-    assert s.tls == TLSOptions()
+    assert s.tls == TLSConfig()
     assert s._verify is True and s._cert is None
 
 
