@@ -444,6 +444,7 @@ class LibvirtConfig:
 @dataclass(frozen=True)
 class CollectConfig:
     interval: float = _key(15.0, _positive_duration)
+    # Unset, the smaller of this and the interval (from_mapping): Prometheus' scrape_timeout.
     timeout: float = _key(10.0, _positive_duration)
     groups: tuple[str, ...] = _key(DEFAULT_STATS_GROUPS, _stats_groups)
     job_info: bool = _key(False, _bool)
@@ -655,6 +656,10 @@ def from_mapping(
     if tree is not None:
         _flatten(tree, "", flat)
     values = {key: _parse(key, raw, env) for key, raw in flat.items()}
+    if "collect.timeout" not in values:
+        # As Prometheus' scrape_timeout: a short interval alone is enough, the timeout follows.
+        interval = values.get("collect.interval", CollectConfig.interval)
+        values["collect.timeout"] = min(CollectConfig.timeout, interval)
     labels = dict(values.get("external_labels", {}))
     labels.setdefault("host", hostname or socket.gethostname())
     values["external_labels"] = labels

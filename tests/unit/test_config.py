@@ -91,6 +91,24 @@ def test_load_without_a_file_gives_defaults() -> None:
     assert load(None, env={}).remote_write.max_samples_per_send == 2000
 
 
+# --- collect.timeout: unset, it follows the interval (as Prometheus' scrape_timeout) --------
+
+
+def test_an_interval_shorter_than_the_default_timeout_is_enough_alone() -> None:
+    cfg = parse("collect: {interval: 1s}")
+    assert (cfg.collect.interval, cfg.collect.timeout) == (1.0, 1.0)
+
+
+def test_an_interval_longer_than_the_default_timeout_keeps_the_default() -> None:
+    assert parse("collect: {interval: 30s}").collect.timeout == 10.0
+
+
+def test_an_explicit_timeout_longer_than_the_interval_is_still_an_error() -> None:
+    err = config_error("collect: {interval: 15s, timeout: 20s}")
+    assert err.key == "collect.timeout"
+    assert str(err) == "collect.timeout: must not exceed collect.interval"
+
+
 # --- every key of the schema -------------------------------------------------------------
 
 FULL = """
@@ -630,6 +648,27 @@ def test_load_of_a_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes("remote_write: {tenant: caf\xe9}\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         load(str(path), env={})
+
+
+@pytest.mark.parametrize("interval", ["1s", "5s", "15s", "2m"])
+def test_the_worker_stack_config_loads_with_any_interval(interval: str) -> None:
+    # compose/worker.env.example offers PUSHER_INTERVAL; MIMIR_URL is the one variable the
+    # config requires. A fixed timeout there once made 5s a restart loop.
+    env = {"MIMIR_URL": "https://mimir.example.com/api/v1/push", "PUSHER_INTERVAL": interval}
+    cfg = load(str(REPO / "compose" / "config.yaml"), env=env)
+    assert cfg.collect.interval == parse_duration(interval)
+    assert cfg.collect.timeout == min(10.0, parse_duration(interval))
+
+
+@pytest.mark.parametrize(
+    "path", ["config.example.yaml", "compose/config.yaml", "compose/dev-config.yaml"]
+)
+def test_shipped_configs_let_the_timeout_follow_the_interval(path: str) -> None:
+    # A timeout written next to the interval turns a shorter interval into a config error.
+    flat: dict[str, object] = {}
+    config._flatten(yaml.safe_load((REPO / path).read_text(encoding="utf-8")), "", flat)
+    assert "collect.interval" in flat
+    assert "collect.timeout" not in flat
 
 
 # --- the command line --------------------------------------------------------------------
