@@ -126,17 +126,17 @@ def main() -> None:
                 "buffer": {"path": str(workdir / "spool")},
                 "collect": {"interval": "15s"},
             })  # fmt: skip
-            spool = Spool(cfg.buffer_path, cfg.buffer_max_bytes, cfg.buffer_fsync)
+            spool = Spool(cfg.buffer.path, cfg.buffer.max_bytes, cfg.buffer.fsync)
             t0 = time.perf_counter()
             total = fill(spool, args.guests, args.cycles, 15000,
-                         cfg.remote_write_max_samples_per_send, args.protocol)  # fmt: skip
+                         cfg.remote_write.max_samples_per_send, args.protocol)  # fmt: skip
             fill_s = time.perf_counter() - t0
             requests, body_bytes, _ = spool.stats()
-            db = Path(cfg.buffer_path) / "spool.db"
+            db = Path(cfg.buffer.path) / "spool.db"
             with sqlite3.connect(db) as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            file_bytes = sum(p.stat().st_size for p in Path(cfg.buffer_path).glob("spool.db*"))
-            agent = Agent(cfg, Sender(url, "openstack"), spool)
+            file_bytes = sum(p.stat().st_size for p in Path(cfg.buffer.path).glob("spool.db*"))
+            agent = Agent(cfg, Sender(cfg.remote_write), spool)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             emptied = agent.drain_once(time.monotonic() + 600)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0

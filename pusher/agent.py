@@ -49,10 +49,12 @@ class Agent:
         self.spool = spool
         self.planner = Planner.from_config(cfg)
         collector = collector or Collector.from_config(cfg)
-        self.collection = DeadlineCollector(collector, cfg.collect_timeout)
-        self.protocol = ProtocolMemory(cfg.remote_write_protocol, spool.directory)
-        self.delivery = Delivery(cfg, spool, sender, self.protocol, clock)
-        n = cfg.remote_write_max_samples_per_send
+        self.collection = DeadlineCollector(collector, cfg.collect.timeout)
+        self.protocol = ProtocolMemory(cfg.remote_write.protocol, spool.directory)
+        self.delivery = Delivery(
+            cfg.remote_write, cfg.collect.interval, spool, sender, self.protocol, clock
+        )
+        n = cfg.remote_write.max_samples_per_send
         self.encoders: dict[int, Encoder | EncoderV2] = {1: Encoder(n), 2: EncoderV2(n)}
         self.cycles = 0
         self.collected = 0
@@ -101,7 +103,7 @@ class Agent:
         self.collected += n  # after the readings: the figure includes this cycle next time
         metadata = b""
         now = time.monotonic()
-        interval = self.cfg.remote_write_metadata_interval
+        interval = self.cfg.remote_write.metadata_interval
         if interval > 0 and now - self._last_metadata >= interval:
             metadata = metadata_bytes(catalog.families_of(cycle.names()))
             self._last_metadata = now
@@ -117,7 +119,7 @@ class Agent:
         requests, _, oldest = self.spool.stats()
         state = {
             "cycle_at": cycle_at,
-            "interval": self.cfg.collect_interval,
+            "interval": self.cfg.collect.interval,
             "libvirt_up": int(self.libvirt_up),
             "last_send_success": self.delivery.stats.last_success,
             "spool_requests": requests,
@@ -130,7 +132,7 @@ class Agent:
     def run(self) -> None:
         """Collect on every interval boundary until `stop()`, then drain within the grace."""
         self.start_sender()
-        interval = self.cfg.collect_interval
+        interval = self.cfg.collect.interval
         try:
             while not self.stop_event.is_set():
                 now = self.clock()
@@ -154,7 +156,7 @@ class Agent:
         if self._lanes:
             return
         lanes: list[Lane] = ["all"]
-        if self.cfg.remote_write_order == "backfill":
+        if self.cfg.remote_write.order == "backfill":
             lanes = ["fresh", "backlog"]
         for lane in lanes:
             t = threading.Thread(target=self.delivery.drain, args=(lane,), name=f"send-{lane}",

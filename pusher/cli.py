@@ -75,10 +75,10 @@ def _setup_logging(level: str) -> None:
 def _summary(cfg: Config) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in sorted(cfg.external_labels.items()))
     return (
-        f"libvirt {cfg.libvirt_uri}, every {cfg.collect_interval:g}s -> "
-        f"{config.redact_url(cfg.remote_write_url) or '(no remote_write.url)'}"
-        f"{' tenant ' + cfg.remote_write_tenant if cfg.remote_write_tenant else ''}; "
-        f"spool {cfg.buffer_path}; external labels {labels}"
+        f"libvirt {cfg.libvirt.uri}, every {cfg.collect.interval:g}s -> "
+        f"{config.redact_url(cfg.remote_write.url) or '(no remote_write.url)'}"
+        f"{' tenant ' + cfg.remote_write.tenant if cfg.remote_write.tenant else ''}; "
+        f"spool {cfg.buffer.path}; external labels {labels}"
     )
 
 
@@ -89,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
         return 2
-    _setup_logging(args.log_level or cfg.log_level)
+    _setup_logging(args.log_level or cfg.log.level)
 
     if args.check_config:
-        if not cfg.remote_write_url:
+        if not cfg.remote_write.url:
             print("libvirt-pusher: config error: remote_write.url: required", file=sys.stderr)
             return 2
         print(f"config OK: {_summary(cfg)}")
@@ -100,18 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return _dry_run(cfg)
     if args.health:
-        healthy, why = check_health(cfg.buffer_path, time.time())
+        healthy, why = check_health(cfg.buffer.path, time.time())
         print(("healthy: " if healthy else "unhealthy: ") + why)
         return 0 if healthy else 1
-    if not cfg.remote_write_url:
+    if not cfg.remote_write.url:
         print("libvirt-pusher: config error: remote_write.url: required", file=sys.stderr)
         return 2
     try:
-        spool = Spool(cfg.buffer_path, cfg.buffer_max_bytes, cfg.buffer_fsync)
+        spool = Spool(cfg.buffer.path, cfg.buffer.max_bytes, cfg.buffer.fsync)
     except SpoolError as e:
         print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
         return 2
-    sender = Sender.from_config(cfg)
+    sender = Sender(cfg.remote_write)
     agent = Agent(cfg, sender, spool)
     if args.once:
         return _once(agent, cfg)
@@ -126,7 +126,7 @@ class _BuildInfo:
 def _dry_run(cfg: Config) -> int:
     """One cycle from the collector and the planner, printed; no spool, nothing sent."""
     collection = DeadlineCollector(
-        Collector.from_config(cfg, use_events=False), cfg.collect_timeout
+        Collector.from_config(cfg, use_events=False), cfg.collect.timeout
     )
     planner = Planner.from_config(cfg)
     try:
@@ -142,7 +142,7 @@ def _dry_run(cfg: Config) -> int:
 
 def _once(agent: Agent, cfg: Config) -> int:
     agent.run_cycle()
-    deadline = time.monotonic() + max(cfg.shutdown_grace, cfg.remote_write_timeout)
+    deadline = time.monotonic() + max(cfg.shutdown_grace, cfg.remote_write.timeout)
     delivered = agent.drain_once(deadline)
     agent.shutdown(0)
     stats = agent.delivery.stats

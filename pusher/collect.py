@@ -273,15 +273,15 @@ class Collector:
 
     @classmethod
     def from_config(cls, cfg: Config, use_events: bool = True) -> Collector:
-        domain_filter = DomainFilter.from_config(cfg)
+        domain_filter = DomainFilter.from_config(cfg.filter)
         return cls(
-            cfg.libvirt_uri,
-            cfg.nova_refresh_interval,
+            cfg.libvirt.uri,
+            cfg.nova.refresh_interval,
             use_events=use_events,
             # Re-asks of partial records and job info share a quarter of collect.timeout.
-            partial_wait=cfg.collect_timeout / 4,
-            groups=cfg.collect_groups,
-            job_info=cfg.collect_job_info,
+            partial_wait=cfg.collect.timeout / 4,
+            groups=cfg.collect.groups,
+            job_info=cfg.collect.job_info,
             exported=domain_filter.admits if domain_filter else None,
         )
 

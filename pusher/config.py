@@ -1,7 +1,10 @@
 """Configuration: a YAML file turned into a validated, immutable `Config`.
 
-Every key is declared once in `_SCHEMA` with its parser and default; unknown keys, wrong types
-and bad values raise `ConfigError` naming the key, which the CLI turns into exit status 2.
+A `Config` is a tree of frozen sections whose attribute paths are the YAML keys:
+`remote_write.tls.ca_file` is `cfg.remote_write.tls.ca_file`. Every key is declared once, as
+a field of its section carrying its default and its parser; the loader walks those fields.
+Unknown keys, wrong types and bad values raise `ConfigError` naming the dotted key, which the
+CLI turns into exit status 2.
 `${VAR}` and `${VAR:-default}` in string values are expanded from the environment;
 `$$` is a literal dollar sign.
 """
@@ -16,13 +19,14 @@ import socket
 import ssl
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import yaml
 
 from pusher import catalog
+from pusher.secrets import MAX_SECRET_BYTES, REDACTED, read_secret, redact_url, valid_token
 
 __all__ = [
     "DEFAULT_SERIES_LABELS",
@@ -30,14 +34,26 @@ __all__ = [
     "DROPPABLE_LABELS",
     "NOVA_LABELS",
     "STATS_GROUPS",
+    "BasicAuth",
+    "BufferConfig",
+    "CollectConfig",
     "Config",
     "ConfigError",
+    "DomainsConfig",
+    "FilterConfig",
+    "LabelsConfig",
+    "LibvirtConfig",
+    "LimitsConfig",
+    "LogConfig",
+    "NovaConfig",
+    "ProjectsConfig",
+    "RemoteWriteConfig",
+    "TLSConfig",
+    "from_mapping",
     "load",
     "parse_duration",
     "parse_size",
-    "read_secret",
-    "redact_url",
-    "valid_token",
+    "redact_url",  # where the CLI has it from
 ]
 
 
@@ -100,58 +116,9 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$"
 )
-# Credential files are small; anything larger is the wrong file.
-MAX_SECRET_BYTES = 64 * 1024
 # A config document is small: more nodes than this under one key is an alias bomb.
 _MAX_NODES = 10_000
 _MAX_DEPTH = 32
-REDACTED = "<redacted>"
-
-
-def redact_url(url: str) -> str:
-    """`url` fit to print: its userinfo (`user:password@`) and query values replaced."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return REDACTED
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
-    query = "&".join(
-        f"{p.partition('=')[0]}={REDACTED}" if "=" in p else p for p in parts.query.split("&")
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def read_secret(path: str) -> bytes:
-    """A credential file's content without surrounding whitespace.
-
-    Raises ValueError saying why it cannot be used, never what it holds.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_SECRET_BYTES + 1)
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_SECRET_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_SECRET_BYTES // 1024} KiB")
-    data = data.strip()
-    if not data:
-        raise ValueError(f"{path} is empty")
-    return data
-
-
-def valid_token(token: bytes) -> bool:
-    """A bearer token fit for a header: printable ASCII without spaces (RFC 6750)."""
-    return bool(token) and all(0x21 <= b <= 0x7E for b in token)
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -192,66 +159,6 @@ def parse_size(text: str | int) -> int:
     if n < 0:
         raise ValueError(f"{text!r} is negative")
     return n
-
-
-@dataclass(frozen=True, repr=False)
-class Config:
-    libvirt_uri: str = "qemu:///system"
-    collect_interval: float = 15.0
-    collect_timeout: float = 10.0
-    remote_write_url: str = ""
-    remote_write_tenant: str = ""
-    remote_write_timeout: float = 30.0
-    remote_write_max_samples_per_send: int = 2000
-    remote_write_headers: Mapping[str, str] = field(default_factory=dict)
-    remote_write_min_backoff: float = 0.03
-    remote_write_max_backoff: float = 5.0
-    remote_write_max_sample_age: float = 3600.0
-    remote_write_metadata_interval: float = 60.0
-    remote_write_order: str = "fifo"
-    remote_write_protocol: str = "v1"
-    remote_write_tls_ca_file: str = ""
-    remote_write_tls_cert_file: str = ""
-    remote_write_tls_key_file: str = ""
-    remote_write_tls_server_name: str = ""
-    remote_write_tls_insecure_skip_verify: bool = False
-    remote_write_basic_auth_username: str = ""
-    remote_write_basic_auth_password_file: str = ""
-    remote_write_bearer_token_file: str = ""
-    remote_write_proxy_url: str = ""
-    external_labels: Mapping[str, str] = field(default_factory=dict)
-    buffer_path: str = "/var/lib/libvirt-pusher"
-    buffer_max_bytes: int = 2**30
-    buffer_fsync: bool = True
-    nova_series_labels: tuple[str, ...] = DEFAULT_SERIES_LABELS
-    nova_refresh_interval: float = 600.0
-    collect_groups: tuple[str, ...] = DEFAULT_STATS_GROUPS
-    collect_job_info: bool = False
-    filter_projects_include: tuple[str, ...] = ()
-    filter_projects_exclude: tuple[str, ...] = ()
-    filter_domains_include: tuple[str, ...] = ()
-    filter_domains_exclude: tuple[str, ...] = ()
-    labels_drop: tuple[str, ...] = ()
-    limits_max_label_names_per_series: int = 30
-    limits_max_label_name_length: int = 1024
-    limits_max_label_value_length: int = 2048
-    log_level: str = "info"
-    shutdown_grace: float = 10.0
-
-    def __repr__(self) -> str:
-        # Credentials live in files, but a URL may carry `user:password@` and a header a
-        # token: neither is ever printed.
-        parts = []
-        for f in fields(self):
-            value: Any = getattr(self, f.name)
-            if f.name in ("remote_write_url", "remote_write_proxy_url") and value:
-                value = redact_url(value)
-            elif f.name == "remote_write_headers":
-                value = dict.fromkeys(value, REDACTED)
-            parts.append(f"{f.name}={value!r}")
-        return f"Config({', '.join(parts)})"
-
-    __str__ = __repr__
 
 
 # --- value parsers: each takes the raw YAML value and returns the typed value or raises
@@ -492,55 +399,183 @@ def _log_level(v: Any) -> str:
     return s
 
 
-# dotted YAML key -> (Config attribute, parser)
-_SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "libvirt.uri": ("libvirt_uri", _uri),
-    "collect.interval": ("collect_interval", _positive_duration),
-    "collect.timeout": ("collect_timeout", _positive_duration),
-    "remote_write.url": ("remote_write_url", _url),
-    "remote_write.tenant": ("remote_write_tenant", _str),
-    "remote_write.timeout": ("remote_write_timeout", _positive_duration),
-    "remote_write.max_samples_per_send": ("remote_write_max_samples_per_send", _positive_int),
-    "remote_write.headers": ("remote_write_headers", _headers),
-    "remote_write.min_backoff": ("remote_write_min_backoff", _positive_duration),
-    "remote_write.max_backoff": ("remote_write_max_backoff", _positive_duration),
-    "remote_write.max_sample_age": ("remote_write_max_sample_age", _duration),
-    "remote_write.metadata_interval": ("remote_write_metadata_interval", _duration),
-    "remote_write.order": ("remote_write_order", _order),
-    "remote_write.protocol": ("remote_write_protocol", _protocol),
-    "remote_write.tls.ca_file": ("remote_write_tls_ca_file", _file),
-    "remote_write.tls.cert_file": ("remote_write_tls_cert_file", _file),
-    "remote_write.tls.key_file": ("remote_write_tls_key_file", _file),
-    "remote_write.tls.server_name": ("remote_write_tls_server_name", _server_name),
-    "remote_write.tls.insecure_skip_verify": ("remote_write_tls_insecure_skip_verify", _bool),
-    "remote_write.basic_auth.username": ("remote_write_basic_auth_username", _username),
-    "remote_write.basic_auth.password_file": (
-        "remote_write_basic_auth_password_file",
-        _secret_file,
-    ),
-    "remote_write.bearer_token_file": ("remote_write_bearer_token_file", _token_file),
-    "remote_write.proxy_url": ("remote_write_proxy_url", _proxy_url),
-    "external_labels": ("external_labels", _labels),
-    "buffer.path": ("buffer_path", _str),
-    "buffer.max_bytes": ("buffer_max_bytes", _size),
-    "buffer.fsync": ("buffer_fsync", _bool),
-    "nova.series_labels": ("nova_series_labels", _series_labels),
-    "nova.refresh_interval": ("nova_refresh_interval", _positive_duration),
-    "collect.groups": ("collect_groups", _stats_groups),
-    "collect.job_info": ("collect_job_info", _bool),
-    "filter.projects.include": ("filter_projects_include", _str_list),
-    "filter.projects.exclude": ("filter_projects_exclude", _str_list),
-    "filter.domains.include": ("filter_domains_include", _regex_list),
-    "filter.domains.exclude": ("filter_domains_exclude", _regex_list),
-    "labels.drop": ("labels_drop", _label_drop),
-    "limits.max_label_names_per_series": ("limits_max_label_names_per_series", _positive_int),
-    "limits.max_label_name_length": ("limits_max_label_name_length", _positive_int),
-    "limits.max_label_value_length": ("limits_max_label_value_length", _positive_int),
-    "log.level": ("log_level", _log_level),
-    "shutdown_grace": ("shutdown_grace", _duration),
-}
-# Keys whose value is a map of free-form names: not descended into when flattening.
-_MAP_KEYS = {"external_labels", "remote_write.headers"}
+# --- the sections: each key's default and parser are declared once, on its field (`_key`), and
+# its attribute path is its YAML key (`cfg.remote_write.tls.ca_file` is
+# `remote_write.tls.ca_file`). A field holding a section is `field(default_factory=TheSection)`.
+
+
+def _key(
+    default: Any, parse: Callable[[Any], Any], redact: Callable[[Any], Any] | None = None
+) -> Any:
+    """A key's field: its default, the parser of its YAML value and, for a value that may
+    hold a credential, what `repr` shows of it instead."""
+    metadata = {"parse": parse, "redact": redact}
+    if isinstance(default, dict):  # dataclasses refuse a mutable default shared by all
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _section_of(f: Field[Any]) -> type[Any] | None:
+    """The section a field holds (declared as `field(default_factory=TheSection)`), or None
+    for a key."""
+    return None if "parse" in f.metadata else cast("type[Any]", f.default_factory)
+
+
+def _header_names(headers: Mapping[str, str]) -> dict[str, str]:
+    return dict.fromkeys(headers, REDACTED)
+
+
+def _redacted_repr(section: Any) -> str:
+    parts = []
+    for f in fields(section):
+        value = getattr(section, f.name)
+        redact = f.metadata.get("redact")
+        if redact is not None and value:
+            value = redact(value)
+        parts.append(f"{f.name}={value!r}")
+    return f"{type(section).__name__}({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    uri: str = _key("qemu:///system", _uri)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    interval: float = _key(15.0, _positive_duration)
+    # Unset, the smaller of this and the interval (from_mapping): Prometheus' scrape_timeout.
+    timeout: float = _key(10.0, _positive_duration)
+    groups: tuple[str, ...] = _key(DEFAULT_STATS_GROUPS, _stats_groups)
+    job_info: bool = _key(False, _bool)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """`remote_write.tls`: empty strings mean the defaults (system CAs, no client cert)."""
+
+    ca_file: str = _key("", _file)
+    cert_file: str = _key("", _file)
+    key_file: str = _key("", _file)
+    server_name: str = _key("", _server_name)
+    insecure_skip_verify: bool = _key(False, _bool)
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """`remote_write.basic_auth`: the password stays in its file, read when it is sent."""
+
+    username: str = _key("", _username)
+    password_file: str = _key("", _secret_file)
+
+
+@dataclass(frozen=True, repr=False)
+class RemoteWriteConfig:
+    url: str = _key("", _url, redact_url)
+    tenant: str = _key("", _str)
+    timeout: float = _key(30.0, _positive_duration)
+    max_samples_per_send: int = _key(2000, _positive_int)
+    headers: Mapping[str, str] = _key({}, _headers, _header_names)
+    min_backoff: float = _key(0.03, _positive_duration)
+    max_backoff: float = _key(5.0, _positive_duration)
+    max_sample_age: float = _key(3600.0, _duration)
+    metadata_interval: float = _key(60.0, _duration)
+    order: str = _key("fifo", _order)
+    protocol: str = _key("v1", _protocol)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    basic_auth: BasicAuth = field(default_factory=BasicAuth)
+    bearer_token_file: str = _key("", _token_file)
+    proxy_url: str = _key("", _proxy_url, redact_url)
+
+    def __repr__(self) -> str:
+        # Credentials live in files, but a URL may carry `user:password@` and a header a
+        # token: neither is ever printed.
+        return _redacted_repr(self)
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    path: str = _key("/var/lib/libvirt-pusher", _str)
+    max_bytes: int = _key(2**30, _size)
+    fsync: bool = _key(True, _bool)
+
+
+@dataclass(frozen=True)
+class NovaConfig:
+    series_labels: tuple[str, ...] = _key(DEFAULT_SERIES_LABELS, _series_labels)
+    refresh_interval: float = _key(600.0, _positive_duration)
+
+
+@dataclass(frozen=True)
+class ProjectsConfig:
+    """`filter.projects`: Nova project uuids or names."""
+
+    include: tuple[str, ...] = _key((), _str_list)
+    exclude: tuple[str, ...] = _key((), _str_list)
+
+
+@dataclass(frozen=True)
+class DomainsConfig:
+    """`filter.domains`: regular expressions matching whole libvirt domain names."""
+
+    include: tuple[str, ...] = _key((), _regex_list)
+    exclude: tuple[str, ...] = _key((), _regex_list)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    projects: ProjectsConfig = field(default_factory=ProjectsConfig)
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    drop: tuple[str, ...] = _key((), _label_drop)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_label_names_per_series: int = _key(30, _positive_int)
+    max_label_name_length: int = _key(1024, _positive_int)
+    max_label_value_length: int = _key(2048, _positive_int)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _key("info", _log_level)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `from_mapping` and `load` make a validated one."""
+
+    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
+    external_labels: Mapping[str, str] = _key({}, _labels)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    nova: NovaConfig = field(default_factory=NovaConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    shutdown_grace: float = _key(10.0, _duration)
+
+
+def _keys(section: type[Any], prefix: str = "") -> dict[str, Callable[[Any], Any]]:
+    """Every key of `section` by dotted name, with its parser."""
+    out: dict[str, Callable[[Any], Any]] = {}
+    for f in fields(section):
+        inner = _section_of(f)
+        if inner is not None:
+            out |= _keys(inner, f"{prefix}{f.name}.")
+        else:
+            out[prefix + f.name] = f.metadata["parse"]
+    return out
+
+
+# dotted YAML key -> its parser, read off the sections above
+_KEYS = _keys(Config)
 
 
 def _expand_env(
@@ -571,21 +606,45 @@ def _expand_env(
     return value
 
 
-def _flatten(tree: Any, prefix: str, out: dict[str, Any]) -> None:
+def _flatten(tree: Any, prefix: str, out: dict[str, Any], section: type[Any] = Config) -> None:
+    """The keys of `tree`, the map of `section` at `prefix`, into `out` by dotted name, their
+    values as written. A key's value is not descended into: `external_labels` and
+    `remote_write.headers` are maps of free-form names."""
     if not isinstance(tree, dict):
         raise ConfigError(prefix, f"expected a map, got {type(tree).__name__}")
+    known = {f.name: f for f in fields(section)}
     for k, v in tree.items():
         if not isinstance(k, str) or "." in k or not k:
             raise ConfigError(prefix or str(k), f"key {k!r} is not a plain name")
         key = f"{prefix}.{k}" if prefix else k
-        if key in _SCHEMA:
-            out[key] = v
-        elif any(s.startswith(key + ".") for s in _SCHEMA) and key not in _MAP_KEYS:
-            if v is None:
-                continue  # an empty section: all defaults
-            _flatten(v, key, out)
-        else:
+        if k not in known:
             raise ConfigError(key, "unknown key")
+        inner = _section_of(known[k])
+        if inner is None:
+            out[key] = v
+        elif v is not None:  # an empty section: all defaults
+            _flatten(v, key, out, inner)
+
+
+def _parse(key: str, raw: Any, env: Mapping[str, str]) -> Any:
+    try:
+        return _KEYS[key](_expand_env(raw, key, env))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, ArithmeticError) as e:
+        raise ConfigError(key, str(e)) from None
+
+
+def _build(section: type[Any], values: Mapping[str, Any], prefix: str = "") -> Any:
+    """A `section` holding `values` (by dotted name); a key without one keeps its default."""
+    kwargs: dict[str, Any] = {}
+    for f in fields(section):
+        key, inner = prefix + f.name, _section_of(f)
+        if inner is not None:
+            kwargs[f.name] = _build(inner, values, f"{key}.")
+        elif key in values:
+            kwargs[f.name] = values[key]
+    return section(**kwargs)
 
 
 def from_mapping(
@@ -596,27 +655,24 @@ def from_mapping(
     flat: dict[str, Any] = {}
     if tree is not None:
         _flatten(tree, "", flat)
-    values: dict[str, Any] = {}
-    for key, raw in flat.items():
-        attr, parse = _SCHEMA[key]
-        try:
-            values[attr] = parse(_expand_env(raw, key, env))
-        except ConfigError:
-            raise
-        except (ValueError, TypeError, ArithmeticError) as e:
-            raise ConfigError(key, str(e)) from None
+    values = {key: _parse(key, raw, env) for key, raw in flat.items()}
+    if "collect.timeout" not in values:
+        # As Prometheus' scrape_timeout: a short interval alone is enough, the timeout follows.
+        interval = values.get("collect.interval", CollectConfig.interval)
+        values["collect.timeout"] = min(CollectConfig.timeout, interval)
     labels = dict(values.get("external_labels", {}))
     labels.setdefault("host", hostname or socket.gethostname())
     values["external_labels"] = labels
-    cfg = Config(**values)
+    cfg: Config = _build(Config, values)
     _cross_check(cfg)
     return cfg
 
 
 def _cross_check(cfg: Config) -> None:
-    if cfg.remote_write_min_backoff > cfg.remote_write_max_backoff:
+    rw = cfg.remote_write
+    if rw.min_backoff > rw.max_backoff:
         raise ConfigError("remote_write.min_backoff", "must not exceed remote_write.max_backoff")
-    if cfg.collect_timeout > cfg.collect_interval:
+    if cfg.collect.timeout > cfg.collect.interval:
         raise ConfigError("collect.timeout", "must not exceed collect.interval")
     # Labels the agent puts on its own series; an external label of the same name would be
     # overridden on some series and not on others.
@@ -624,37 +680,37 @@ def _cross_check(cfg: Config) -> None:
         if name in _OWN_LABELS or name in NOVA_LABELS:
             raise ConfigError(f"external_labels.{name}", "clashes with a label the agent sets")
     _check_label_limits(cfg)
-    _check_transport(cfg)
+    _check_transport(rw)
 
 
 def _check_label_limits(cfg: Config) -> None:
     """Mimir's label limits (`limits.*`) must leave room for what the agent sends: the
     label names are all known here, so a series that would be refused is refused now."""
-    lim = "limits"
+    lim, limits = "limits", cfg.limits
     longest = max(len(x) for x in _OWN_LABELS)
-    if cfg.limits_max_label_name_length < longest:
+    if limits.max_label_name_length < longest:
         raise ConfigError(
             f"{lim}.max_label_name_length",
             f"must be at least {longest}: the agent's own label names are that long",
         )
     longest = max(len(m.name) for m in catalog.CATALOG)
-    if cfg.limits_max_label_value_length < longest:
+    if limits.max_label_value_length < longest:
         raise ConfigError(
             f"{lim}.max_label_value_length",
             f"must be at least {longest}: the metric name is a label value too, and the "
             "longest is that long",
         )
     for name, value in cfg.external_labels.items():
-        if len(name) > cfg.limits_max_label_name_length:
+        if len(name) > limits.max_label_name_length:
             raise ConfigError(
                 "external_labels", f"a label name is longer than {lim}.max_label_name_length"
             )
-        if len(value.encode("utf-8", "surrogatepass")) > cfg.limits_max_label_value_length:
+        if len(value.encode("utf-8", "surrogatepass")) > limits.max_label_value_length:
             raise ConfigError(
                 f"external_labels.{name}",
                 f"the value is longer than {lim}.max_label_value_length bytes",
             )
-    limit = cfg.limits_max_label_names_per_series
+    limit = limits.max_label_names_per_series
     # What no series can do without: external labels, domain, uuid, a device's name.
     least = catalog.max_label_names(cfg.external_labels, (), DROPPABLE_LABELS)
     if least > limit:
@@ -663,7 +719,7 @@ def _check_label_limits(cfg: Config) -> None:
             f"{len(cfg.external_labels)} external labels leave some series with {least} label "
             f"names, more than {lim}.max_label_names_per_series ({limit})",
         )
-    need = catalog.max_label_names(cfg.external_labels, cfg.nova_series_labels, cfg.labels_drop)
+    need = catalog.max_label_names(cfg.external_labels, cfg.nova.series_labels, cfg.labels.drop)
     if need > limit:
         raise ConfigError(
             f"{lim}.max_label_names_per_series",
@@ -672,22 +728,23 @@ def _check_label_limits(cfg: Config) -> None:
         )
 
 
-def _check_transport(cfg: Config) -> None:
+def _check_transport(rw: RemoteWriteConfig) -> None:
     """TLS and credential keys that only make sense together, and files that must load."""
+    _check_tls(rw.tls, rw.url)
+    _check_credentials(rw)
+
+
+def _check_tls(tls: TLSConfig, url: str) -> None:
     rw = "remote_write"
-    ca = cfg.remote_write_tls_ca_file
-    cert, key = cfg.remote_write_tls_cert_file, cfg.remote_write_tls_key_file
-    tls_set = bool(ca or cert or key or cfg.remote_write_tls_server_name) or (
-        cfg.remote_write_tls_insecure_skip_verify
-    )
-    url = cfg.remote_write_url
+    ca, cert, key = tls.ca_file, tls.cert_file, tls.key_file
+    tls_set = tls != TLSConfig()  # any key of it
     if tls_set and url and urlsplit(url).scheme != "https":
         raise ConfigError(f"{rw}.tls", "applies to https:// URLs only; remote_write.url is not one")
     if cert and not key:
         raise ConfigError(f"{rw}.tls.key_file", "required with remote_write.tls.cert_file")
     if key and not cert:
         raise ConfigError(f"{rw}.tls.cert_file", "required with remote_write.tls.key_file")
-    if ca and cfg.remote_write_tls_insecure_skip_verify:
+    if ca and tls.insecure_skip_verify:
         raise ConfigError(
             f"{rw}.tls.insecure_skip_verify", "contradicts remote_write.tls.ca_file; set one"
         )
@@ -698,45 +755,52 @@ def _check_transport(cfg: Config) -> None:
         except (ssl.SSLError, OSError, ValueError):
             raise ConfigError(f"{rw}.tls.ca_file", f"{ca} holds no PEM certificate") from None
     if key:
-        try:
-            with open(key, "rb") as f:
-                encrypted = b"ENCRYPTED" in f.read(MAX_SECRET_BYTES)
-        except OSError as e:
-            raise ConfigError(f"{rw}.tls.key_file", f"cannot read {key}: {e.strerror}") from None
-        if encrypted:
-            raise ConfigError(
-                f"{rw}.tls.key_file", f"{key} is encrypted; the agent needs it unencrypted (0600)"
-            )
-        try:
-            # Never prompt for a passphrase: an encrypted key fails here, not at a terminal.
-            ctx.load_cert_chain(cert, key, password=lambda: b"")
-        except (ssl.SSLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or type(e).__name__
-            raise ConfigError(
-                f"{rw}.tls.cert_file",
-                f"{cert} and {key} are not a certificate and its key ({reason})",
-            ) from None
-    user = cfg.remote_write_basic_auth_username
-    password_file = cfg.remote_write_basic_auth_password_file
+        _check_key_pair(ctx, cert, key)
+
+
+def _check_key_pair(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    """The client certificate and its key load, and the key needs no passphrase."""
+    rw = "remote_write"
+    try:
+        with open(key, "rb") as f:
+            encrypted = b"ENCRYPTED" in f.read(MAX_SECRET_BYTES)
+    except OSError as e:
+        raise ConfigError(f"{rw}.tls.key_file", f"cannot read {key}: {e.strerror}") from None
+    if encrypted:
+        raise ConfigError(
+            f"{rw}.tls.key_file", f"{key} is encrypted; the agent needs it unencrypted (0600)"
+        )
+    try:
+        # Never prompt for a passphrase: an encrypted key fails here, not at a terminal.
+        ctx.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or type(e).__name__
+        raise ConfigError(
+            f"{rw}.tls.cert_file",
+            f"{cert} and {key} are not a certificate and its key ({reason})",
+        ) from None
+
+
+def _check_credentials(cfg: RemoteWriteConfig) -> None:
+    rw = "remote_write"
+    user, password_file = cfg.basic_auth.username, cfg.basic_auth.password_file
     if user and not password_file:
         raise ConfigError(f"{rw}.basic_auth.password_file", "required with basic_auth.username")
     if password_file and not user:
         raise ConfigError(f"{rw}.basic_auth.username", "required with basic_auth.password_file")
     # One source of credentials: basic_auth, bearer_token_file, the URL's user:password@, or
     # an Authorization header.
-    if password_file and cfg.remote_write_bearer_token_file:
+    if password_file and cfg.bearer_token_file:
         raise ConfigError(
             f"{rw}.bearer_token_file", "cannot be used together with remote_write.basic_auth"
         )
-    from_files = bool(password_file or cfg.remote_write_bearer_token_file)
-    in_url = bool(url) and "@" in urlsplit(url).netloc
+    from_files = bool(password_file or cfg.bearer_token_file)
+    in_url = bool(cfg.url) and "@" in urlsplit(cfg.url).netloc
     if from_files and in_url:
         raise ConfigError(
             f"{rw}.url", "carries user:password@ as well as basic_auth or bearer_token_file"
         )
-    if (from_files or in_url) and any(
-        h.lower() == "authorization" for h in cfg.remote_write_headers
-    ):
+    if (from_files or in_url) and any(h.lower() == "authorization" for h in cfg.headers):
         raise ConfigError(
             f"{rw}.headers",
             "sets Authorization as well as another credential (basic_auth, "

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pusher.catalog import Reading, reading
-from pusher.config import Config
+from pusher.config import RemoteWriteConfig
 from pusher.encode import Request, merge_bodies, split_body, v2_to_v1
 from pusher.sender import Outcome
 from pusher.spool import Row, Spool
@@ -191,13 +191,15 @@ class Delivery:
 
     def __init__(
         self,
-        cfg: Config,
+        rw: RemoteWriteConfig,
+        interval: float,
         spool: Spool,
         transport: Transport,
         protocol: ProtocolMemory,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.cfg = cfg
+        self.rw = rw
+        self.interval = interval  # collect.interval: the last two cycles are fresh
         self.spool = spool
         self.transport = transport
         self.protocol = protocol
@@ -252,15 +254,15 @@ class Delivery:
             since = self._fresh_since_ms()
         elif lane == "backlog":
             before = self._fresh_since_ms()
-        limit = self.cfg.remote_write_max_samples_per_send
+        limit = self.rw.max_samples_per_send
         return self.spool.peek(limit, since, before, claim=True)
 
     def _fresh_since_ms(self) -> int:
         """Rows from the last two cycles count as fresh."""
-        return int((self.clock() - 2 * self.cfg.collect_interval) * 1000)
+        return int((self.clock() - 2 * self.interval) * 1000)
 
     def _drop_too_old(self, rows: list[Row]) -> list[Row]:
-        max_age = self.cfg.remote_write_max_sample_age
+        max_age = self.rw.max_sample_age
         if max_age <= 0:
             return rows
         horizon = (self.clock() - max_age) * 1000
@@ -281,7 +283,7 @@ class Delivery:
         fresh lane's rows aged into the backlog lane's while it was retrying them."""
         parts = _parts(rows)
         attempt = 0
-        backoff = Backoff(self.cfg.remote_write_min_backoff, self.cfg.remote_write_max_backoff)
+        backoff = Backoff(self.rw.min_backoff, self.rw.max_backoff)
         self._rejections.flush()
         while parts:
             part = parts[0]

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pusher.config import Config
+from pusher.config import FilterConfig
 from pusher.nova import NovaInstance
 
 __all__ = ["DomainFilter"]
@@ -32,12 +32,10 @@ class DomainFilter:
     domains_exclude: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: Config) -> DomainFilter:
-        return cls(
-            frozenset(cfg.filter_projects_include),
-            frozenset(cfg.filter_projects_exclude),
-            _patterns(cfg.filter_domains_include),
-            _patterns(cfg.filter_domains_exclude),
+    def from_config(cls, cfg: FilterConfig) -> DomainFilter:
+        """The filter of the `filter` section."""
+        return cls.of(
+            cfg.projects.include, cfg.projects.exclude, cfg.domains.include, cfg.domains.exclude
         )
 
     @classmethod

@@ -33,9 +33,7 @@ import http.client
 import http.cookiejar
 import logging
 import math
-import os
 import re
-import threading
 import time
 import warnings
 from collections.abc import Generator, Mapping
@@ -49,9 +47,10 @@ import requests.auth
 import urllib3
 
 from pusher import __version__
-from pusher.config import REDACTED, Config, read_secret, valid_token
+from pusher.config import RemoteWriteConfig, TLSConfig
+from pusher.secrets import FileSecret, Redactor
 
-__all__ = ["Outcome", "Sender", "TLSOptions", "mimir_reason", "parse_retry_after"]
+__all__ = ["Outcome", "Sender", "mimir_reason", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +66,6 @@ MAX_RETRY_AFTER = 600.0
 MAX_ERROR_TEXT = 300
 # Mimir's ids are short; a longer one is not Mimir's and would make a long label value.
 _MIMIR_ID = re.compile(r"err-mimir-([a-z0-9-]{1,64})(?![a-z0-9-])")
-# `scheme://anything@`: userinfo in any URL a message quotes.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"]*@")
-# C0 and C1 controls, line and paragraph separators, bidi overrides: nothing a log line
-# should carry from a remote party.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
-# Secrets shorter than this are not scrubbed from messages (they would garble every word).
-_MIN_SECRET = 4
 
 Kind = Literal["ok", "retry", "hold", "too_large", "reject", "unsupported"]
 # Remote-Write 2.0: the request headers that differ from 1.0, and the receiver's answer.
@@ -101,17 +93,6 @@ class Outcome:
     reason: str = ""
     message: str = ""
     written: int | None = None  # samples a 2.0 receiver says it wrote
-
-
-@dataclass(frozen=True)
-class TLSOptions:
-    """`remote_write.tls`: empty strings mean the defaults (system CAs, no client cert)."""
-
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    server_name: str = ""
-    insecure_skip_verify: bool = False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -146,107 +127,8 @@ def mimir_reason(body: str, code: int) -> str:
     return m.group(1) if m else f"http_{code}"
 
 
-class _Redactor:
-    """Removes known secrets, URL userinfo and control characters from text to be printed."""
-
-    def __init__(self) -> None:
-        self._known: list[str] = []  # oldest first
-        self._secrets: list[str] = []  # longest first, so one inside another goes whole
-        self._lock = threading.Lock()
-
-    def add(self, secret: str | bytes) -> None:
-        text = secret.decode("utf-8", "replace") if isinstance(secret, bytes) else secret
-        if len(text) < _MIN_SECRET:
-            return
-        with self._lock:
-            if text not in self._known:
-                self._known = [*self._known, text][-32:]  # rotations add; the oldest go
-                self._secrets = sorted(self._known, key=len, reverse=True)
-
-    def __call__(self, text: str, cut: bool = False) -> str:
-        """`text` fit to print. `cut`: the text was truncated, so a secret may have been
-        cut in two; a tail that starts one is dropped too."""
-        secrets = self._secrets
-        for _ in range(4):  # until nothing changes: a replacement may join a new match
-            before = text
-            for s in secrets:
-                text = text.replace(s, REDACTED)
-            text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
-            text = _UNPRINTABLE.sub(" ", text)
-            if text == before:
-                break
-        if any(s in text for s in secrets):
-            return REDACTED  # a pathological overlap: print nothing rather than a secret
-        if cut:
-            text = _cut_partial_secret(text, secrets)
-        return text.strip()
-
-
 def _limit(text: str) -> str:
     return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
-
-
-def _cut_partial_secret(text: str, secrets: list[str]) -> str:
-    """`text` without a tail of 3 characters or more that starts a secret."""
-    cut = True
-    while cut:
-        cut = False
-        for s in secrets:
-            for n in range(min(len(s) - 1, len(text)), 2, -1):
-                if text.endswith(s[:n]):
-                    text, cut = text[: len(text) - n], True
-                    break
-    return text
-
-
-class _FileSecret:
-    """A credential kept in a file, re-read when the file changes (or after the receiver
-    refused it), so a rotated token is picked up without a restart. A file that is missing,
-    empty or malformed for a moment (mid-rotation) leaves the last good value in use."""
-
-    def __init__(self, path: str, key: str, redact: _Redactor, token: bool = False) -> None:
-        self.path = path
-        self.key = key
-        self._redact = redact
-        self._token = token
-        self._lock = threading.Lock()
-        self._signature: tuple[int, ...] | None = None
-        self._stale = True
-        self._warned: tuple[int, ...] | None = None
-        self.value = b""
-        self.get()
-
-    def invalidate(self) -> None:
-        self._stale = True
-
-    def get(self) -> bytes:
-        with self._lock:
-            try:
-                st = os.stat(self.path)
-                signature: tuple[int, ...] = (
-                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                )  # fmt: skip
-            except OSError:
-                signature = ()
-            if signature == self._signature and not self._stale:
-                return self.value
-            try:
-                value = read_secret(self.path)
-                if self._token and not valid_token(value):
-                    raise ValueError(f"{self.path} holds characters a token cannot have")
-            except ValueError as e:
-                if signature != self._warned:
-                    self._warned = signature
-                    keeping = "keeping the previous value" if self.value else "sending none"
-                    log.warning("%s: %s; %s", self.key, e, keeping)
-                return self.value
-            self._signature, self._stale, self._warned = signature, False, None
-            if value != self.value:
-                if self.value:
-                    log.info("%s: %s changed; using the new credential", self.key, self.path)
-                self._redact.add(value)
-                self.value = value
-            return self.value
 
 
 class _Credentials(requests.auth.AuthBase):
@@ -256,10 +138,10 @@ class _Credentials(requests.auth.AuthBase):
 
     def __init__(
         self,
-        redact: _Redactor,
+        redact: Redactor,
         username: str = "",
-        password: _FileSecret | bytes | None = None,
-        token: _FileSecret | None = None,
+        password: FileSecret | bytes | None = None,
+        token: FileSecret | None = None,
     ) -> None:
         self._redact = redact
         self._username = username.encode("utf-8")
@@ -268,7 +150,7 @@ class _Credentials(requests.auth.AuthBase):
 
     def invalidate(self) -> None:
         for secret in (self._password, self._token):
-            if isinstance(secret, _FileSecret):
+            if isinstance(secret, FileSecret):
                 secret.invalidate()
 
     def header(self) -> str | None:
@@ -277,7 +159,7 @@ class _Credentials(requests.auth.AuthBase):
             return f"Bearer {token.decode('ascii')}" if token else None
         if self._password is not None:
             password = self._password
-            if isinstance(password, _FileSecret):
+            if isinstance(password, FileSecret):
                 password = password.get()
                 if not password:
                     return None  # unreadable since the start: send none, the 401 says why
@@ -327,32 +209,34 @@ class _Session(requests.Session):
 
 
 class Sender:
-    def __init__(
-        self,
-        url: str,
-        tenant: str = "",
-        timeout: float = 30.0,
-        headers: Mapping[str, str] | None = None,
-        session: requests.Session | None = None,
-        *,
-        tls: TLSOptions | None = None,
-        basic_auth: tuple[str, str] | None = None,
-        bearer_token_file: str = "",
-        proxy_url: str = "",
-    ) -> None:
-        """`basic_auth` is (username, password file). A `user:password@` in `url` is used
-        as basic auth when no other credential is given, and never printed."""
-        self.redact = _Redactor()
-        self.url, url_user, url_password = self._split_userinfo(url)
-        self.timeout = timeout
-        self.tls = tls or TLSOptions()
+    """Posts remote-write bodies as the `remote_write` section says: URL, tenant, timeout,
+    headers, TLS, proxy and credentials."""
+
+    def __init__(self, cfg: RemoteWriteConfig, *, session: requests.Session | None = None) -> None:
+        """A `user:password@` in the URL is used as basic auth when no other credential is
+        given, and never printed. `session` replaces the one the sender would make."""
+        self.redact = Redactor()
+        self.url, url_user, url_password = self._split_userinfo(cfg.url)
+        self.timeout = cfg.timeout
+        self.tls = cfg.tls
         self.session = session or _Session()
         self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        if self.tls.server_name:
-            self.session.mount("https://", _ServerNameAdapter(self.tls.server_name))
-        self._verify: bool | str = True
-        if self.tls.insecure_skip_verify:
-            self._verify = False
+        self._verify, self._cert = self._setup_tls(cfg.tls)
+        self._proxies = self._setup_proxies(cfg.proxy_url)
+        self.headers = self._headers(cfg.headers, cfg.tenant)
+        self._auth = self._credentials(cfg, url_user, url_password)
+        self.session.auth = self._auth
+        if self._auth.header() is not None and urlsplit(self.url).scheme == "http":
+            log.warning("remote_write credentials go over plain http://: anyone on the path "
+                        "can read them; use https://")  # fmt: skip
+
+    def _setup_tls(self, tls: TLSConfig) -> tuple[bool | str, tuple[str, str] | None]:
+        """requests' `verify` and `cert` for `tls`; a `server_name` is mounted on the session."""
+        if tls.server_name:
+            self.session.mount("https://", _ServerNameAdapter(tls.server_name))
+        verify: bool | str = True
+        if tls.insecure_skip_verify:
+            verify = False
             # The warning is logged once below; urllib3's would repeat on every request.
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
             log.warning(
@@ -360,18 +244,25 @@ class Sender:
                 "not checked, so anyone on the path can read and alter what is sent, "
                 "credentials included"
             )
-        elif self.tls.ca_file:
-            self._verify = self.tls.ca_file
-        self._cert = (self.tls.cert_file, self.tls.key_file) if self.tls.cert_file else None
-        self._proxies = {"http": proxy_url, "https": proxy_url} if proxy_url else None
+        elif tls.ca_file:
+            verify = tls.ca_file
+        return verify, (tls.cert_file, tls.key_file) if tls.cert_file else None
+
+    def _setup_proxies(self, proxy_url: str) -> dict[str, str] | None:
+        """requests' `proxies` for `proxy_url`; every proxy's `user:password@` (this one's and
+        the environment's) joins the secrets."""
         try:
             env_proxies = list(requests.utils.get_environ_proxies(self.url).values())
         except ValueError:  # a URL config validation would have refused
             env_proxies = []
         for proxy in [proxy_url, *env_proxies]:
             self._add_url_secrets(proxy)  # user:password@ of a proxy is never printed either
+        return {"http": proxy_url, "https": proxy_url} if proxy_url else None
 
-        base = dict(headers or {})
+    def _headers(self, headers: Mapping[str, str], tenant: str) -> dict[str, str]:
+        """The configured headers under the ones remote-write requires; the values of those
+        that look like credentials join the secrets."""
+        base = dict(headers)
         for name, value in base.items():
             if name.lower() in ("authorization", "cookie", "proxy-authorization") or any(
                 w in name.lower() for w in ("token", "key", "secret", "password", "auth")
@@ -388,45 +279,24 @@ class Sender:
         })  # fmt: skip
         if tenant:
             base["X-Scope-OrgID"] = tenant
-        self.headers = base
+        return base
 
-        if bearer_token_file:
-            token = _FileSecret(bearer_token_file, "remote_write.bearer_token_file",
-                                self.redact, token=True)  # fmt: skip
-            self._auth = _Credentials(self.redact, token=token)
-        elif basic_auth is not None:
-            user, password_file = basic_auth
-            password = _FileSecret(password_file, "remote_write.basic_auth.password_file",
-                                   self.redact)  # fmt: skip
-            self._auth = _Credentials(self.redact, user, password)
-        elif url_password is not None:
-            self._auth = _Credentials(self.redact, url_user, url_password.encode("utf-8"))
-        else:
-            self._auth = _Credentials(self.redact)
-        self.session.auth = self._auth
-        if self._auth.header() is not None and urlsplit(self.url).scheme == "http":
-            log.warning("remote_write credentials go over plain http://: anyone on the path "
-                        "can read them; use https://")  # fmt: skip
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> Sender:
-        user = cfg.remote_write_basic_auth_username
-        return cls(
-            cfg.remote_write_url,
-            cfg.remote_write_tenant,
-            cfg.remote_write_timeout,
-            cfg.remote_write_headers,
-            tls=TLSOptions(
-                cfg.remote_write_tls_ca_file,
-                cfg.remote_write_tls_cert_file,
-                cfg.remote_write_tls_key_file,
-                cfg.remote_write_tls_server_name,
-                cfg.remote_write_tls_insecure_skip_verify,
-            ),
-            basic_auth=(user, cfg.remote_write_basic_auth_password_file) if user else None,
-            bearer_token_file=cfg.remote_write_bearer_token_file,
-            proxy_url=cfg.remote_write_proxy_url,
-        )
+    def _credentials(
+        self, cfg: RemoteWriteConfig, url_user: str, url_password: str | None
+    ) -> _Credentials:
+        """The one credential configured: a token file, basic auth, the URL's userinfo, or
+        none."""
+        if cfg.bearer_token_file:
+            token = FileSecret(cfg.bearer_token_file, "remote_write.bearer_token_file",
+                               self.redact, token=True)  # fmt: skip
+            return _Credentials(self.redact, token=token)
+        if cfg.basic_auth.username:
+            password = FileSecret(cfg.basic_auth.password_file,
+                                  "remote_write.basic_auth.password_file", self.redact)  # fmt: skip
+            return _Credentials(self.redact, cfg.basic_auth.username, password)
+        if url_password is not None:
+            return _Credentials(self.redact, url_user, url_password.encode("utf-8"))
+        return _Credentials(self.redact)
 
     def _split_userinfo(self, url: str) -> tuple[str, str, str | None]:
         """(url without userinfo, user, password or None); the password joins the secrets."""

@@ -293,15 +293,15 @@ class Planner:
     def from_config(cls, cfg: Config) -> Planner:
         """The planner of this configuration, with label limits of its own (`limits.*`)."""
         limits = LabelLimits(
-            cfg.limits_max_label_names_per_series,
-            cfg.limits_max_label_name_length,
-            cfg.limits_max_label_value_length,
+            cfg.limits.max_label_names_per_series,
+            cfg.limits.max_label_name_length,
+            cfg.limits.max_label_value_length,
         )
-        domain_filter = DomainFilter.from_config(cfg)
+        domain_filter = DomainFilter.from_config(cfg.filter)
         return cls(
-            cfg.nova_series_labels,
+            cfg.nova.series_labels,
             catalog.label_pairs(cfg.external_labels, limits),
-            cfg.labels_drop,
+            cfg.labels.drop,
             limits,
             domain_filter.admits if domain_filter else None,
         )

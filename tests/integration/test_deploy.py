@@ -180,7 +180,7 @@ def test_worker_stops_within_its_grace(worker: dict[str, Any]) -> None:
     pusher = worker["services"]["pusher"]
     cfg = pusher_config.load(str(COMPOSE / "config.yaml"), env={"MIMIR_URL": "http://m/api"})
     grace = pusher_config.parse_duration(pusher["stop_grace_period"])
-    assert grace > cfg.collect_timeout + cfg.shutdown_grace
+    assert grace > cfg.collect.timeout + cfg.shutdown_grace
 
 
 def test_worker_pins_its_images(worker: dict[str, Any], dev: dict[str, Any]) -> None:
@@ -206,10 +206,10 @@ def test_compose_agent_configs_pass_check_config(name: str) -> None:
 
 def test_worker_config_reads_the_socket_and_spool_the_stack_mounts() -> None:
     cfg = pusher_config.load(str(COMPOSE / "config.yaml"), env={"MIMIR_URL": "http://m/api"})
-    assert cfg.libvirt_uri.endswith(f"?socket={RO_SOCKET}")
-    assert cfg.buffer_path == SPOOL
-    assert cfg.remote_write_url == "http://m/api"
-    assert cfg.remote_write_tenant == "openstack"
+    assert cfg.libvirt.uri.endswith(f"?socket={RO_SOCKET}")
+    assert cfg.buffer.path == SPOOL
+    assert cfg.remote_write.url == "http://m/api"
+    assert cfg.remote_write.tenant == "openstack"
 
 
 # --- the dev stack -----------------------------------------------------------------------------
@@ -427,7 +427,7 @@ def test_systemd_unit_is_hardened() -> None:
 def test_systemd_unit_waits_longer_than_the_agent_takes_to_stop() -> None:
     cfg = pusher_config.load(None)
     (timeout,) = unit_settings()["TimeoutStopSec"]
-    assert pusher_config.parse_duration(timeout) > cfg.collect_timeout + cfg.shutdown_grace
+    assert pusher_config.parse_duration(timeout) > cfg.collect.timeout + cfg.shutdown_grace
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:

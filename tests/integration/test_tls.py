@@ -20,8 +20,8 @@ from pki import PKI, make_pki
 
 from pusher.agent import Agent
 from pusher.collect import Collector
-from pusher.config import from_mapping
-from pusher.sender import Outcome, Sender, TLSOptions
+from pusher.config import BasicAuth, RemoteWriteConfig, TLSConfig, from_mapping
+from pusher.sender import Outcome, Sender
 from pusher.spool import Spool
 
 BODY = b"\x1f\x00snappy-compressed-bytes"
@@ -210,7 +210,7 @@ def tls_server(servers: list[object], pki: PKI, which: str = "server", **kw: obj
 
 
 def sender(servers: list[object], url: str, **kw: object) -> Sender:
-    s = Sender(url, timeout=5.0, **kw)  # type: ignore[arg-type]
+    s = Sender(RemoteWriteConfig(url=url, timeout=5.0, **kw))  # type: ignore[arg-type]
     servers.append(s)
     return s
 
@@ -233,9 +233,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_server_signed_by_the_configured_ca_is_delivered_to(servers, pki: PKI) -> None:
     server = tls_server(servers, pki)
-    outcome = sender(servers, server.url("localhost"), tls=TLSOptions(ca_file=pki.ca_pem)).send(
-        BODY
-    )
+    outcome = sender(servers, server.url("localhost"), tls=TLSConfig(ca_file=pki.ca_pem)).send(BODY)
     assert outcome == Outcome("ok", "204")
     assert server.received[0].body == BODY
     assert server.server_names == ["localhost"]  # SNI is the URL's host by default
@@ -244,7 +242,7 @@ def test_a_server_signed_by_the_configured_ca_is_delivered_to(servers, pki: PKI)
 @pytest.mark.parametrize("ca", ["other", "system"])
 def test_a_server_with_an_unknown_ca_is_refused_and_retried(servers, pki: PKI, ca: str) -> None:
     server = tls_server(servers, pki, "rogue" if ca == "other" else "server")
-    tls = TLSOptions(ca_file=pki.ca_pem) if ca == "other" else None  # system CAs: not ours
+    tls = TLSConfig(ca_file=pki.ca_pem) if ca == "other" else TLSConfig()  # system CAs: not ours
     outcome = sender(servers, server.url(), tls=tls).send(BODY)
     assert (outcome.kind, outcome.code) == ("retry", "error")
     assert "CERTIFICATE_VERIFY_FAILED" in outcome.message or "certificate" in outcome.message
@@ -253,19 +251,19 @@ def test_a_server_with_an_unknown_ca_is_refused_and_retried(servers, pki: PKI, c
 
 def test_a_certificate_for_another_name_is_refused(servers, pki: PKI) -> None:
     server = tls_server(servers, pki, "named")  # for mimir.test only
-    outcome = sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem)).send(BODY)
+    outcome = sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem)).send(BODY)
     assert (outcome.kind, outcome.code) == ("retry", "error")
     assert server.received == []
 
 
 def test_server_name_sets_sni_and_the_name_the_certificate_must_carry(servers, pki: PKI) -> None:
     server = tls_server(servers, pki, "named")
-    tls = TLSOptions(ca_file=pki.ca_pem, server_name="mimir.test")
+    tls = TLSConfig(ca_file=pki.ca_pem, server_name="mimir.test")
     outcome = sender(servers, server.url(), tls=tls).send(BODY)
     assert outcome.kind == "ok", outcome
     assert server.server_names == ["mimir.test"]
     # ...and it is still checked: a name the certificate lacks is refused.
-    wrong = TLSOptions(ca_file=pki.ca_pem, server_name="other.test")
+    wrong = TLSConfig(ca_file=pki.ca_pem, server_name="other.test")
     assert sender(servers, server.url(), tls=wrong).send(BODY).kind == "retry"
     assert len(server.received) == 1
 
@@ -275,7 +273,7 @@ def test_insecure_skip_verify_accepts_any_certificate_and_says_so(
 ) -> None:
     server = tls_server(servers, pki, "rogue")
     with caplog.at_level("WARNING", logger="pusher.sender"):
-        s = sender(servers, server.url(), tls=TLSOptions(insecure_skip_verify=True))
+        s = sender(servers, server.url(), tls=TLSConfig(insecure_skip_verify=True))
     assert "insecure_skip_verify" in caplog.text
     assert s.send(BODY).kind == "ok"
 
@@ -292,7 +290,7 @@ def test_tls_to_a_plain_http_port_is_retried(servers, pki: PKI) -> None:
     thread.start()
     try:
         url = f"https://127.0.0.1:{httpd.server_address[1]}/api/v1/push"
-        outcome = sender(servers, url, tls=TLSOptions(ca_file=pki.ca_pem)).send(BODY)
+        outcome = sender(servers, url, tls=TLSConfig(ca_file=pki.ca_pem)).send(BODY)
         assert (outcome.kind, outcome.code) == ("retry", "error")
     finally:
         httpd.shutdown()
@@ -304,7 +302,7 @@ def test_tls_to_a_plain_http_port_is_retried(servers, pki: PKI) -> None:
 
 def test_mtls_with_the_client_certificate_is_delivered(servers, pki: PKI) -> None:
     server = tls_server(servers, pki, client_ca=pki.ca_pem)
-    tls = TLSOptions(ca_file=pki.ca_pem, cert_file=pki.client_pem, key_file=pki.client_key)
+    tls = TLSConfig(ca_file=pki.ca_pem, cert_file=pki.client_pem, key_file=pki.client_key)
     assert sender(servers, server.url(), tls=tls).send(BODY).kind == "ok"
     peer = server.received[0].client_cert
     assert peer is not None and peer["subject"] == ((("commonName", "client"),),)
@@ -315,9 +313,9 @@ def test_mtls_without_an_accepted_client_certificate_is_refused(
     servers, pki: PKI, client: str
 ) -> None:
     server = tls_server(servers, pki, client_ca=pki.ca_pem)
-    tls = TLSOptions(ca_file=pki.ca_pem)
+    tls = TLSConfig(ca_file=pki.ca_pem)
     if client == "rogue":
-        tls = TLSOptions(ca_file=pki.ca_pem, cert_file=pki.rogue_pem, key_file=pki.rogue_key)
+        tls = TLSConfig(ca_file=pki.ca_pem, cert_file=pki.rogue_pem, key_file=pki.rogue_key)
     outcome = sender(servers, server.url(), tls=tls).send(BODY)
     assert (outcome.kind, outcome.code) == ("retry", "error")
     assert server.received == []
@@ -335,8 +333,8 @@ def test_data_refused_by_tls_stays_in_the_spool_and_is_counted(
          "shutdown_grace": "1s"}, {}, "node-1",
     )  # fmt: skip
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
-    collector = Collector(cfg.libvirt_uri, use_events=False)
-    agent = Agent(cfg, Sender.from_config(cfg), spool, collector)
+    collector = Collector(cfg.libvirt.uri, use_events=False)
+    agent = Agent(cfg, Sender(cfg.remote_write), spool, collector)
     agent.run_cycle()
     pending = spool.stats()[0]
     assert not agent.drain_once(time.monotonic() + 0.5)
@@ -362,7 +360,7 @@ def test_bearer_token_goes_to_the_configured_server_over_tls(
     servers, pki: PKI, credential_files: dict[str, Path]
 ) -> None:
     server = tls_server(servers, pki)
-    s = sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem),
+    s = sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem),
                bearer_token_file=str(credential_files["token"]))  # fmt: skip
     assert s.send(BODY).kind == "ok"
     assert server.received[0].headers["Authorization"] == f"Bearer {TOKEN}"
@@ -372,8 +370,8 @@ def test_basic_auth_goes_to_the_configured_server_over_tls(
     servers, pki: PKI, credential_files: dict[str, Path]
 ) -> None:
     server = tls_server(servers, pki)
-    s = sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem),
-               basic_auth=("edge-1", str(credential_files["password"])))  # fmt: skip
+    s = sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem),
+               basic_auth=BasicAuth("edge-1", str(credential_files["password"])))  # fmt: skip
     assert s.send(BODY).kind == "ok"
     pair = base64.b64encode(f"edge-1:{PASSWORD}".encode()).decode()
     assert server.received[0].headers["Authorization"] == f"Basic {pair}"
@@ -383,7 +381,7 @@ def test_credentials_never_reach_a_server_that_fails_verification(
     servers, pki: PKI, credential_files: dict[str, Path]
 ) -> None:
     impostor = tls_server(servers, pki, "rogue")
-    s = sender(servers, impostor.url(), tls=TLSOptions(ca_file=pki.ca_pem),
+    s = sender(servers, impostor.url(), tls=TLSConfig(ca_file=pki.ca_pem),
                bearer_token_file=str(credential_files["token"]))  # fmt: skip
     outcome = s.send(BODY)
     assert outcome.kind == "retry"
@@ -396,7 +394,7 @@ def test_credentials_never_follow_a_redirect_to_another_tls_server(
 ) -> None:
     target = tls_server(servers, pki)
     redirector = tls_server(servers, pki, status=308, location=target.url("localhost"))
-    s = sender(servers, redirector.url(), tls=TLSOptions(ca_file=pki.ca_pem),
+    s = sender(servers, redirector.url(), tls=TLSConfig(ca_file=pki.ca_pem),
                bearer_token_file=str(credential_files["token"]))  # fmt: skip
     outcome = s.send(BODY)
     assert (outcome.kind, outcome.code) == ("hold", "308")
@@ -409,7 +407,7 @@ def test_a_rotated_token_makes_the_next_probe_succeed(
 ) -> None:
     rotated = "tls-tok-rotated-000000000001"
     server = tls_server(servers, pki, accept_token=rotated)
-    s = sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem),
+    s = sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem),
                bearer_token_file=str(credential_files["token"]))  # fmt: skip
     assert s.send(BODY).kind == "hold"  # 401: the loop holds and probes again later
     tmp = credential_files["token"].with_suffix(".new")
@@ -436,7 +434,7 @@ def test_proxy_url_tunnels_tls_and_sees_no_credentials(
     servers, pki: PKI, proxy: ConnectProxy, credential_files: dict[str, Path]
 ) -> None:
     server = tls_server(servers, pki)
-    s = sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem),
+    s = sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem),
                bearer_token_file=str(credential_files["token"]),
                proxy_url=proxy.url())  # fmt: skip
     assert s.send(BODY).kind == "ok"
@@ -448,7 +446,7 @@ def test_proxy_url_tunnels_tls_and_sees_no_credentials(
 
 def test_server_name_holds_through_a_proxy_tunnel(servers, pki: PKI, proxy: ConnectProxy) -> None:
     server = tls_server(servers, pki, "named")
-    tls = TLSOptions(ca_file=pki.ca_pem, server_name="mimir.test")
+    tls = TLSConfig(ca_file=pki.ca_pem, server_name="mimir.test")
     assert sender(servers, server.url(), tls=tls, proxy_url=proxy.url()).send(BODY).kind == "ok"
     assert server.server_names == ["mimir.test"]
     assert proxy.connects
@@ -460,7 +458,7 @@ def test_https_proxy_from_the_environment_is_used(
     server = tls_server(servers, pki)
     monkeypatch.setenv("HTTPS_PROXY", proxy.url())
     monkeypatch.setenv("https_proxy", proxy.url())
-    assert sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem)).send(BODY).kind == (
+    assert sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem)).send(BODY).kind == (
         "ok"
     )
     assert len(proxy.connects) == 1
@@ -474,7 +472,7 @@ def test_no_proxy_from_the_environment_bypasses_it(
         monkeypatch.setenv(name, proxy.url())
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "127.0.0.1")
-    assert sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem)).send(BODY).kind == (
+    assert sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem)).send(BODY).kind == (
         "ok"
     )
     assert proxy.connects == []
@@ -492,7 +490,7 @@ def test_proxy_url_overrides_the_environment(
         monkeypatch.setenv(name, dead_url)
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "127.0.0.1")  # proxy_url is used even so: it was asked for
-    s = sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem), proxy_url=proxy.url())
+    s = sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem), proxy_url=proxy.url())
     assert s.send(BODY).kind == "ok"
     assert len(proxy.connects) == 1
 
@@ -503,12 +501,12 @@ def test_proxy_credentials_are_sent_to_the_proxy_and_never_printed(
     server = tls_server(servers, pki)
     guarded = ConnectProxy(password=PROXY_PASSWORD)
     servers.append(guarded)
-    good = sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem),
+    good = sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem),
                   proxy_url=guarded.url(f"proxyuser:{PROXY_PASSWORD}@"))  # fmt: skip
     assert good.send(BODY).kind == "ok"
     assert "Proxy-Authorization: Basic" in guarded.connects[0]
     assert PROXY_PASSWORD.encode() not in guarded.tunnelled  # only to the proxy, not beyond
-    bad = sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem),
+    bad = sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem),
                  proxy_url=guarded.url("proxyuser:wrong-password-1234@"))  # fmt: skip
     outcome = bad.send(BODY)
     assert (outcome.kind, outcome.code) == ("retry", "error")
@@ -523,14 +521,14 @@ def test_ca_file_wins_over_a_ca_bundle_from_the_environment(
     server = tls_server(servers, pki)
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.setenv(name, pki.other_ca_pem)
-    assert sender(servers, server.url(), tls=TLSOptions(ca_file=pki.ca_pem)).send(BODY).kind == (
+    assert sender(servers, server.url(), tls=TLSConfig(ca_file=pki.ca_pem)).send(BODY).kind == (
         "ok"
     )
 
 
 def test_one_tls_handshake_serves_many_requests(servers, pki: PKI) -> None:
     server = tls_server(servers, pki, client_ca=pki.ca_pem)
-    tls = TLSOptions(ca_file=pki.ca_pem, cert_file=pki.client_pem, key_file=pki.client_key)
+    tls = TLSConfig(ca_file=pki.ca_pem, cert_file=pki.client_pem, key_file=pki.client_key)
     s = sender(servers, server.url("localhost"), tls=tls)
     for status in (204, 204, 500, 429, 400, 204):
         server.status = status

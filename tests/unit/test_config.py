@@ -42,43 +42,43 @@ def config_error(text: str, env: dict[str, str] | None = None) -> ConfigError:
 
 def test_empty_document_gives_the_documented_defaults() -> None:
     cfg = from_mapping(None, {}, "node-1")
-    assert cfg.libvirt_uri == "qemu:///system"
-    assert cfg.collect_interval == 15.0
-    assert cfg.collect_timeout == 10.0
-    assert cfg.remote_write_url == ""
-    assert cfg.remote_write_tenant == ""
-    assert cfg.remote_write_timeout == 30.0
-    assert cfg.remote_write_max_samples_per_send == 2000
-    assert dict(cfg.remote_write_headers) == {}
-    assert cfg.remote_write_min_backoff == 0.03
-    assert cfg.remote_write_max_backoff == 5.0
-    assert cfg.remote_write_max_sample_age == 3600.0
-    assert cfg.remote_write_metadata_interval == 60.0
-    assert cfg.remote_write_order == "fifo"
-    assert cfg.remote_write_tls_ca_file == ""
-    assert cfg.remote_write_tls_cert_file == ""
-    assert cfg.remote_write_tls_key_file == ""
-    assert cfg.remote_write_tls_server_name == ""
-    assert cfg.remote_write_tls_insecure_skip_verify is False
-    assert cfg.remote_write_basic_auth_username == ""
-    assert cfg.remote_write_basic_auth_password_file == ""
-    assert cfg.remote_write_bearer_token_file == ""
-    assert cfg.remote_write_proxy_url == ""
+    assert cfg.libvirt.uri == "qemu:///system"
+    assert cfg.collect.interval == 15.0
+    assert cfg.collect.timeout == 10.0
+    assert cfg.remote_write.url == ""
+    assert cfg.remote_write.tenant == ""
+    assert cfg.remote_write.timeout == 30.0
+    assert cfg.remote_write.max_samples_per_send == 2000
+    assert dict(cfg.remote_write.headers) == {}
+    assert cfg.remote_write.min_backoff == 0.03
+    assert cfg.remote_write.max_backoff == 5.0
+    assert cfg.remote_write.max_sample_age == 3600.0
+    assert cfg.remote_write.metadata_interval == 60.0
+    assert cfg.remote_write.order == "fifo"
+    assert cfg.remote_write.tls.ca_file == ""
+    assert cfg.remote_write.tls.cert_file == ""
+    assert cfg.remote_write.tls.key_file == ""
+    assert cfg.remote_write.tls.server_name == ""
+    assert cfg.remote_write.tls.insecure_skip_verify is False
+    assert cfg.remote_write.basic_auth.username == ""
+    assert cfg.remote_write.basic_auth.password_file == ""
+    assert cfg.remote_write.bearer_token_file == ""
+    assert cfg.remote_write.proxy_url == ""
     assert dict(cfg.external_labels) == {"host": "node-1"}
-    assert cfg.buffer_path == "/var/lib/libvirt-pusher"
-    assert cfg.buffer_max_bytes == 2**30
-    assert cfg.buffer_fsync is True
-    assert cfg.nova_series_labels == DEFAULT_SERIES_LABELS
-    assert cfg.nova_refresh_interval == 600.0
-    assert cfg.collect_groups == ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
-    assert cfg.collect_job_info is False
-    assert cfg.filter_projects_include == cfg.filter_projects_exclude == ()
-    assert cfg.filter_domains_include == cfg.filter_domains_exclude == ()
-    assert cfg.labels_drop == ()
-    assert cfg.limits_max_label_names_per_series == 30
-    assert cfg.limits_max_label_name_length == 1024
-    assert cfg.limits_max_label_value_length == 2048
-    assert cfg.log_level == "info"
+    assert cfg.buffer.path == "/var/lib/libvirt-pusher"
+    assert cfg.buffer.max_bytes == 2**30
+    assert cfg.buffer.fsync is True
+    assert cfg.nova.series_labels == DEFAULT_SERIES_LABELS
+    assert cfg.nova.refresh_interval == 600.0
+    assert cfg.collect.groups == ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
+    assert cfg.collect.job_info is False
+    assert cfg.filter.projects.include == cfg.filter.projects.exclude == ()
+    assert cfg.filter.domains.include == cfg.filter.domains.exclude == ()
+    assert cfg.labels.drop == ()
+    assert cfg.limits.max_label_names_per_series == 30
+    assert cfg.limits.max_label_name_length == 1024
+    assert cfg.limits.max_label_value_length == 2048
+    assert cfg.log.level == "info"
     assert cfg.shutdown_grace == 10.0
 
 
@@ -88,7 +88,25 @@ def test_empty_sections_mean_defaults() -> None:
 
 
 def test_load_without_a_file_gives_defaults() -> None:
-    assert load(None, env={}).remote_write_max_samples_per_send == 2000
+    assert load(None, env={}).remote_write.max_samples_per_send == 2000
+
+
+# --- collect.timeout: unset, it follows the interval (as Prometheus' scrape_timeout) --------
+
+
+def test_an_interval_shorter_than_the_default_timeout_is_enough_alone() -> None:
+    cfg = parse("collect: {interval: 1s}")
+    assert (cfg.collect.interval, cfg.collect.timeout) == (1.0, 1.0)
+
+
+def test_an_interval_longer_than_the_default_timeout_keeps_the_default() -> None:
+    assert parse("collect: {interval: 30s}").collect.timeout == 10.0
+
+
+def test_an_explicit_timeout_longer_than_the_interval_is_still_an_error() -> None:
+    err = config_error("collect: {interval: 15s, timeout: 20s}")
+    assert err.key == "collect.timeout"
+    assert str(err) == "collect.timeout: must not exceed collect.interval"
 
 
 # --- every key of the schema -------------------------------------------------------------
@@ -173,48 +191,48 @@ def pki_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     cfg = parse(FULL, pki_env)
     pki = pki_env["PKI"]
-    assert cfg.libvirt_uri == "qemu+ssh://root@kvm-1/system"
-    assert cfg.collect_interval == 60.0
-    assert cfg.collect_timeout == 45.0
-    assert cfg.remote_write_url == "https://mimir.example.com/api/v1/push"
-    assert cfg.remote_write_tenant == "edge-eu-1"
-    assert cfg.remote_write_timeout == 20.0
-    assert cfg.remote_write_max_samples_per_send == 500
-    assert dict(cfg.remote_write_headers) == {"X-Api-Key": "s3cr3t", "X-Custom": "1"}
-    assert cfg.remote_write_min_backoff == pytest.approx(0.1)
-    assert cfg.remote_write_max_backoff == 30.0
-    assert cfg.remote_write_max_sample_age == 7200.0
-    assert cfg.remote_write_order == "backfill"
-    assert cfg.remote_write_protocol == "auto"
-    assert cfg.remote_write_metadata_interval == 300.0
-    assert cfg.remote_write_tls_ca_file == f"{pki}/ca.pem"
-    assert cfg.remote_write_tls_cert_file == f"{pki}/client.pem"
-    assert cfg.remote_write_tls_key_file == f"{pki}/client.key"
-    assert cfg.remote_write_tls_server_name == "mimir.internal"
-    assert cfg.remote_write_tls_insecure_skip_verify is False
-    assert cfg.remote_write_basic_auth_username == "edge-1"
-    assert cfg.remote_write_basic_auth_password_file == f"{pki}/password"
-    assert cfg.remote_write_proxy_url == "http://proxy.example:3128"
+    assert cfg.libvirt.uri == "qemu+ssh://root@kvm-1/system"
+    assert cfg.collect.interval == 60.0
+    assert cfg.collect.timeout == 45.0
+    assert cfg.remote_write.url == "https://mimir.example.com/api/v1/push"
+    assert cfg.remote_write.tenant == "edge-eu-1"
+    assert cfg.remote_write.timeout == 20.0
+    assert cfg.remote_write.max_samples_per_send == 500
+    assert dict(cfg.remote_write.headers) == {"X-Api-Key": "s3cr3t", "X-Custom": "1"}
+    assert cfg.remote_write.min_backoff == pytest.approx(0.1)
+    assert cfg.remote_write.max_backoff == 30.0
+    assert cfg.remote_write.max_sample_age == 7200.0
+    assert cfg.remote_write.order == "backfill"
+    assert cfg.remote_write.protocol == "auto"
+    assert cfg.remote_write.metadata_interval == 300.0
+    assert cfg.remote_write.tls.ca_file == f"{pki}/ca.pem"
+    assert cfg.remote_write.tls.cert_file == f"{pki}/client.pem"
+    assert cfg.remote_write.tls.key_file == f"{pki}/client.key"
+    assert cfg.remote_write.tls.server_name == "mimir.internal"
+    assert cfg.remote_write.tls.insecure_skip_verify is False
+    assert cfg.remote_write.basic_auth.username == "edge-1"
+    assert cfg.remote_write.basic_auth.password_file == f"{pki}/password"
+    assert cfg.remote_write.proxy_url == "http://proxy.example:3128"
     assert dict(cfg.external_labels) == {"region": "eu-west", "dc": "ams1", "host": "node-1"}
-    assert cfg.buffer_path == "/srv/spool"
-    assert cfg.buffer_max_bytes == 512 * 2**20
-    assert cfg.buffer_fsync is False
-    assert cfg.nova_series_labels == ("instance_name", "flavor_id", "image_uuid")
-    assert cfg.nova_refresh_interval == 5400.0
-    assert cfg.collect_groups == ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
-    assert cfg.collect_job_info is True
-    assert cfg.filter_projects_include == ("demo", "9f1c4e8a-0000-4000-8000-000000000001")
-    assert cfg.filter_projects_exclude == ("scratch",)
-    assert cfg.filter_domains_include == ("instance-[0-9a-f]{8}",)
-    assert cfg.filter_domains_exclude == (".*-rescue",)
-    assert cfg.labels_drop == ("source_file", "user_name")
-    assert cfg.limits_max_label_names_per_series == 40
-    assert cfg.limits_max_label_name_length == 200
-    assert cfg.limits_max_label_value_length == 1000
-    assert cfg.log_level == "debug"
+    assert cfg.buffer.path == "/srv/spool"
+    assert cfg.buffer.max_bytes == 512 * 2**20
+    assert cfg.buffer.fsync is False
+    assert cfg.nova.series_labels == ("instance_name", "flavor_id", "image_uuid")
+    assert cfg.nova.refresh_interval == 5400.0
+    assert cfg.collect.groups == ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
+    assert cfg.collect.job_info is True
+    assert cfg.filter.projects.include == ("demo", "9f1c4e8a-0000-4000-8000-000000000001")
+    assert cfg.filter.projects.exclude == ("scratch",)
+    assert cfg.filter.domains.include == ("instance-[0-9a-f]{8}",)
+    assert cfg.filter.domains.exclude == (".*-rescue",)
+    assert cfg.labels.drop == ("source_file", "user_name")
+    assert cfg.limits.max_label_names_per_series == 40
+    assert cfg.limits.max_label_name_length == 200
+    assert cfg.limits.max_label_value_length == 1000
+    assert cfg.log.level == "debug"
     assert cfg.shutdown_grace == 2.5
     bearer = parse(FULL_BEARER, pki_env)
-    assert bearer.remote_write_bearer_token_file == f"{pki}/token"
+    assert bearer.remote_write.bearer_token_file == f"{pki}/token"
 
 
 def test_the_full_example_covers_every_schema_key() -> None:
@@ -222,17 +240,17 @@ def test_the_full_example_covers_every_schema_key() -> None:
     flat: dict[str, object] = {}
     config._flatten(yaml.safe_load(FULL), "", flat)
     config._flatten(yaml.safe_load(FULL_BEARER), "", flat)
-    assert set(flat) == set(config._SCHEMA)
+    assert set(flat) == set(config._KEYS)
 
 
 def test_repeated_series_labels_are_kept_once_in_order() -> None:
     cfg = parse("nova: {series_labels: [flavor, instance_name, flavor]}")
-    assert cfg.nova_series_labels == ("flavor", "instance_name")
+    assert cfg.nova.series_labels == ("flavor", "instance_name")
 
 
 def test_an_empty_remote_write_url_is_allowed_by_the_schema() -> None:
     # --check-config and the agent require it; --dry-run does not.
-    assert parse("remote_write: {url: ''}").remote_write_url == ""
+    assert parse("remote_write: {url: ''}").remote_write.url == ""
 
 
 # --- durations and sizes -----------------------------------------------------------------
@@ -301,7 +319,7 @@ def test_parse_size_rejects(text: object) -> None:
 
 def test_durations_and_sizes_in_yaml_become_seconds_and_bytes() -> None:
     cfg = parse("collect: {interval: 1h30m, timeout: 500ms}\nbuffer: {max_bytes: 1GiB}")
-    assert (cfg.collect_interval, cfg.collect_timeout, cfg.buffer_max_bytes) == (5400, 0.5, 2**30)
+    assert (cfg.collect.interval, cfg.collect.timeout, cfg.buffer.max_bytes) == (5400, 0.5, 2**30)
 
 
 # --- environment expansion ---------------------------------------------------------------
@@ -309,37 +327,37 @@ def test_durations_and_sizes_in_yaml_become_seconds_and_bytes() -> None:
 
 def test_env_reference_is_expanded() -> None:
     cfg = parse("remote_write: {tenant: '${TENANT}'}", {"TENANT": "team-a"})
-    assert cfg.remote_write_tenant == "team-a"
+    assert cfg.remote_write.tenant == "team-a"
 
 
 def test_env_reference_inside_a_longer_string() -> None:
     cfg = parse(
         "remote_write: {url: 'https://${HOST}:${PORT:-8080}/api/v1/push'}", {"HOST": "mimir"}
     )
-    assert cfg.remote_write_url == "https://mimir:8080/api/v1/push"
+    assert cfg.remote_write.url == "https://mimir:8080/api/v1/push"
 
 
 def test_env_default_is_used_only_when_unset() -> None:
     text = "remote_write: {tenant: '${TENANT:-fallback}'}"
-    assert parse(text, {}).remote_write_tenant == "fallback"
-    assert parse(text, {"TENANT": "set"}).remote_write_tenant == "set"
+    assert parse(text, {}).remote_write.tenant == "fallback"
+    assert parse(text, {"TENANT": "set"}).remote_write.tenant == "set"
     # Set but empty is still set.
-    assert parse(text, {"TENANT": ""}).remote_write_tenant == ""
+    assert parse(text, {"TENANT": ""}).remote_write.tenant == ""
 
 
 def test_env_empty_default_is_allowed() -> None:
-    assert parse("remote_write: {tenant: '${T:-}'}").remote_write_tenant == ""
+    assert parse("remote_write: {tenant: '${T:-}'}").remote_write.tenant == ""
 
 
 def test_double_dollar_is_a_literal_dollar() -> None:
     cfg = parse(
         "remote_write: {headers: {X-A: 'pa$$word', X-B: '$${NOT_EXPANDED}'}}", {"NOT_EXPANDED": "!"}
     )
-    assert dict(cfg.remote_write_headers) == {"X-A": "pa$word", "X-B": "${NOT_EXPANDED}"}
+    assert dict(cfg.remote_write.headers) == {"X-A": "pa$word", "X-B": "${NOT_EXPANDED}"}
 
 
 def test_dollar_without_braces_is_left_alone() -> None:
-    assert parse("remote_write: {tenant: '$HOME'}", {"HOME": "/x"}).remote_write_tenant == "$HOME"
+    assert parse("remote_write: {tenant: '$HOME'}", {"HOME": "/x"}).remote_write.tenant == "$HOME"
 
 
 def test_env_expansion_in_maps_and_lists() -> None:
@@ -348,7 +366,7 @@ def test_env_expansion_in_maps_and_lists() -> None:
         {"DC": "ams1", "L1": "instance_name"},
     )
     assert cfg.external_labels["dc"] == "ams1"
-    assert cfg.nova_series_labels == ("instance_name", "flavor")
+    assert cfg.nova.series_labels == ("instance_name", "flavor")
 
 
 def test_env_expansion_yields_durations_and_sizes() -> None:
@@ -356,13 +374,13 @@ def test_env_expansion_yields_durations_and_sizes() -> None:
         "collect: {interval: '${I:-30}', timeout: '${T}'}\nbuffer: {max_bytes: '${B:-64MiB}'}",
         {"T": "5s"},
     )
-    assert (cfg.collect_interval, cfg.collect_timeout) == (30.0, 5.0)
-    assert cfg.buffer_max_bytes == 64 * 2**20
+    assert (cfg.collect.interval, cfg.collect.timeout) == (30.0, 5.0)
+    assert cfg.buffer.max_bytes == 64 * 2**20
 
 
 def test_env_value_is_not_expanded_again() -> None:
     cfg = parse("remote_write: {tenant: '${A}'}", {"A": "${B}", "B": "nope"})
-    assert cfg.remote_write_tenant == "${B}"
+    assert cfg.remote_write.tenant == "${B}"
 
 
 @pytest.mark.parametrize(
@@ -524,7 +542,7 @@ def test_external_label_clashing_with_a_device_label_is_refused(name: str) -> No
 
 def test_stats_groups_are_kept_once_in_order() -> None:
     cfg = parse("collect: {groups: [state, perf, state, block]}")
-    assert cfg.collect_groups == ("state", "perf", "block")
+    assert cfg.collect.groups == ("state", "perf", "block")
 
 
 def test_dropping_an_identity_label_says_why() -> None:
@@ -535,12 +553,12 @@ def test_dropping_an_identity_label_says_why() -> None:
 
 def test_every_droppable_label_is_accepted() -> None:
     cfg = parse(f"labels: {{drop: [{', '.join(config.DROPPABLE_LABELS)}]}}")
-    assert cfg.labels_drop == config.DROPPABLE_LABELS
+    assert cfg.labels.drop == config.DROPPABLE_LABELS
 
 
 def test_the_label_count_limit_is_checked_against_what_the_agent_sends() -> None:
     # Defaults: __name__, host, domain, uuid and the 10 Nova labels of the info series.
-    assert parse("limits: {max_label_names_per_series: 14}").limits_max_label_names_per_series
+    assert parse("limits: {max_label_names_per_series: 14}").limits.max_label_names_per_series
     err = config_error("limits: {max_label_names_per_series: 13}")
     assert "14 label names" in str(err)
     # Dropping Nova labels makes room.
@@ -577,7 +595,7 @@ def test_valid_label_names_are_accepted() -> None:
 def test_numbers_in_string_maps_become_strings() -> None:
     cfg = parse("external_labels: {rack: 12}\nremote_write: {headers: {X-Shard: 3}}")
     assert cfg.external_labels["rack"] == "12"
-    assert cfg.remote_write_headers["X-Shard"] == "3"
+    assert cfg.remote_write.headers["X-Shard"] == "3"
 
 
 def test_top_level_that_is_not_a_map_is_an_error() -> None:
@@ -610,7 +628,7 @@ def test_host_label_can_be_overridden() -> None:
 def test_load_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "pusher.yaml"
     path.write_text("remote_write:\n  url: http://mimir:8080/api/v1/push\n", encoding="utf-8")
-    assert load(str(path), env={}).remote_write_url == "http://mimir:8080/api/v1/push"
+    assert load(str(path), env={}).remote_write.url == "http://mimir:8080/api/v1/push"
 
 
 def test_load_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -630,6 +648,27 @@ def test_load_of_a_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes("remote_write: {tenant: caf\xe9}\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         load(str(path), env={})
+
+
+@pytest.mark.parametrize("interval", ["1s", "5s", "15s", "2m"])
+def test_the_worker_stack_config_loads_with_any_interval(interval: str) -> None:
+    # compose/worker.env.example offers PUSHER_INTERVAL; MIMIR_URL is the one variable the
+    # config requires. A fixed timeout there once made 5s a restart loop.
+    env = {"MIMIR_URL": "https://mimir.example.com/api/v1/push", "PUSHER_INTERVAL": interval}
+    cfg = load(str(REPO / "compose" / "config.yaml"), env=env)
+    assert cfg.collect.interval == parse_duration(interval)
+    assert cfg.collect.timeout == min(10.0, parse_duration(interval))
+
+
+@pytest.mark.parametrize(
+    "path", ["config.example.yaml", "compose/config.yaml", "compose/dev-config.yaml"]
+)
+def test_shipped_configs_let_the_timeout_follow_the_interval(path: str) -> None:
+    # A timeout written next to the interval turns a shorter interval into a config error.
+    flat: dict[str, object] = {}
+    config._flatten(yaml.safe_load((REPO / path).read_text(encoding="utf-8")), "", flat)
+    assert "collect.interval" in flat
+    assert "collect.timeout" not in flat
 
 
 # --- the command line --------------------------------------------------------------------

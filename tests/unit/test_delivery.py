@@ -62,8 +62,8 @@ def config(**rw: Any) -> Config:
 
 def delivery(spool: Spool, transport: ScriptedTransport, **rw: Any) -> Delivery:
     cfg = config(**rw)
-    protocol = ProtocolMemory(cfg.remote_write_protocol, spool.directory)
-    return Delivery(cfg, spool, transport, protocol, clock=lambda: NOW)
+    protocol = ProtocolMemory(cfg.remote_write.protocol, spool.directory)
+    return Delivery(cfg.remote_write, 15.0, spool, transport, protocol, clock=lambda: NOW)
 
 
 def put(spool: Spool, n: int = 10, age: float = 0.0, proto: int = 1, name: str = "m") -> None:

@@ -102,10 +102,10 @@ def test_from_config() -> None:
         env={},
         hostname="h",
     )
-    f = DomainFilter.from_config(cfg)
+    f = DomainFilter.from_config(cfg.filter)
     assert f.projects_include == {"demo"}
     assert f.projects_exclude == {"ops"}
     assert f.admits("instance-1", DEMO)
     assert not f.admits("instance-1-rescue", DEMO)
     assert not f.admits("instance-2", OPS)
-    assert not DomainFilter.from_config(from_mapping(None, env={}, hostname="h"))
+    assert not DomainFilter.from_config(from_mapping(None, env={}, hostname="h").filter)

@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from pusher import config, sender
 from pusher.catalog import label_pairs, series_labels
 from pusher.collect import DomainStats, Snapshot
-from pusher.config import ConfigError, from_mapping
+from pusher.config import ConfigError, RemoteWriteConfig, from_mapping
 from pusher.encode import Encoder, decompress
 from pusher.nova import NOVA_NS_PREFIX, parse_domain_xml
 from pusher.pb import remote_write_pb2
+from pusher.secrets import Redactor
 from pusher.sender import MAX_ERROR_BODY, Sender, mimir_reason, parse_retry_after
 from pusher.series import build_samples
 
@@ -241,7 +242,7 @@ def test_label_pairs_never_yield_an_empty_or_oversized_value(labels: dict[str, s
 
 # --- the config ---------------------------------------------------------------------------
 
-PARTS = sorted({p for key in config._SCHEMA for p in key.split(".")})
+PARTS = sorted({p for key in config._KEYS for p in key.split(".")})
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(), TEXT, st.dates(), st.binary(max_size=8),
     st.sampled_from([
@@ -266,7 +267,7 @@ TREE = st.recursive(
 def schema_shaped(draw: st.DrawFn) -> dict[object, object]:
     """A document with some of the schema's keys, each holding anything at all."""
     tree: dict[object, object] = {}
-    for key in draw(st.lists(st.sampled_from(sorted(config._SCHEMA)), max_size=8)):
+    for key in draw(st.lists(st.sampled_from(sorted(config._KEYS)), max_size=8)):
         node = tree
         *sections, leaf = key.split(".")
         for section in sections:
@@ -394,7 +395,7 @@ SECRET = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size
 @settings(max_examples=300, **FAST)
 @given(SECRET, TEXT, TEXT)
 def test_the_redactor_never_lets_a_secret_through(secret: str, before: str, after: str) -> None:
-    redact = sender._Redactor()
+    redact = Redactor()
     redact.add(secret)
     out = redact(before + secret + after)
     assert secret not in out
@@ -405,7 +406,7 @@ def test_the_redactor_never_lets_a_secret_through(secret: str, before: str, afte
 @given(SECRET, TEXT, st.integers(3, 40))
 def test_a_secret_cut_short_leaves_no_tail_of_it(secret: str, before: str, keep: int) -> None:
     # What a capped error body does to a token it echoes: cuts it. No start of it may remain.
-    redact = sender._Redactor()
+    redact = Redactor()
     redact.add(secret)
     out = redact(before + secret[: min(keep, len(secret) - 1)], cut=True)
     assert not any(out.endswith(secret[:n]) for n in range(3, len(secret)))
@@ -485,7 +486,8 @@ def one_shot() -> Iterator[OneShotServer]:
 @given(ANSWER)
 def test_any_answer_gives_a_sane_outcome_in_bounded_time(one_shot, answer: bytes) -> None:
     one_shot.answer = answer
-    s = Sender(one_shot.url, timeout=1.0, headers={"Authorization": "Bearer s3cr3t-t0ken"})
+    headers = {"Authorization": "Bearer s3cr3t-t0ken"}
+    s = Sender(RemoteWriteConfig(url=one_shot.url, timeout=1.0, headers=headers))
     try:
         start = time.monotonic()
         outcome = s.send(b"body")

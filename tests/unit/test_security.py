@@ -28,8 +28,9 @@ from pki import PKI, make_pki
 from pusher import config, sender
 from pusher.agent import Agent
 from pusher.collect import Collector
-from pusher.config import Config, ConfigError, from_mapping, redact_url
-from pusher.sender import MAX_ERROR_BODY, Outcome, Sender, TLSOptions
+from pusher.config import BasicAuth, Config, ConfigError, RemoteWriteConfig, TLSConfig, from_mapping
+from pusher.secrets import redact_url
+from pusher.sender import MAX_ERROR_BODY, Outcome, Sender
 from pusher.spool import Spool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def senders() -> Iterator[list[Sender]]:
 
 
 def make_sender(senders: list[Sender], url: str, **kwargs: object) -> Sender:
-    s = Sender(url, **kwargs)  # type: ignore[arg-type]
+    s = Sender(RemoteWriteConfig(url=url, **kwargs))  # type: ignore[arg-type]
     senders.append(s)
     return s
 
@@ -93,14 +94,14 @@ def test_tls_and_credential_keys_are_read(pki: PKI, secrets: dict[str, str]) -> 
           bearer_token_file: {secrets["token"]}
           proxy_url: http://proxy.example:3128
     """)
-    assert cfg.remote_write_tls_ca_file == pki.ca_pem
-    assert (cfg.remote_write_tls_cert_file, cfg.remote_write_tls_key_file) == (
+    assert cfg.remote_write.tls.ca_file == pki.ca_pem
+    assert (cfg.remote_write.tls.cert_file, cfg.remote_write.tls.key_file) == (
         pki.client_pem,
         pki.client_key,
     )
-    assert cfg.remote_write_tls_server_name == "mimir.test"
-    assert cfg.remote_write_bearer_token_file == secrets["token"]
-    assert cfg.remote_write_proxy_url == "http://proxy.example:3128"
+    assert cfg.remote_write.tls.server_name == "mimir.test"
+    assert cfg.remote_write.bearer_token_file == secrets["token"]
+    assert cfg.remote_write.proxy_url == "http://proxy.example:3128"
 
 
 def test_credential_paths_may_come_from_the_environment(secrets: dict[str, str]) -> None:
@@ -110,7 +111,7 @@ def test_credential_paths_may_come_from_the_environment(secrets: dict[str, str])
         "remote_write: {bearer_token_file: '${CREDENTIALS_DIRECTORY}/token'}",
         {"CREDENTIALS_DIRECTORY": directory},
     )
-    assert cfg.remote_write_bearer_token_file == secrets["token"]
+    assert cfg.remote_write.bearer_token_file == secrets["token"]
 
 
 @pytest.mark.parametrize(
@@ -210,25 +211,25 @@ def test_the_example_config_documents_every_transport_key() -> None:
     path = REPO / "config.example.yaml"
     flat: dict[str, object] = {}
     config._flatten(yaml.safe_load(path.read_text(encoding="utf-8")), "", flat)
-    keys = {k for k in config._SCHEMA if k.startswith("remote_write.")}
+    keys = {k for k in config._KEYS if k.startswith("remote_write.")}
     assert keys <= set(flat), keys - set(flat)
     cfg = config.load(str(path), env={})
-    assert cfg.remote_write_tls_insecure_skip_verify is False
-    assert cfg.remote_write_bearer_token_file == cfg.remote_write_proxy_url == ""
+    assert cfg.remote_write.tls.insecure_skip_verify is False
+    assert cfg.remote_write.bearer_token_file == cfg.remote_write.proxy_url == ""
 
 
 def test_empty_transport_keys_mean_unset() -> None:
     cfg = parse("remote_write: {tls: {ca_file: '', server_name: ''}, bearer_token_file: ''}")
-    assert cfg.remote_write_tls_ca_file == cfg.remote_write_bearer_token_file == ""
+    assert cfg.remote_write.tls.ca_file == cfg.remote_write.bearer_token_file == ""
 
 
 def test_insecure_skip_verify_is_off_by_default_and_warned_about_when_on(
     caplog: pytest.LogCaptureFixture, senders: list[Sender]
 ) -> None:
-    assert Config().remote_write_tls_insecure_skip_verify is False
+    assert Config().remote_write.tls.insecure_skip_verify is False
     cfg = parse("remote_write: {url: 'https://m/push', tls: {insecure_skip_verify: true}}")
     with caplog.at_level("WARNING", logger="pusher.sender"):
-        senders.append(Sender.from_config(cfg))
+        senders.append(Sender(cfg.remote_write))
     assert any(
         r.levelname == "WARNING" and "insecure_skip_verify" in r.getMessage()
         for r in caplog.records
@@ -307,7 +308,7 @@ def test_bearer_token_file_is_sent_without_its_newline(
 
 
 def test_basic_auth_password_file_is_sent(http_server, senders, secrets: dict[str, str]) -> None:
-    s = make_sender(senders, http_server.url, basic_auth=("edge-1", secrets["password"]))
+    s = make_sender(senders, http_server.url, basic_auth=BasicAuth("edge-1", secrets["password"]))
     assert s.send(BODY).kind == "ok"
     expected = base64.b64encode(f"edge-1:{PASSWORD}".encode()).decode()
     assert http_server.received[0].headers["Authorization"] == f"Basic {expected}"
@@ -442,7 +443,7 @@ def test_a_receiver_echoing_the_credentials_never_gets_them_into_an_outcome(
     if mode == "bearer":
         kwargs["bearer_token_file"] = secrets["token"]
     elif mode == "basic":
-        kwargs["basic_auth"] = ("edge-1", secrets["password"])
+        kwargs["basic_auth"] = BasicAuth("edge-1", secrets["password"])
     elif mode == "url":
         url = url.replace("http://", f"http://edge-1:{URL_PASSWORD}@")
     else:
@@ -814,8 +815,8 @@ def test_hostile_answers_are_counted_and_the_data_is_kept(
         shutdown_grace: 1s
     """)
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
-    collector = Collector(cfg.libvirt_uri, use_events=False)
-    agent = Agent(cfg, Sender.from_config(cfg), spool, collector)
+    collector = Collector(cfg.libvirt.uri, use_events=False)
+    agent = Agent(cfg, Sender(cfg.remote_write), spool, collector)
     agent.run_cycle()
     pending = spool.stats()[0]
     delivered = agent.drain_once(time.monotonic() + 0.8)
@@ -897,7 +898,7 @@ def test_the_collectors_connection_refuses_to_change_a_domain() -> None:
 
 def test_tls_options_default_to_verifying_with_the_system_cas(senders) -> None:
     s = make_sender(senders, "https://mimir.example/api/v1/push")
-    assert s.tls == TLSOptions()
+    assert s.tls == TLSConfig()
     assert s._verify is True and s._cert is None
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pusher import __version__
+from pusher.config import RemoteWriteConfig
 from pusher.sender import MAX_ERROR_BODY, Outcome, Sender, mimir_reason, parse_retry_after
 
 BODY = b"\x1f\x00snappy-compressed-bytes"
@@ -29,7 +30,7 @@ def senders() -> Iterator[list[Sender]]:
 
 
 def make_sender(senders: list[Sender], url: str, **kwargs: object) -> Sender:
-    sender = Sender(url, **kwargs)  # type: ignore[arg-type]
+    sender = Sender(RemoteWriteConfig(url=url, **kwargs))  # type: ignore[arg-type]
     senders.append(sender)
     return sender
 

@@ -57,7 +57,7 @@ class Pipeline:
 
     def __init__(self, cfg: Config, collector: FakeCollector) -> None:
         self.cfg = cfg
-        self.collection = DeadlineCollector(collector, cfg.collect_timeout)  # type: ignore[arg-type]
+        self.collection = DeadlineCollector(collector, cfg.collect.timeout)  # type: ignore[arg-type]
         self.planner = Planner.from_config(cfg)
 
     def collect_cycle(self) -> Cycle:
