@@ -55,6 +55,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -603,38 +604,56 @@ def outage_window(ours: Ours, args: argparse.Namespace, run: int) -> Window:
     rx.proxy.set_down(True)
     try:
         ours.start(run)
-        # Start-up (imports, the first cycle's XML reads) stays out of the window, as in A's.
-        deadline = time.monotonic() + START_TIMEOUT
-        while ours.spool_stats()[0] == 0:
-            ours.check()
-            if time.monotonic() > deadline:
-                raise BenchError(f"A spooled nothing within {START_TIMEOUT:.0f}s; log: "
-                                 f"{ours.procs[0].log}\n{tail(ours.procs[0].log)}")  # fmt: skip
-            time.sleep(0.5)
-        time.sleep(args.interval + 1)
-        s0, f0 = ours.spool_stats()[0], ours.spool_file_bytes()
-        libvirtd = Libvirtd()
-        c0, l0, t0 = cpu_ticks(ours.procs[0].pid), libvirtd.ticks(), time.time()
-        deadline = time.monotonic() + args.window
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, 1.0))
-            ours.check()
-        c1, l1, t1 = cpu_ticks(ours.procs[0].pid), libvirtd.ticks(), time.time()
-        samples, body, requests = ours.spool_stats()
-        live = ours.spool_file_bytes()
-        rss = rss_kb(ours.procs[0].pid)
-        ours.stop()  # SQLite checkpoints the WAL into the database when the agent closes it
-        closed = ours.spool_file_bytes()
+        wait_until_spooling(ours, args.interval)
+        w = measure_spooling(ours, args, domains)
     finally:
         rx.proxy.set_down(False)
+    deliver_backlog(ours, run + 1, w)
+    return w
+
+
+def wait_until_spooling(ours: Ours, interval: float) -> None:
+    """Start-up (imports, the first cycle's XML reads) stays out of the window, as in A's."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while ours.spool_stats()[0] == 0:
+        ours.check()
+        if time.monotonic() > deadline:
+            raise BenchError(f"A spooled nothing within {START_TIMEOUT:.0f}s; log: "
+                             f"{ours.procs[0].log}\n{tail(ours.procs[0].log)}")  # fmt: skip
+        time.sleep(0.5)
+    time.sleep(interval + 1)
+
+
+def measure_spooling(ours: Ours, args: argparse.Namespace, domains: int) -> Window:
+    """One window of the agent spooling, then its spool files once it has closed them."""
+    s0, f0 = ours.spool_stats()[0], ours.spool_file_bytes()
+    libvirtd = Libvirtd()
+    c0, l0, t0 = cpu_ticks(ours.procs[0].pid), libvirtd.ticks(), time.time()
+    deadline = time.monotonic() + args.window
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 1.0))
+        ours.check()
+    c1, l1, t1 = cpu_ticks(ours.procs[0].pid), libvirtd.ticks(), time.time()
+    samples, body, requests = ours.spool_stats()
+    live = ours.spool_file_bytes()
+    rss = rss_kb(ours.procs[0].pid)
+    ours.stop()  # SQLite checkpoints the WAL into the database when the agent closes it
+    closed = ours.spool_file_bytes()
     w = Window("A-outage", t1 - t0, round(args.window / args.interval), Libvirtd.seconds(l0, l1),
                domains, cpu_s=(c1 - c0) / CLK_TCK, rss_kb=rss)  # fmt: skip
     w.extra = {"spool_samples": samples, "spool_body": body, "spool_requests": requests,
                "spool_samples_in_window": samples - s0, "spool_live": live,
                "spool_live_growth": live - f0, "spool_closed": closed}  # fmt: skip
-    # The backlog must reach the receiver once it is back.
+    return w
+
+
+def deliver_backlog(ours: Ours, run: int, w: Window) -> None:
+    """The backlog must reach the receiver once it is back: a fresh agent on the same spool;
+    whether it got there, and how long it took, go into `w.extra`."""
+    rx = ours.rx
+    samples = w.extra["spool_samples"]
     before = rx.appended()
-    ours.start(run + 1, spool=ours.spool)
+    ours.start(run, spool=ours.spool)
     deadline = time.monotonic() + 120
     try:
         while True:
@@ -649,7 +668,6 @@ def outage_window(ours: Ours, args: argparse.Namespace, run: int) -> Window:
         w.extra["backlog_delivery_s"] = 120 - (deadline - time.monotonic())
     finally:
         ours.stop()
-    return w
 
 
 def libvirtd_probe(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
@@ -682,27 +700,42 @@ def libvirtd_probe(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         domains = count_domains()
         for r in range(args.probe_rounds):
             for kind in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                lv = Libvirtd()
-                g0, tg0 = lv.ticks(), time.monotonic()
-                time.sleep(args.probe_gap)
-                b0, tb0 = lv.ticks(), time.monotonic()
-                for _ in range(args.probe_calls):
-                    calls[kind]()
-                b1, tb1 = lv.ticks(), time.monotonic()
-                time.sleep(args.probe_gap)
-                g1, tg1 = lv.ticks(), time.monotonic()
-                if None in (g0, b0, b1, g1):
+                burst = probe_burst(calls[kind], args.probe_calls, args.probe_gap)
+                if burst is None:
                     continue  # libvirtd was restarted meanwhile
-                assert g0 is not None and b0 is not None and b1 is not None and g1 is not None
-                rate = ((b0 - g0) + (g1 - b1)) / CLK_TCK / ((tb0 - tg0) + (tg1 - tb1))
-                burst = (b1 - b0) / CLK_TCK
-                induced[kind].append((burst - rate * (tb1 - tb0)) / args.probe_calls)
-                wall[kind].append((tb1 - tb0) / args.probe_calls)
+                induced[kind].append(burst[0])
+                wall[kind].append(burst[1])
             exporter.check()
     finally:
         collector.close()
         exporter.stop()
-    out: dict[str, float] = {"domains": domains, "rounds": args.probe_rounds}
+    return probe_medians(induced, wall, domains, args.probe_rounds)
+
+
+def probe_burst(call: Callable[[], Any], calls: int, gap: float) -> tuple[float, float] | None:
+    """(libvirtd CPU seconds induced, wall seconds) per call of `calls` back-to-back calls
+    between two quiet `gap`s; None if libvirtd was restarted meanwhile."""
+    lv = Libvirtd()
+    g0, tg0 = lv.ticks(), time.monotonic()
+    time.sleep(gap)
+    b0, tb0 = lv.ticks(), time.monotonic()
+    for _ in range(calls):
+        call()
+    b1, tb1 = lv.ticks(), time.monotonic()
+    time.sleep(gap)
+    g1, tg1 = lv.ticks(), time.monotonic()
+    if None in (g0, b0, b1, g1):
+        return None
+    assert g0 is not None and b0 is not None and b1 is not None and g1 is not None
+    rate = ((b0 - g0) + (g1 - b1)) / CLK_TCK / ((tb0 - tg0) + (tg1 - tb1))
+    burst = (b1 - b0) / CLK_TCK
+    return (burst - rate * (tb1 - tb0)) / calls, (tb1 - tb0) / calls
+
+
+def probe_medians(induced: dict[str, list[float]], wall: dict[str, list[float]], domains: int,
+                  rounds: int) -> dict[str, float]:  # fmt: skip
+    """Each side's median over the rounds (and the spread of its induced CPU), in ms."""
+    out: dict[str, float] = {"domains": domains, "rounds": rounds}
     for kind in ("A", "B"):
         if induced[kind]:
             out[f"{kind}_ms"] = 1000 * statistics.median(induced[kind])
@@ -725,38 +758,7 @@ def summarise(windows: list[Window], args: argparse.Namespace,
     out: dict[str, dict[str, float]] = {"idle": {"libvirtd_per_s": idle_rate}}
     for kind in ("A", "B"):
         ws = [w for w in windows if w.kind == kind]
-        cycles = sum(w.cycles for w in ws)
-        samples = sum(w.samples for w in ws)
-        lv = [w for w in ws if not math.isnan(w.libvirtd_s)]
-        lv_cycles = sum(w.cycles for w in lv)
-        s: dict[str, float] = {
-            "cpu_ms": 1000 * sum(w.cpu_s for w in ws) / cycles,
-            "libvirtd_ms": 1000
-            * statistics.median((w.libvirtd_s - idle_median * w.seconds) / w.cycles for w in lv)
-            if lv and idle
-            else math.nan,
-            "libvirtd_mean_ms": 1000
-            * sum(w.libvirtd_s - idle_rate * w.seconds for w in lv)
-            / lv_cycles
-            if lv and idle
-            else math.nan,
-            "samples": samples / cycles,
-            "guest_samples": sum(w.guest_samples for w in ws) / cycles,
-            "rss_mb": max(w.rss_kb for w in ws) / 1024,
-            "wire": sum(w.body_bytes for w in ws) / samples if samples else math.nan,
-            "wire_raw": sum(w.raw_bytes for w in ws) / samples if samples else math.nan,
-            "requests": sum(w.requests for w in ws) / cycles,
-            "up": sum(w.up * w.cycles for w in ws) / cycles,
-        }
-        for name in {n for w in ws for n in w.rss_each_kb}:
-            s[f"rss_mb:{name}"] = max(w.rss_each_kb.get(name, 0) for w in ws) / 1024
-        if kind == "B":
-            wal_samples = sum(w.extra["wal_samples"] for w in ws)
-            s["disk"] = sum(w.extra["wal_bytes"] for w in ws) / wal_samples
-            s["wire_agent"] = sum(w.extra["rw_bytes"] for w in ws) / samples
-        s["probe_ms"] = probe.get(f"{kind}_ms", math.nan)
-        s["probe_wall_ms"] = probe.get(f"{kind}_wall_ms", math.nan)
-        out[kind] = s
+        out[kind] = side_figures(kind, ws, idle, idle_rate, idle_median, probe)
     outage = [w for w in windows if w.kind == "A-outage"]
     if outage:
         e = outage[0].extra
@@ -765,6 +767,42 @@ def summarise(windows: list[Window], args: argparse.Namespace,
         out["A"]["disk_closed"] = e["spool_closed"] / n
         out["A"]["spool_body"] = e["spool_body"] / n
     return out
+
+
+def side_figures(kind: str, ws: list[Window], idle: list[Window], idle_rate: float,
+                 idle_median: float, probe: dict[str, float]) -> dict[str, float]:  # fmt: skip
+    """One side's figures per cycle over its windows `ws`; libvirtd's with the idle baseline
+    taken off (none without idle windows that have a libvirtd figure)."""
+    cycles = sum(w.cycles for w in ws)
+    samples = sum(w.samples for w in ws)
+    lv = [w for w in ws if not math.isnan(w.libvirtd_s)]
+    lv_cycles = sum(w.cycles for w in lv)
+    s: dict[str, float] = {
+        "cpu_ms": 1000 * sum(w.cpu_s for w in ws) / cycles,
+        "libvirtd_ms": 1000
+        * statistics.median((w.libvirtd_s - idle_median * w.seconds) / w.cycles for w in lv)
+        if lv and idle
+        else math.nan,
+        "libvirtd_mean_ms": 1000 * sum(w.libvirtd_s - idle_rate * w.seconds for w in lv) / lv_cycles
+        if lv and idle
+        else math.nan,
+        "samples": samples / cycles,
+        "guest_samples": sum(w.guest_samples for w in ws) / cycles,
+        "rss_mb": max(w.rss_kb for w in ws) / 1024,
+        "wire": sum(w.body_bytes for w in ws) / samples if samples else math.nan,
+        "wire_raw": sum(w.raw_bytes for w in ws) / samples if samples else math.nan,
+        "requests": sum(w.requests for w in ws) / cycles,
+        "up": sum(w.up * w.cycles for w in ws) / cycles,
+    }
+    for name in {n for w in ws for n in w.rss_each_kb}:
+        s[f"rss_mb:{name}"] = max(w.rss_each_kb.get(name, 0) for w in ws) / 1024
+    if kind == "B":
+        wal_samples = sum(w.extra["wal_samples"] for w in ws)
+        s["disk"] = sum(w.extra["wal_bytes"] for w in ws) / wal_samples
+        s["wire_agent"] = sum(w.extra["rw_bytes"] for w in ws) / samples
+    s["probe_ms"] = probe.get(f"{kind}_ms", math.nan)
+    s["probe_wall_ms"] = probe.get(f"{kind}_wall_ms", math.nan)
+    return s
 
 
 def fmt(v: float | None, digits: int = 1) -> str:
@@ -813,9 +851,25 @@ def report(windows: list[Window], args: argparse.Namespace, extra_domains: int,
            probe: dict[str, float], exporter_error: str = "") -> str:  # fmt: skip
     s = summarise(windows, args, probe)
     a, b = s["A"], s["B"]
-    proto = "Remote-Write 2.0" if args.protocol == "v2" else "Remote-Write 1.0"
     lines = window_table(windows, args)
-    lines += [
+    lines += result_table(a, b, args)
+    lines += result_notes(b, args, probe)
+    lines += target_lines(a, b, args, exporter_error)
+    lines += outage_lines(windows)
+    if extra_domains:
+        lines += [
+            "",
+            f"note: libvirtd also held up to {extra_domains} domain(s) of other work on this host "
+            "during the run; both sides read every domain, so the per-cycle CPU figures include "
+            "them; the 'guests' samples row counts only the benchmark's.",
+        ]
+    return "\n".join(lines)
+
+
+def result_table(a: dict[str, float], b: dict[str, float], args: argparse.Namespace) -> list[str]:
+    """A against B figure by figure, with REFERENCE.md §7's B figures beside them."""
+    proto = "Remote-Write 2.0" if args.protocol == "v2" else "Remote-Write 1.0"
+    lines = [
         "",
         f"result ({args.guests} guests, {args.interval:g}s interval, {args.rounds} round(s) of "
         f"{args.window:g}s windows; A = libvirt-pusher, B = prometheus-libvirt-exporter + "
@@ -848,8 +902,14 @@ def report(windows: list[Window], args: argparse.Namespace, extra_domains: int,
         refv = fmt(REFERENCE_B[ref], 1) if ref else ""
         lines.append(f"  {name:<46}{fmt(x, digits):>10}{fmt(y, digits):>10}"
                      f"{fmt(ratio(x, y), 2):>7}  {refv:>9}")  # fmt: skip
+    return lines
+
+
+def result_notes(b: dict[str, float], args: argparse.Namespace,
+                 probe: dict[str, float]) -> list[str]:  # fmt: skip
+    """How the table's figures were taken, and B's cross-check of its wire bytes."""
     rss_b = " + ".join(f"{b[k]:.1f}" for k in sorted(b) if k.startswith("rss_mb:"))
-    lines += [
+    return [
         f"  B resident memory: {rss_b} MB (exporter + prometheus agent; REF §7: 50 + 32); "
         f"A and B are the maxima of the processes' summed VmRSS",
         "  disk: A = spool.db + spool.db-wal after one window of a fresh agent with its receiver "
@@ -862,9 +922,12 @@ def report(windows: list[Window], args: argparse.Namespace, extra_domains: int,
         f"{fmt(probe.get('B_spread_ms', math.nan))} ms",
         f"  B wire cross-check: the agent's prometheus_remote_storage_bytes_total gives "
         f"{b['wire_agent']:.2f} bytes per sample",
-        "",
-        "targets (issue 5):",
     ]
+
+
+def evaluate_targets(a: dict[str, float], b: dict[str, float],
+                     args: argparse.Namespace) -> list[tuple[str, bool | None]]:  # fmt: skip
+    """Issue 5's targets, each with whether A met it (None: not measurable here)."""
     cpu_r, smp_r = ratio(a["cpu_ms"], b["cpu_ms"]), ratio(a["guest_samples"], b["guest_samples"])
     lv_r = ratio(a["probe_ms"], b["probe_ms"])
     lv_how = "probe"
@@ -887,6 +950,15 @@ def report(windows: list[Window], args: argparse.Namespace, extra_domains: int,
         live, closed = ratio(a["disk"], b["disk"]), ratio(a["disk_closed"], b["disk"])
         targets.append((f"disk bytes per buffered sample <= 1/2 of B's WAL (spool files live "
                         f"{live:.2f}; after checkpoint {closed:.2f})", live <= 0.5))  # fmt: skip
+    return targets
+
+
+def target_lines(a: dict[str, float], b: dict[str, float], args: argparse.Namespace,
+                 exporter_error: str) -> list[str]:  # fmt: skip
+    """The targets, met or not; those comparing with B are invalid when B's collection
+    mostly failed, since its figures are then not those of a working pipeline."""
+    targets = evaluate_targets(a, b, args)
+    lines = ["", "targets (issue 5):"]
     valid = b["up"] >= 0.9 and b["guest_samples"] > 0
     for text, ok in targets:
         mark = "n/a    " if ok is None else ("met    " if ok else "NOT MET")
@@ -899,33 +971,32 @@ def report(windows: list[Window], args: argparse.Namespace, extra_domains: int,
                      "of a working pipeline")  # fmt: skip
         if exporter_error:
             lines.append(f"  exporter: {exporter_error}")
+    return lines
+
+
+def outage_lines(windows: list[Window]) -> list[str]:
+    """A's spool after the outage window, if there was one."""
     outage = [w for w in windows if w.kind == "A-outage"]
-    if outage:
-        o, e = outage[0], outage[0].extra
-        lines += [
-            "",
-            f"A's spool after {o.seconds:.0f}s with its receiver unreachable: "
-            f"{e['spool_samples']:,.0f} samples in {e['spool_requests']:.0f} requests, "
-            f"{e['spool_body']:,.0f} body bytes, files {e['spool_live']:,.0f} bytes live and "
-            f"{e['spool_closed']:,.0f} once the agent closed it; agent CPU "
-            f"{1000 * o.cpu_s / o.cycles:.1f} ms per cycle while buffering; the backlog was "
-            + ("delivered" if e.get("backlog_delivered") else "NOT delivered")
-            + f" {e.get('backlog_delivery_s', 0):.0f}s after the receiver came back",
-        ]
-    if extra_domains:
-        lines += [
-            "",
-            f"note: libvirtd also held up to {extra_domains} domain(s) of other work on this host "
-            "during the run; both sides read every domain, so the per-cycle CPU figures include "
-            "them; the 'guests' samples row counts only the benchmark's.",
-        ]
-    return "\n".join(lines)
+    if not outage:
+        return []
+    o, e = outage[0], outage[0].extra
+    return [
+        "",
+        f"A's spool after {o.seconds:.0f}s with its receiver unreachable: "
+        f"{e['spool_samples']:,.0f} samples in {e['spool_requests']:.0f} requests, "
+        f"{e['spool_body']:,.0f} body bytes, files {e['spool_live']:,.0f} bytes live and "
+        f"{e['spool_closed']:,.0f} once the agent closed it; agent CPU "
+        f"{1000 * o.cpu_s / o.cycles:.1f} ms per cycle while buffering; the backlog was "
+        + ("delivered" if e.get("backlog_delivered") else "NOT delivered")
+        + f" {e.get('backlog_delivery_s', 0):.0f}s after the receiver came back",
+    ]
 
 
 # --- main --------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The command line; `--window` comes back rounded to a whole number of intervals."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--guests", type=int, default=20, help="real QEMU guests (default 20)")
     ap.add_argument("--interval", type=float, default=5, help="seconds per cycle (default 5)")
@@ -965,6 +1036,11 @@ def main() -> int:
     if args.guests < 1 or args.rounds < 1 or args.interval <= 0:
         ap.error("--guests, --rounds and --interval must be positive")
     args.window = max(1, round(args.window / args.interval)) * args.interval
+    return args
+
+
+def check_host() -> None:
+    """Exits with a hint if a tool is missing or not root, before anything is created."""
     for tool in (EXPORTER, PROMETHEUS, "qemu-img"):
         if not shutil.which(tool):
             hint = " (apt-get install -y prometheus-libvirt-exporter)" if tool == EXPORTER else ""
@@ -972,95 +1048,185 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("macro.py: run as root (guests on qemu:///system, libvirtd's /proc)")
 
+
+def time_budget(args: argparse.Namespace) -> float:
+    """Seconds the run should take at most; the alarm that ends a stuck run is set from it."""
     per_round = 3 * args.window + 2 * (args.interval * 2 + 20)
-    budget = args.rounds * per_round + (0 if args.no_outage else 2 * args.window + 150)
+    budget: float = args.rounds * per_round + (0 if args.no_outage else 2 * args.window + 150)
     budget += args.probe_rounds * 2 * (2 * args.probe_gap + args.probe_calls * 2)
     budget += 60 + 10 * args.guests  # guests up and down, receivers
-    print(
-        f"macro: {args.guests} guests, interval {args.interval:g}s, {args.rounds} round(s) of "
-        f"idle/A/B windows of {args.window:g}s (~{budget / 60:.0f} min at most)",
-        flush=True,
-    )
+    return budget
 
-    # Bounded: an alarm ends a stuck run (the finally below still cleans up).
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
 
+def on_signal(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def arm_signals(budget: float) -> None:
+    """Bounded: an alarm ends a stuck run; it, SIGTERM and SIGINT all arrive as a
+    KeyboardInterrupt, so main's cleanup still runs."""
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)  # also when started in the background (SIG_IGN)
     signal.signal(signal.SIGALRM, on_signal)
     signal.alarm(int(budget * 1.5) + 120)
 
+
+@dataclass
+class Bench:
+    """What the run's phases share; teardown stops and removes what is recorded here, whichever
+    phase failed."""
+
+    args: argparse.Namespace
+    work: Path
+    names: list[str]  # the guests' domain names
+    receivers: list[Receiver] = field(default_factory=list)
+    sides: list[Side] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+
+
+def set_up(bench: Bench) -> tuple[Ours, Theirs]:
+    """The guests, both receivers and both sides (each side is started by its windows)."""
+    args, work, names = bench.args, bench.work, bench.names
+    Libvirtd()  # there is one
+    t = time.monotonic()
+    create_guests(URI, work / "guests", args.guests, prefix="macro", base=GUEST_BASE)
+    print(f"  {args.guests} guests up in {time.monotonic() - t:.0f}s "
+          f"({names[0]} … {names[-1]})", flush=True)  # fmt: skip
+    rx_a = Receiver("A", work / "rx-a", transcode_v2=args.protocol == "v2")
+    rx_b = Receiver("B", work / "rx-b")
+    bench.receivers += [rx_a, rx_b]
+    ours, theirs = Ours(args, work / "a", rx_a), Theirs(args, work / "b", rx_b)
+    bench.sides += [ours, theirs]
+    time.sleep(10)  # the guests' boot settles before the first idle window
+    return ours, theirs
+
+
+def run_rounds(bench: Bench, ours: Ours, theirs: Theirs) -> int:
+    """The idle/A/B rounds (B before A every other round); returns the number of side runs so
+    far, which numbers each run's work directory (the outage window's runs come next)."""
+    args = bench.args
+    run = 0
+    for r in range(args.rounds):
+        order: list[Side | None] = [None, ours, theirs] if r % 2 == 0 else [None, theirs, ours]
+        for side in order:
+            if side is None:
+                w = measure("idle", args.window, args.interval)
+            else:
+                run += 1
+                w = side_window(side, args, run)
+            bench.windows.append(w)
+            print_window_done(r, w)
+    return run
+
+
+def side_window(side: Side, args: argparse.Namespace, run: int) -> Window:
+    """The side started fresh, warmed up outside the window, measured, then stopped."""
+    side.start(run)
+    try:
+        warm_up(side, args.interval)
+        return measure(side.label, args.window, args.interval, side)
+    finally:
+        side.stop()
+
+
+def print_window_done(round_index: int, w: Window) -> None:
+    print(f"  round {round_index + 1}: {w.kind:<5} done"
+          + (f"  cpu {1000 * w.cpu_s / w.cycles:.1f} ms/cycle, "
+             f"{w.samples / w.cycles:.0f} samples/cycle, RSS {w.rss_kb / 1024:.1f} MB"
+             if w.kind != "idle" else
+             f"  libvirtd {fmt(1000 * w.libvirtd_s / w.seconds)} ms/s"),
+          flush=True)  # fmt: skip
+
+
+def run_probe(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """The libvirtd probe unless `--probe-rounds 0`; {} if it was skipped."""
+    probe: dict[str, float] = {}
+    if args.probe_rounds:
+        try:
+            probe = libvirtd_probe(args, work)
+        except (ImportError, TypeError, AttributeError, libvirt.libvirtError) as e:
+            # The probe calls the agent's Collector directly: report, go on without it.
+            print(f"warning: libvirtd probe skipped: {e!r}", file=sys.stderr)
+        print(f"  libvirtd probe: A {fmt(probe.get('A_ms', math.nan))} ms, B "
+              f"{fmt(probe.get('B_ms', math.nan))} ms per collection", flush=True)  # fmt: skip
+    return probe
+
+
+def run_outage(bench: Bench, ours: Ours, run: int) -> None:
+    w = outage_window(ours, bench.args, run)
+    bench.windows.append(w)
+    print(f"  outage: {w.extra['spool_samples']:.0f} samples spooled", flush=True)
+
+
+def report_results(bench: Bench, probe: dict[str, float], theirs: Theirs) -> None:
+    """The report, what it was measured with, and every window's figures as JSON if asked."""
+    args, windows = bench.args, bench.windows
+    extra_domains = max(w.domains for w in windows) - args.guests
+    print()
+    error = f"{theirs.failed_scrapes} failed scrapes, last: {theirs.last_error}"
+    print(report(windows, args, extra_domains, probe,
+                 error if theirs.failed_scrapes else ""))  # fmt: skip
+    print(
+        f"\nagent: {agent_revision()}; "
+        f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps([w.__dict__ for w in windows], indent=1))
+
+
+def agent_revision() -> str:
+    """The commit the agent ran from, flagged if pusher/ had uncommitted changes."""
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "pusher"],
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return f"{rev}{' with local changes in pusher/' if dirty else ''}"
+
+
+def tear_down(bench: Bench, ok: bool) -> None:
+    """Stops everything started and removes the guests; keeps the work directory (its logs)
+    unless the run succeeded without `--keep`."""
+    signal.alarm(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for side in bench.sides:
+        side.stop()
+    for rx in bench.receivers:
+        rx.close()
+    Proc.stop_all()
+    try:
+        destroy_guests(URI, bench.names)
+    except Exception as e:
+        print(f"warning: could not remove the guests {bench.names[0]}…: {e}", file=sys.stderr)
+    if ok and not bench.args.keep:
+        shutil.rmtree(bench.work, ignore_errors=True)
+    else:
+        print(f"work directory kept: {bench.work}", file=sys.stderr)
+
+
+def main() -> int:
+    args = parse_args()
+    check_host()
+    budget = time_budget(args)
+    print(
+        f"macro: {args.guests} guests, interval {args.interval:g}s, {args.rounds} round(s) of "
+        f"idle/A/B windows of {args.window:g}s (~{budget / 60:.0f} min at most)",
+        flush=True,
+    )
+    arm_signals(budget)
     work = Path(tempfile.mkdtemp(prefix="pusher-macro-"))
     work.chmod(0o755)  # the qemu user must reach the guest images below it
     names = [f"instance-{GUEST_BASE + i:08x}" for i in range(1, args.guests + 1)]
-    receivers: list[Receiver] = []
-    sides: list[Side] = []
-    windows: list[Window] = []
+    bench = Bench(args, work, names)
     ok = False
     try:
-        Libvirtd()  # there is one
-        t = time.monotonic()
-        create_guests(URI, work / "guests", args.guests, prefix="macro", base=GUEST_BASE)
-        print(f"  {args.guests} guests up in {time.monotonic() - t:.0f}s "
-              f"({names[0]} … {names[-1]})", flush=True)  # fmt: skip
-        rx_a = Receiver("A", work / "rx-a", transcode_v2=args.protocol == "v2")
-        rx_b = Receiver("B", work / "rx-b")
-        receivers += [rx_a, rx_b]
-        ours, theirs = Ours(args, work / "a", rx_a), Theirs(args, work / "b", rx_b)
-        sides += [ours, theirs]
-        time.sleep(10)  # the guests' boot settles before the first idle window
-        run = 0
-        for r in range(args.rounds):
-            order: list[Side | None] = [None, ours, theirs] if r % 2 == 0 else [None, theirs, ours]
-            for side in order:
-                if side is None:
-                    w = measure("idle", args.window, args.interval)
-                else:
-                    run += 1
-                    side.start(run)
-                    try:
-                        warm_up(side, args.interval)
-                        w = measure(side.label, args.window, args.interval, side)
-                    finally:
-                        side.stop()
-                windows.append(w)
-                print(f"  round {r + 1}: {w.kind:<5} done"
-                      + (f"  cpu {1000 * w.cpu_s / w.cycles:.1f} ms/cycle, "
-                         f"{w.samples / w.cycles:.0f} samples/cycle, RSS {w.rss_kb / 1024:.1f} MB"
-                         if w.kind != "idle" else
-                         f"  libvirtd {fmt(1000 * w.libvirtd_s / w.seconds)} ms/s"),
-                      flush=True)  # fmt: skip
-        probe: dict[str, float] = {}
-        if args.probe_rounds:
-            try:
-                probe = libvirtd_probe(args, work)
-            except (ImportError, TypeError, AttributeError, libvirt.libvirtError) as e:
-                # The probe calls the agent's Collector directly: report, go on without it.
-                print(f"warning: libvirtd probe skipped: {e!r}", file=sys.stderr)
-            print(f"  libvirtd probe: A {fmt(probe.get('A_ms', math.nan))} ms, B "
-                  f"{fmt(probe.get('B_ms', math.nan))} ms per collection", flush=True)  # fmt: skip
+        ours, theirs = set_up(bench)
+        runs = run_rounds(bench, ours, theirs)
+        probe = run_probe(args, work)
         if not args.no_outage:
-            run += 1
-            w = outage_window(ours, args, run)
-            windows.append(w)
-            print(f"  outage: {w.extra['spool_samples']:.0f} samples spooled", flush=True)
-        extra_domains = max(w.domains for w in windows) - args.guests
-        print()
-        error = f"{theirs.failed_scrapes} failed scrapes, last: {theirs.last_error}"
-        print(report(windows, args, extra_domains, probe,
-                     error if theirs.failed_scrapes else ""))  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "pusher"],
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-        print(
-            f"\nagent: {rev}{' with local changes in pusher/' if dirty else ''}; "
-            f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')}"
-        )
-        if args.json:
-            Path(args.json).write_text(json.dumps([w.__dict__ for w in windows], indent=1))
+            run_outage(bench, ours, runs + 1)
+        report_results(bench, probe, theirs)
         ok = True
         return 0
     except BenchError as e:
@@ -1070,22 +1236,7 @@ def main() -> int:
         print(f"macro.py: interrupted ({e or 'Ctrl-C'}); cleaning up", file=sys.stderr)
         return 130
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for side in sides:
-            side.stop()
-        for rx in receivers:
-            rx.close()
-        Proc.stop_all()
-        try:
-            destroy_guests(URI, names)
-        except Exception as e:
-            print(f"warning: could not remove the guests {names[0]}…: {e}", file=sys.stderr)
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"work directory kept: {work}", file=sys.stderr)
+        tear_down(bench, ok)
 
 
 if __name__ == "__main__":
