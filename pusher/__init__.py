@@ -2,14 +2,20 @@
 
 How a sample travels, one module per stage:
 
-    config      YAML file -> validated Config (exit 2 on any bad key)
-    collect     one bulk getAllDomainStats call per cycle, domain XML fetched once per domain
+    config      YAML file -> validated, nested Config (exit 2 on any bad key)
+    secrets     credential files read and checked; secrets kept out of what is printed
+    collect     one bulk getAllDomainStats call per cycle within collect.timeout, domain XML
+                fetched once per domain
     nova        Nova's <nova:instance> metadata -> NovaInstance (pure, cached by UUID)
-    catalog     the table of every metric; libvirt stats -> samples in base units (pure)
-    encode      samples -> snappy remote-write 1.0 request bodies; text exposition (pure)
+    filters     which domains are exported (pure)
+    catalog     the table of every metric; libvirt stats -> plans in base units (pure)
+    series      a snapshot -> one cycle's series and stale markers (pure)
+    encode      samples -> snappy remote-write 1.0 / 2.0 bodies; text exposition (pure)
     spool       SQLite queue of request bodies, written before the first send
+    delivery    lanes drain the spool: retry, hold, split, fall back, drop and count
     sender      one HTTP POST of one body; the result carries the retry decision
-    loop        the agent: ticks, collects, spools, drains, retries, counts
+    health      the health file behind --health
+    agent       ticks on interval boundaries, runs the sending threads, stops cleanly
     cli         the command line
 """
 

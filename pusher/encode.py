@@ -1,10 +1,11 @@
-"""Samples -> remote-write 1.0 request bodies, and -> text exposition for --dry-run.
+"""Samples -> remote-write 1.0 and 2.0 request bodies, those bodies cut in halves or merged
+(for delivery), and -> text exposition for --dry-run.
 
 The wire encoder writes the protobuf bytes of `prometheus.WriteRequest` (proto/remote_write.proto)
 itself: a series' label bytes depend only on its labels, so they are built once and cached,
 and each cycle only appends the 8-byte value and the timestamp. The tests check the bytes
-against the classes generated from `proto/` (`pusher/pb`), which also decode bodies when a
-request must be split.
+against the classes generated from `proto/` (`pusher/pb`), which also decode 2.0 bodies when
+a receiver turns out to take only 1.0.
 """
 
 from __future__ import annotations
