@@ -3,7 +3,9 @@
 The connection is read-only (it works through `libvirt-sock-ro` and can call nothing that
 changes a domain), long-lived, and reopened when it drops. A domain's XML is fetched only when
 the domain is new to the agent, when libvirt reports a metadata or definition change for it,
-or when the safety-net refresh interval has passed, and the parsed result is cached by UUID.
+or when the safety-net refresh interval has passed, and the parsed result is cached by UUID
+(`DomainInfoCache`). After the bulk call, a few per-domain calls may follow: a second ask for
+a record left partial by another client's job, and job info (`FollowUpCalls`).
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ __all__ = [
     "Collector",
     "DaemonPool",
     "DeadlineCollector",
+    "DomainInfoCache",
     "DomainStats",
+    "FollowUpCalls",
     "HostInfo",
     "LibvirtUnavailable",
     "Snapshot",
     "is_partial",
+    "read_host_info",
     "stats_flags",
     "version_string",
 ]
@@ -199,6 +204,24 @@ def version_string(v: int) -> str:
     return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
 
 
+def read_host_info(conn: Any) -> HostInfo | None:
+    """The host as the connection describes it; None (logged) when libvirt will not say."""
+    try:
+        _model, memory_mib, cpus, mhz, *_ = conn.getInfo()
+        hv_version = conn.getVersion()
+        return HostInfo(
+            cpus=int(cpus),
+            memory_bytes=int(memory_mib) * 1024 * 1024,
+            cpu_mhz=int(mhz),
+            libvirt_version=version_string(conn.getLibVersion()),
+            hypervisor=str(conn.getType()),
+            hypervisor_version=version_string(hv_version) if hv_version else "",
+        )
+    except libvirt.libvirtError as e:
+        log.info("no host information from libvirt: %s", e)
+        return None
+
+
 @dataclass(frozen=True)
 class Snapshot:
     ts_ms: int
@@ -228,8 +251,234 @@ def _start_event_loop() -> None:
         _event_loop_started = True
 
 
+class DomainInfoCache:
+    """Each domain's parsed XML (its Nova metadata), by UUID, read again only when needed.
+
+    A class of its own because two threads share it: libvirt's event thread marks domains
+    whose XML changed (or drops those undefined) while a collection reads and fills it."""
+
+    def __init__(self, refresh_interval: float) -> None:
+        self.refresh_interval = refresh_interval  # seconds before an unchanged XML is re-read
+        self.metadata_errors = 0  # XML documents read with problems (`DomainInfo.problems`)
+        self._cache: dict[str, tuple[float, DomainInfo]] = {}  # uuid -> (fetched at, info)
+        self._dirty: set[str] = set()  # uuids whose XML changed since it was read
+        self._lock = threading.Lock()
+
+    def on_metadata(self, _conn: Any, dom: Any, *_args: Any) -> None:
+        with self._lock:
+            self._dirty.add(dom.UUIDString())
+
+    def on_lifecycle(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+        uuid = dom.UUIDString()
+        with self._lock:
+            if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+                self._cache.pop(uuid, None)
+            elif event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
+                self._dirty.add(uuid)  # redefined: Nova rewrote the XML (resize, rebuild)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def cached(self, uuid: str) -> DomainInfo | None:
+        """What was read of the domain's XML, without reading it."""
+        with self._lock:
+            entry = self._cache.get(uuid)
+        return entry[1] if entry is not None else None
+
+    def retain(self, uuids: set[str]) -> None:
+        """Forget every domain not in `uuids` (gone from libvirt)."""
+        with self._lock:
+            for gone in set(self._cache) - uuids:
+                del self._cache[gone]
+
+    def info(self, dom: Any, uuid: str, now: float) -> tuple[DomainInfo, int]:
+        """The domain's info, and 1 if its XML was read for it (0 if it came from the cache)."""
+        with self._lock:
+            cached = self._cache.get(uuid)
+            dirty = uuid in self._dirty
+            self._dirty.discard(uuid)
+        if cached is not None and not dirty and now - cached[0] < self.refresh_interval:
+            return cached[1], 0
+        try:
+            xml = dom.XMLDesc(0)
+        except libvirt.libvirtError as e:
+            # Gone between the stats call and now, or a transient error: keep what we had.
+            log.debug("cannot read XML of %s: %s", uuid, e)
+            return (cached[1] if cached else DomainInfo()), 1
+        info = parse_domain_xml(xml)
+        if info.problems:
+            self.metadata_errors += 1
+            log.warning("domain %s: %s", uuid, "; ".join(info.problems))
+        if cached is not None and cached[1].nova != info.nova:
+            log.info("domain %s: Nova metadata changed", uuid)
+        with self._lock:
+            self._cache[uuid] = (now, info)
+        return info, 1
+
+
+class FollowUpCalls:
+    """The per-domain calls after a cycle's bulk call: a second ask for partial records and
+    the job info calls (`collect.job_info`), with the pools they run on.
+
+    A class of its own because these calls outlive their cycle when a guest is stuck: what
+    is still in flight is remembered across cycles so that no domain is asked twice at once,
+    and each domain's last job answer stands in for a late one."""
+
+    def __init__(self, is_exported: Callable[[Any], bool]) -> None:
+        # (virDomain) -> whether the filters export it: domains left out are not called.
+        self._is_exported = is_exported
+        self.job_errors = 0
+        self.partial_records = 0  # running domains whose first record was partial
+        self.partial_kept = 0  # of those, the ones still partial when exported
+        # uuid -> the re-ask of its partial record, "job:" + uuid -> its jobStats call; two
+        # collect() calls may overlap (one hung past its cycle), hence the lock, which also
+        # keeps their prunings of `_jobs` apart.
+        self._asking: dict[str, concurrent.futures.Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._jobs: dict[str, dict[str, Any]] = {}  # uuid -> its last job.<key> stats
+        self._each_pool: DaemonPool | None = None
+        self._job_pool: DaemonPool | None = None
+
+    def stats_pool(self) -> DaemonPool:
+        """The pool for per-domain stats calls; `Collector.collect_each` shares it, so all
+        such calls together stay within EACH_WORKERS threads."""
+        if self._each_pool is None:
+            self._each_pool = DaemonPool(EACH_WORKERS, "libvirt-each")
+        return self._each_pool
+
+    def close(self) -> None:
+        if self._each_pool is not None:
+            self._each_pool.shutdown()
+            self._each_pool = None
+        if self._job_pool is not None:
+            self._job_pool.shutdown()
+            self._job_pool = None
+
+    def _in_flight(self, key: str) -> bool:
+        with self._lock:
+            pending = self._asking.get(key)
+            return pending is not None and not pending.done()
+
+    def _track(self, key: str, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._asking[key] = future
+
+    def _untrack_done(self) -> None:
+        with self._lock:
+            for key in [k for k, f in self._asking.items() if f.done()]:
+                del self._asking[key]
+
+    def complete_partial(
+        self, conn: Any, records: list[Any], groups: Collection[str], flags: int, deadline: float
+    ) -> list[Any]:
+        """Ask once more, after a moment, for running domains whose record is partial
+        (`is_partial`): another client (Nova, an exporter) held the domain's job, which is
+        usually short."""
+        partial = [
+            i
+            for i, (dom, stats) in enumerate(records)
+            if is_partial(stats, groups) and self._is_exported(dom)
+        ]
+        if not partial:
+            return records
+        self.partial_records += len(partial)
+        # Ask each such domain again, this time waiting for its job (no NOWAIT): another
+        # client's job is short. A domain whose monitor is stuck does not answer within
+        # `partial_wait` and keeps its partial record.
+        pool = self.stats_pool()
+        futures: dict[concurrent.futures.Future[Any], int] = {}
+        for i in partial:
+            uuid = records[i][0].UUIDString()
+            if self._in_flight(uuid):
+                continue  # still waiting from an earlier cycle: one thread per domain at most
+            f = pool.submit(conn.domainListGetStats, [records[i][0]], flags, 0)
+            self._track(uuid, f)
+            futures[f] = i
+        wait = max(0.0, deadline - time.monotonic())
+        done, _ = concurrent.futures.wait(futures, timeout=wait)
+        self._untrack_done()
+        out = list(records)
+        for f in done:
+            i = futures[f]
+            try:
+                again = f.result()
+            except libvirt.libvirtError as e:
+                log.debug("second stats call for a partial record failed: %s", e)
+                continue
+            if again and len(again[0][1]) > len(records[i][1]):
+                out[i] = again[0]
+            else:
+                self.partial_kept += 1
+        self.partial_kept += len(partial) - len(done)
+        return out
+
+    def ask_jobs(self, records: list[Any]) -> dict[concurrent.futures.Future[Any], str]:
+        """Start the job info call (`collect.job_info`) of each running or paused domain, on
+        a pool of its own (a call that hangs never holds up the stats fallbacks), one call
+        in flight per domain at most."""
+        if self._job_pool is None:
+            self._job_pool = DaemonPool(JOB_WORKERS, "libvirt-job")
+        futures: dict[concurrent.futures.Future[Any], str] = {}
+        for dom, stats in records:
+            if stats.get("state.state") not in LIVE_STATES:
+                continue
+            uuid = dom.UUIDString()
+            if self._in_flight("job:" + uuid) or not self._is_exported(dom):
+                continue
+            f = self._job_pool.submit(dom.jobStats, 0)
+            self._track("job:" + uuid, f)
+            futures[f] = uuid
+        return futures
+
+    def add_jobs(
+        self,
+        records: list[Any],
+        futures: dict[concurrent.futures.Future[Any], str],
+        deadline: float,
+    ) -> list[Any]:
+        """Each running or paused domain's job info as `job.<key>` stats keys: this cycle's
+        answer, or, for a domain whose call is late, the last answer (its series keep their
+        values instead of flapping). The call needs no QEMU monitor while no job runs."""
+        done, late = concurrent.futures.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        for f in late:
+            f.cancel()  # not started yet: the next cycle asks again
+        self._untrack_done()
+        for f in done:
+            uuid = futures[f]
+            try:
+                job = f.result()
+            except concurrent.futures.CancelledError:
+                continue
+            except libvirt.libvirtError as e:
+                # Refused for this domain (an incoming migration's destination has no
+                # statistics), or the domain went away after the bulk call.
+                if e.get_error_code() not in (
+                    libvirt.VIR_ERR_OPERATION_INVALID,
+                    libvirt.VIR_ERR_NO_DOMAIN,
+                ):
+                    self.job_errors += 1
+                    log.debug("jobStats failed: %s", e)
+                self._jobs.pop(uuid, None)
+                continue
+            self._jobs[uuid] = {f"job.{k}": v for k, v in job.items()}
+        return [(dom, self.with_job(dom.UUIDString(), stats)) for dom, stats in records]
+
+    def with_job(self, uuid: str, stats: dict[str, Any]) -> dict[str, Any]:
+        """A live domain's record with its last answered job info (`job.<key>`) added."""
+        job = self._jobs.get(uuid) if stats.get("state.state") in LIVE_STATES else None
+        return {**stats, **job} if job else stats
+
+    def retain(self, uuids: set[str]) -> None:
+        """Forget the last job info of every domain not in `uuids` (gone from libvirt)."""
+        with self._lock:
+            for gone in set(self._jobs) - uuids:
+                del self._jobs[gone]
+
+
 class Collector:
-    """Owns the libvirt connection and the per-domain XML cache."""
+    """Owns the libvirt connection and runs a cycle's collection: the bulk call, then the
+    follow-up calls (`FollowUpCalls`) and the domains' XML (`DomainInfoCache`)."""
 
     def __init__(
         self,
@@ -243,29 +492,16 @@ class Collector:
         exported: Callable[[str, NovaInstance | None], bool] | None = None,
     ) -> None:
         self.job_info = job_info  # `collect.job_info`: a jobStats call per live domain
-        self.job_errors = 0
         self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
         self.flags = stats_flags(self.groups)
         self.partial_wait = partial_wait
         self.uri = uri
-        self.refresh_interval = refresh_interval
         self.clock = clock
         self.use_events = use_events
         self._conn: Any = None
         self._callback_ids: list[int] = []
-        self._cache: dict[str, tuple[float, DomainInfo]] = {}  # uuid -> (fetched at, info)
-        self._dirty: set[str] = set()  # uuids whose XML changed since it was read
-        self._lock = threading.Lock()
-        self._each_pool: DaemonPool | None = None
-        self.metadata_errors = 0
-        self.partial_records = 0  # running domains whose first record was partial
-        self.partial_kept = 0  # of those, the ones still partial when exported
-        # uuid -> the re-ask of its partial record, "job:" + uuid -> its jobStats call; two
-        # collect() calls may overlap (one hung past its cycle), hence the lock.
-        self._asking: dict[str, concurrent.futures.Future[Any]] = {}
-        self._asking_lock = threading.Lock()
-        self._jobs: dict[str, dict[str, Any]] = {}  # uuid -> its last job.<key> stats
-        self._job_pool: DaemonPool | None = None
+        self._domains = DomainInfoCache(refresh_interval)
+        self._follow_ups = FollowUpCalls(self._is_exported)
         # (domain name, Nova data) -> whether the domain is exported (`filter.*`): domains
         # left out get no per-domain calls (partial re-asks, job info).
         self.exported = exported or (lambda name, nova: True)
@@ -284,6 +520,27 @@ class Collector:
             job_info=cfg.collect.job_info,
             exported=domain_filter.admits if domain_filter else None,
         )
+
+    # Kept by the parts that own them; read here, where callers have always read them.
+    @property
+    def refresh_interval(self) -> float:
+        return self._domains.refresh_interval
+
+    @property
+    def metadata_errors(self) -> int:
+        return self._domains.metadata_errors
+
+    @property
+    def partial_records(self) -> int:
+        return self._follow_ups.partial_records
+
+    @property
+    def partial_kept(self) -> int:
+        return self._follow_ups.partial_kept
+
+    @property
+    def job_errors(self) -> int:
+        return self._follow_ups.job_errors
 
     def readings(self) -> list[Reading]:
         out = [
@@ -316,38 +573,20 @@ class Collector:
             raise LibvirtUnavailable(f"cannot connect to {self.uri}")
         if self.use_events:
             self._subscribe(conn)
-        self.host = self._host_info(conn)
+        self.host = read_host_info(conn)
         self._conn = conn
         # Anything may have changed while we were away: read every domain's XML again.
-        with self._lock:
-            self._cache.clear()
+        self._domains.clear()
         log.info("connected to libvirt at %s", self.uri)
         return conn
-
-    @staticmethod
-    def _host_info(conn: Any) -> HostInfo | None:
-        try:
-            _model, memory_mib, cpus, mhz, *_ = conn.getInfo()
-            hv_version = conn.getVersion()
-            return HostInfo(
-                cpus=int(cpus),
-                memory_bytes=int(memory_mib) * 1024 * 1024,
-                cpu_mhz=int(mhz),
-                libvirt_version=version_string(conn.getLibVersion()),
-                hypervisor=str(conn.getType()),
-                hypervisor_version=version_string(hv_version) if hv_version else "",
-            )
-        except libvirt.libvirtError as e:
-            log.info("no host information from libvirt: %s", e)
-            return None
 
     def _subscribe(self, conn: Any) -> None:
         # Drivers without a daemon (test:///) have no keepalive.
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
         events = (
-            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata),
-            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
+            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._domains.on_metadata),
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._domains.on_lifecycle),
         )
         for event_id, callback in events:
             try:
@@ -357,25 +596,8 @@ class Collector:
             except libvirt.libvirtError as e:
                 log.info("libvirt events unavailable (%s); refreshing XML periodically", e)
 
-    def _on_metadata(self, _conn: Any, dom: Any, *_args: Any) -> None:
-        with self._lock:
-            self._dirty.add(dom.UUIDString())
-
-    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
-        uuid = dom.UUIDString()
-        with self._lock:
-            if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
-                self._cache.pop(uuid, None)
-            elif event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
-                self._dirty.add(uuid)  # redefined: Nova rewrote the XML (resize, rebuild)
-
     def close(self) -> None:
-        if self._each_pool is not None:
-            self._each_pool.shutdown()
-            self._each_pool = None
-        if self._job_pool is not None:
-            self._job_pool.shutdown()
-            self._job_pool = None
+        self._follow_ups.close()
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -403,10 +625,12 @@ class Collector:
         # The re-asks of partial records and the job info calls run together, within one
         # quarter of collect.timeout in all.
         deadline = time.monotonic() + self.partial_wait
-        jobs = self._ask_jobs(records) if self.job_info else {}
-        records = self._complete_partial(conn, records, deadline)
+        jobs = self._follow_ups.ask_jobs(records) if self.job_info else {}
+        records = self._follow_ups.complete_partial(
+            conn, records, self.groups, self.flags, deadline
+        )
         if self.job_info:
-            records = self._add_jobs(records, jobs, deadline)
+            records = self._follow_ups.add_jobs(records, jobs, deadline)
         duration = time.monotonic() - start
         now = self.clock()
         domains: list[DomainStats] = []
@@ -415,144 +639,23 @@ class Collector:
         for dom, stats in records:
             uuid = dom.UUIDString()
             seen.add(uuid)
-            info, fetched = self._info(dom, uuid, now)
+            info, fetched = self._domains.info(dom, uuid, now)
             fetches += fetched
             domains.append(DomainStats(dom.name(), uuid, stats, info))
-        with self._lock:
-            for gone in set(self._cache) - seen:
-                del self._cache[gone]
-            for gone in set(self._jobs) - seen:
-                del self._jobs[gone]
+        self._domains.retain(seen)
+        self._follow_ups.retain(seen)
         return Snapshot(ts_ms, domains, duration, fetches, self.host)
 
     def _is_exported(self, dom: Any) -> bool:
         """Whether the filters export this domain, judged on the Nova data already read
         (a domain not read yet counts as exported)."""
-        with self._lock:
-            cached = self._cache.get(dom.UUIDString())
+        cached = self._domains.cached(dom.UUIDString())
         if cached is None:
             return True
         try:
-            return self.exported(dom.name(), cached[1].nova)
+            return self.exported(dom.name(), cached.nova)
         except libvirt.libvirtError:
             return True
-
-    def _in_flight(self, key: str) -> bool:
-        with self._asking_lock:
-            pending = self._asking.get(key)
-            return pending is not None and not pending.done()
-
-    def _track(self, key: str, future: concurrent.futures.Future[Any]) -> None:
-        with self._asking_lock:
-            self._asking[key] = future
-
-    def _untrack_done(self) -> None:
-        with self._asking_lock:
-            for key in [k for k, f in self._asking.items() if f.done()]:
-                del self._asking[key]
-
-    def _complete_partial(self, conn: Any, records: list[Any], deadline: float) -> list[Any]:
-        """Ask once more, after a moment, for running domains whose record is partial
-        (`is_partial`): another client (Nova, an exporter) held the domain's job, which is
-        usually short."""
-        partial = [
-            i
-            for i, (dom, stats) in enumerate(records)
-            if is_partial(stats, self.groups) and self._is_exported(dom)
-        ]
-        if not partial:
-            return records
-        self.partial_records += len(partial)
-        # Ask each such domain again, this time waiting for its job (no NOWAIT): another
-        # client's job is short. A domain whose monitor is stuck does not answer within
-        # `partial_wait` and keeps its partial record.
-        pool = self._pool()
-        futures: dict[concurrent.futures.Future[Any], int] = {}
-        for i in partial:
-            uuid = records[i][0].UUIDString()
-            if self._in_flight(uuid):
-                continue  # still waiting from an earlier cycle: one thread per domain at most
-            f = pool.submit(conn.domainListGetStats, [records[i][0]], self.flags, 0)
-            self._track(uuid, f)
-            futures[f] = i
-        wait = max(0.0, deadline - time.monotonic())
-        done, _ = concurrent.futures.wait(futures, timeout=wait)
-        self._untrack_done()
-        out = list(records)
-        for f in done:
-            i = futures[f]
-            try:
-                again = f.result()
-            except libvirt.libvirtError as e:
-                log.debug("second stats call for a partial record failed: %s", e)
-                continue
-            if again and len(again[0][1]) > len(records[i][1]):
-                out[i] = again[0]
-            else:
-                self.partial_kept += 1
-        self.partial_kept += len(partial) - len(done)
-        return out
-
-    def _ask_jobs(self, records: list[Any]) -> dict[concurrent.futures.Future[Any], str]:
-        """Start the job info call (`collect.job_info`) of each running or paused domain, on
-        a pool of its own (a call that hangs never holds up the stats fallbacks), one call
-        in flight per domain at most."""
-        if self._job_pool is None:
-            self._job_pool = DaemonPool(JOB_WORKERS, "libvirt-job")
-        futures: dict[concurrent.futures.Future[Any], str] = {}
-        for dom, stats in records:
-            if stats.get("state.state") not in LIVE_STATES:
-                continue
-            uuid = dom.UUIDString()
-            if self._in_flight("job:" + uuid) or not self._is_exported(dom):
-                continue
-            f = self._job_pool.submit(dom.jobStats, 0)
-            self._track("job:" + uuid, f)
-            futures[f] = uuid
-        return futures
-
-    def _add_jobs(
-        self,
-        records: list[Any],
-        futures: dict[concurrent.futures.Future[Any], str],
-        deadline: float,
-    ) -> list[Any]:
-        """Each running or paused domain's job info as `job.<key>` stats keys: this cycle's
-        answer, or, for a domain whose call is late, the last answer (its series keep their
-        values instead of flapping). The call needs no QEMU monitor while no job runs."""
-        done, late = concurrent.futures.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        for f in late:
-            f.cancel()  # not started yet: the next cycle asks again
-        self._untrack_done()
-        for f in done:
-            uuid = futures[f]
-            try:
-                job = f.result()
-            except concurrent.futures.CancelledError:
-                continue
-            except libvirt.libvirtError as e:
-                # Refused for this domain (an incoming migration's destination has no
-                # statistics), or the domain went away after the bulk call.
-                if e.get_error_code() not in (
-                    libvirt.VIR_ERR_OPERATION_INVALID,
-                    libvirt.VIR_ERR_NO_DOMAIN,
-                ):
-                    self.job_errors += 1
-                    log.debug("jobStats failed: %s", e)
-                self._jobs.pop(uuid, None)
-                continue
-            self._jobs[uuid] = {f"job.{k}": v for k, v in job.items()}
-        return [(dom, self._with_job(dom.UUIDString(), stats)) for dom, stats in records]
-
-    def _with_job(self, uuid: str, stats: dict[str, Any]) -> dict[str, Any]:
-        """A live domain's record with its last answered job info (`job.<key>`) added."""
-        job = self._jobs.get(uuid) if stats.get("state.state") in LIVE_STATES else None
-        return {**stats, **job} if job else stats
-
-    def _pool(self) -> DaemonPool:
-        if self._each_pool is None:
-            self._each_pool = DaemonPool(EACH_WORKERS, "libvirt-each")
-        return self._each_pool
 
     def collect_each(self, timeout: float, skip: set[str]) -> tuple[Snapshot, set[str]]:
         """The fallback when the bulk call hangs: one stats call per domain, in parallel,
@@ -570,7 +673,7 @@ class Collector:
             doms = [d for d in conn.listAllDomains(0) if d.UUIDString() not in skip]
         except libvirt.libvirtError as e:
             raise LibvirtUnavailable(f"listAllDomains failed: {e}") from None
-        pool = self._pool()
+        pool = self._follow_ups.stats_pool()
         futures = {pool.submit(conn.domainListGetStats, [d], self.flags, 0): d for d in doms}
         done, not_done = concurrent.futures.wait(futures, timeout=timeout)
         now = self.clock()
@@ -586,10 +689,10 @@ class Collector:
                 continue
             for dom, stats in records:
                 uuid = dom.UUIDString()
-                info, fetched = self._info(dom, uuid, now)
+                info, fetched = self._domains.info(dom, uuid, now)
                 fetches += fetched
                 if self.job_info:  # no job calls here: the last answer stands
-                    stats = self._with_job(uuid, stats)
+                    stats = self._follow_ups.with_job(uuid, stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
         return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck
 
@@ -598,29 +701,6 @@ class Collector:
             return bool(self._conn is not None and self._conn.isAlive())
         except libvirt.libvirtError:
             return False
-
-    def _info(self, dom: Any, uuid: str, now: float) -> tuple[DomainInfo, int]:
-        with self._lock:
-            cached = self._cache.get(uuid)
-            dirty = uuid in self._dirty
-            self._dirty.discard(uuid)
-        if cached is not None and not dirty and now - cached[0] < self.refresh_interval:
-            return cached[1], 0
-        try:
-            xml = dom.XMLDesc(0)
-        except libvirt.libvirtError as e:
-            # Gone between the stats call and now, or a transient error: keep what we had.
-            log.debug("cannot read XML of %s: %s", uuid, e)
-            return (cached[1] if cached else DomainInfo()), 1
-        info = parse_domain_xml(xml)
-        if info.problems:
-            self.metadata_errors += 1
-            log.warning("domain %s: %s", uuid, "; ".join(info.problems))
-        if cached is not None and cached[1].nova != info.nova:
-            log.info("domain %s: Nova metadata changed", uuid)
-        with self._lock:
-            self._cache[uuid] = (now, info)
-        return info, 1
 
 
 class DeadlineCollector:

@@ -55,8 +55,8 @@ def collector() -> Any:
 
 def cycle(c: Collector, records: list[tuple[Dom, dict[str, Any]]]) -> list[dict[str, Any]]:
     deadline = time.monotonic() + c.partial_wait
-    futures = c._ask_jobs(records)
-    return [stats for _, stats in c._add_jobs(records, futures, deadline)]
+    futures = c._follow_ups.ask_jobs(records)
+    return [stats for _, stats in c._follow_ups.add_jobs(records, futures, deadline)]
 
 
 def test_job_keys_are_merged_for_live_domains_only(collector: Collector) -> None:
@@ -99,7 +99,7 @@ def test_domains_the_filters_leave_out_get_no_job_calls(collector: Collector) ->
     kept, left_out, unread = Dom("u1"), Dom("u2"), Dom("u3")
     collector.exported = lambda name, nova: name != "instance-u2"
     for dom in (kept, left_out):  # their XML was read; u3's not yet: it counts as exported
-        collector._cache[dom.uuid] = (time.time(), DomainInfo())
+        collector._domains._cache[dom.uuid] = (time.time(), DomainInfo())
     cycle(collector, [(d, dict(RUNNING)) for d in (kept, left_out, unread)])
     assert (kept.calls, left_out.calls, unread.calls) == (1, 0, 1)
 
