@@ -190,14 +190,25 @@ def _open(path: str, fsync: bool, drops: collections.Counter[str]) -> sqlite3.Co
     return _recover(path, fsync, problem, drops)
 
 
+def _intact(body: object, crc: object) -> bool:
+    """Whether a row's body matches its CRC. A damaged page can hand back any type (NULL, a
+    string) in any column: such a row fails the check instead of crashing the reader."""
+    return isinstance(body, bytes) and isinstance(crc, int) and zlib.crc32(body) == crc
+
+
+def _samples(value: object) -> int:
+    """A row's sample count, or 0 when damage left something else in the column."""
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 def _check_rows(db: sqlite3.Connection, drops: collections.Counter[str]) -> None:
     """Drop rows whose body fails its CRC, counting their samples."""
     bad: list[tuple[int, int]] = []
     for rid, samples, crc, body in db.execute(
         "SELECT id, samples, crc, body FROM requests ORDER BY id"
     ):
-        if zlib.crc32(body) != crc:
-            bad.append((rid, samples))
+        if not _intact(body, crc):
+            bad.append((rid, _samples(samples)))
     if bad:
         db.executemany("DELETE FROM requests WHERE id = ?", [(r,) for r, _ in bad])
         drops["spool_corrupt"] += sum(s for _, s in bad)
@@ -285,12 +296,12 @@ def _copy_rows(
         if row is None:
             break
         rid, ts_ms, samples, crc, body, version = row
-        if zlib.crc32(body) == crc:
+        if _intact(body, crc) and _samples(samples) == samples and isinstance(ts_ms, int):
             new.execute(_INSERT, (ts_ms, samples, crc, body, version))
             kept_samples.append(samples)
         else:
             lost += 1
-            drops["spool_corrupt"] += samples
+            drops["spool_corrupt"] += _samples(samples)
         after = rid
     return kept_samples, lost, unreadable
 
@@ -507,9 +518,10 @@ class Spool:
             for rid, ts_ms, samples, crc, body, version in cur:
                 if rid in self._claimed or rid in self._done:
                     continue
-                if rows and total + samples > max_samples:
+                if rows and total + _samples(samples) > max_samples:
                     break
-                if zlib.crc32(body) != crc:
+                if not _intact(body, crc) or _samples(samples) != samples:
+                    samples = _samples(samples)
                     if not rows:  # at the front: acknowledge it as dropped
                         self._acked = max(self._acked, rid)
                     else:

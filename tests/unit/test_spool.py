@@ -271,6 +271,26 @@ def test_salvage_counts_a_checksum_failure_once(spool_dir, opened) -> None:
     assert spool.take_drops() == {"spool_corrupt": 10 * (20 - len(kept))}
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "counted"),
+    [("body", "text where bytes were", 10), ("crc", "x", 10), ("samples", "ten", 0)],
+)
+def test_a_column_of_the_wrong_type_is_a_damaged_row_not_a_crash(
+    spool_dir, opened, column: str, value: object, counted: int
+) -> None:
+    # A damaged page can read back as any SQLite type; opening must still work, and the row
+    # is dropped as damaged (its samples counted when the count itself is readable).
+    fill(spool_dir, rows=3)
+    db = sqlite3.connect(os.path.join(spool_dir, DB_NAME))
+    with db:
+        db.execute(f"UPDATE requests SET {column} = ? WHERE id = 2", (value,))
+    db.close()
+    spool = open_spool(opened, spool_dir)
+    assert [r.ts_ms for r in spool.peek(10**6)] == [1_000, 1_002]
+    assert spool.take_drops() == {"spool_corrupt": counted}
+    assert_usable(spool)
+
+
 # --- permissions -------------------------------------------------------------------------
 
 
