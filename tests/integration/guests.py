@@ -20,7 +20,10 @@ import libvirt
 
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
 NOVA_NS = NOVA_NS_PREFIX + "1.1"
-DOMAIN_BASE = 0xA000  # domain names instance-0000a001, … keep clear of real Nova ids
+# Runs side by side on one libvirtd (several checkouts of the project) keep apart by this
+# offset; a run creates and removes only the domains in its own range.
+GUEST_OFFSET = int(os.environ.get("PUSHER_TEST_GUEST_OFFSET", "0"), 0)
+DOMAIN_BASE = 0xA000 + GUEST_OFFSET  # instance-0000a001, … keep clear of real Nova ids
 IMAGE_SIZE = "64M"
 
 # libvirt-python prints every error to stderr besides raising it; the exception is enough.

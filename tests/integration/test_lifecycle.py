@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 
 from agent import AgentProcess, run_once, wait_for, write_config
-from guests import NOVA_NS, Guest, create_guests, destroy_guests, nova_metadata_xml
+from guests import (
+    GUEST_OFFSET,
+    NOVA_NS,
+    Guest,
+    create_guests,
+    destroy_guests,
+    nova_metadata_xml,
+)
 from receiver import Receiver
 
 
@@ -16,7 +23,7 @@ def test_destroyed_guest_gets_stale_markers_so_its_series_vanish_at_once(
     guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path, libvirt_uri: str
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="pusher-churn-"))
-    (extra,) = create_guests(libvirt_uri, workdir, 1, prefix="pusher-churn", base=0xB000)
+    (extra,) = create_guests(libvirt_uri, workdir, 1, prefix="pusher-churn", base=GUEST_OFFSET + 0xB000)
     agent = AgentProcess(write_config(tmp_path, fresh_receiver.write_url), tmp_path / "a.log")
     selector = f'{{__name__=~"libvirt_domain_.+", domain="{extra["name"]}"}}'
     try:
@@ -114,7 +121,7 @@ def test_churn_of_50_guests_leaves_no_series_and_no_leak(
         names: list[str] = []
         for round_ in range(10):
             batch = create_guests(libvirt_uri, workdir, 5, prefix=f"churn{round_}",
-                                  base=0xB100 + 16 * round_)  # fmt: skip
+                                  base=GUEST_OFFSET + 0xB100 + 16 * round_)  # fmt: skip
             names += [g["name"] for g in batch]
             time.sleep(3)  # cycles see them (a starting QEMU may be busy for one)
             destroy_guests(libvirt_uri, [g["name"] for g in batch])
