@@ -23,7 +23,9 @@ def test_destroyed_guest_gets_stale_markers_so_its_series_vanish_at_once(
     guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path, libvirt_uri: str
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="pusher-churn-"))
-    (extra,) = create_guests(libvirt_uri, workdir, 1, prefix="pusher-churn", base=GUEST_OFFSET + 0xB000)
+    (extra,) = create_guests(
+        libvirt_uri, workdir, 1, prefix="pusher-churn", base=GUEST_OFFSET + 0xB000
+    )
     agent = AgentProcess(write_config(tmp_path, fresh_receiver.write_url), tmp_path / "a.log")
     selector = f'{{__name__=~"libvirt_domain_.+", domain="{extra["name"]}"}}'
     try:
