@@ -51,9 +51,12 @@ class Agent:
         collector = collector or Collector.from_config(cfg)
         self.collection = DeadlineCollector(collector, cfg.collect.timeout)
         self.protocol = ProtocolMemory(cfg.remote_write.protocol, spool.directory)
+        self._learned: dict[str, int] = {}  # tenant limits Mimir named, for the next cycle
+        self._learned_lock = threading.Lock()
         self.delivery = Delivery(
-            cfg.remote_write, cfg.collect.interval, spool, sender, self.protocol, clock
-        )
+            cfg.remote_write, cfg.collect.interval, spool, sender, self.protocol, clock,
+            on_limit=self._learn_limit,
+        )  # fmt: skip
         n = cfg.remote_write.max_samples_per_send
         self.encoders: dict[int, Encoder | EncoderV2] = {1: Encoder(n), 2: EncoderV2(n)}
         self.cycles = 0
@@ -81,9 +84,18 @@ class Agent:
 
     # --- collecting
 
+    def _learn_limit(self, mimir_id: str, value: int) -> None:
+        """From a sending lane: a rejection named a tenant limit (applied by the next cycle)."""
+        with self._learned_lock:
+            self._learned[mimir_id] = min(value, self._learned.get(mimir_id, value))
+
     def collect_cycle(self) -> Cycle:
         """One collection with its stale markers, without the agent's own metrics.
         libvirt being unreachable is not an error here: `libvirt_up` says it."""
+        with self._learned_lock:
+            learned, self._learned = self._learned, {}
+        for mimir_id, value in learned.items():
+            self.planner.adopt_limit(mimir_id, value)
         snapshot = self.collection.collect()
         self.libvirt_up = snapshot is not None
         now_ms = int(self.clock() * 1000)

@@ -280,8 +280,12 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_samples_collected_total", "counter", "", "Samples collected and written to the spool.", scope="agent"),
     _m("pusher_samples_sent_total", "counter", "", "Samples the receiver acknowledged with a 2xx answer.", scope="agent"),
     _m("pusher_samples_retried_total", "counter", "", "Samples sent again after a failed attempt.", scope="agent"),
-    _m("pusher_samples_dropped_total", "counter", "", "Samples given up, by reason.", labels=("reason",), scope="agent"),
+    _m("pusher_samples_dropped_total", "counter", "", "Samples the agent gave up without sending them, by reason (too_old, spool_full, spool_corrupt, spool_unwritable, too_large, not_written).", labels=("reason",), scope="agent"),
     _m("pusher_requests_total", "counter", "", 'Remote-write requests answered, by HTTP status code ("error" when none came).', labels=("code",), scope="agent"),
+    _m("pusher_requests_rejected_total", "counter", "", "Requests the receiver rejected (400 and other 4xx), by Mimir's error id or http_<code>; never sent again.", labels=("reason",), scope="agent"),
+    _m("pusher_rejected_request_samples_total", "counter", "", "Samples in requests the receiver rejected, by reason; Mimir keeps the valid series of such a request, so these are an upper bound of what was lost.", labels=("reason",), scope="agent"),
+    _m("pusher_request_bytes_total", "counter", "bytes", "Bytes on the wire (compressed bodies) of the requests the receiver accepted.", scope="agent"),
+    _m("pusher_label_limit", "gauge", "", "The label limits the agent keeps to: its limits.* setting, or the tenant's lower limit once Mimir named it in a rejection.", labels=("limit",), scope="agent"),
     _m("pusher_send_duration_seconds_total", "counter", "seconds", "Wall time spent in remote-write requests.", scope="agent"),
     _m("pusher_last_send_success_timestamp_seconds", "gauge", "seconds", "When the receiver last acknowledged a request.", scope="agent"),
     _m("pusher_spool_bytes", "gauge", "bytes", "Bytes of request bodies waiting in the spool.", scope="agent"),
@@ -387,7 +391,13 @@ class LabelLimits:
         return [
             reading("pusher_labels_truncated_total", self.truncated),
             reading("pusher_labels_dropped_total", self.dropped),
-        ]
+            reading("pusher_label_limit", self.max_names,
+                    (("limit", "max_label_names_per_series"),)),
+            reading("pusher_label_limit", self.max_name_length,
+                    (("limit", "max_label_name_length"),)),
+            reading("pusher_label_limit", self.max_value_bytes,
+                    (("limit", "max_label_value_length"),)),
+        ]  # fmt: skip
 
 
 def truncate_label_value(value: str, limits: LabelLimits | None = None) -> str:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pusher import catalog
+from pusher import catalog, mimir
 from pusher.catalog import LabelLimits, LabelPairs, Sample, SeriesKey
 from pusher.collect import VIR_DOMAIN_RUNNING, DomainStats, HostInfo, Snapshot
 from pusher.config import Config
@@ -37,6 +37,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TIMEOUTS_METRIC = "libvirt_domain_stats_timeouts_total"
+# Mimir's id of a rejection naming a label limit -> the LabelLimits field that keeps to it.
+_LIMIT_ATTRIBUTES = {
+    "label-value-too-long": "max_value_bytes",
+    "label-name-too-long": "max_name_length",
+    "max-label-names-per-series": "max_names",
+}
 Admits = Callable[[str, NovaInstance | None], bool]  # (domain name, Nova data) -> exported
 
 
@@ -282,6 +288,7 @@ class Planner:
     ) -> None:
         self.series_labels = tuple(series_labels)
         self.external = external
+        self._replan = False  # plan every domain afresh next cycle (the limits changed)
         self.drop = frozenset(drop)
         self.limits = limits or LabelLimits()
         self.admits = admits
@@ -329,9 +336,11 @@ class Planner:
             d for d in snapshot.domains
             if d.uuid not in stuck and (self.admits is None or self.admits(d.name, d.info.nova))
         ]  # fmt: skip
+        cache = {} if self._replan else self.tracker.domains
+        self._replan = False
         domains = plan_snapshot(
             Snapshot(snapshot.ts_ms, answered, snapshot.duration, snapshot.xml_fetches),
-            self.series_labels, self.external, self.tracker.domains,
+            self.series_labels, self.external, cache,
             self.unknown_keys, self.drop, self.limits,
         )  # fmt: skip
         for d in answered:
@@ -344,6 +353,23 @@ class Planner:
         cycle.ended = self.tracker.ended(domains) | timeouts_ended
         cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         self._log_unknown_keys()
+
+    def adopt_limit(self, mimir_id: str, value: int) -> bool:
+        """Keep to a tenant limit Mimir named in a rejection, when it is lower than ours:
+        from the next cycle on, labels are cut or shed instead of the series rejected.
+        Returns whether anything changed."""
+        attribute = _LIMIT_ATTRIBUTES.get(mimir_id)
+        if attribute is None or value < 1 or value >= getattr(self.limits, attribute):
+            return False
+        log.warning(
+            "Mimir's limit for this tenant is %d (%s), lower than %s (%d): keeping to %d from "
+            "now on; set %s: %d to start with it", value, mimir_id, mimir.LIMIT_KEYS[mimir_id],
+            getattr(self.limits, attribute), value, mimir.LIMIT_KEYS[mimir_id], value,
+        )  # fmt: skip
+        setattr(self.limits, attribute, value)
+        self.external = catalog.label_pairs(dict(self.external), self.limits)
+        self._replan = True
+        return True
 
     def _log_unknown_keys(self) -> None:
         new = self.unknown_keys - self._logged_unknown

@@ -27,7 +27,8 @@ from pusher.encode import Encoder, decompress
 from pusher.nova import NOVA_NS_PREFIX, parse_domain_xml
 from pusher.pb import remote_write_pb2
 from pusher.secrets import Redactor
-from pusher.sender import MAX_ERROR_BODY, Sender, mimir_reason, parse_retry_after
+from pusher.mimir import reason as mimir_reason
+from pusher.sender import MAX_ERROR_BODY, Sender, parse_retry_after
 from pusher.series import build_samples
 
 # Mimir's limits (defaults): label name 1024 bytes, label value 2048 bytes.
