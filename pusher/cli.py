@@ -146,12 +146,13 @@ def _once(agent: Agent, cfg: Config) -> int:
     delivered = agent.drain_once(deadline)
     agent.shutdown(0)
     stats = agent.delivery.stats
-    rejected = {r: n for r, n in stats.dropped.items() if n}
+    dropped = {r: n for r, n in stats.dropped.items() if n}
+    rejected = {r: n for r, n in stats.rejected_samples.items() if n}
     if not delivered:
         log.error("delivery did not finish; the rest stays in the spool")
         return 1
-    if rejected:
-        log.error("samples dropped: %s", rejected)
+    if dropped or rejected:
+        log.error("samples dropped: %s; samples in rejected requests: %s", dropped, rejected)
         return 1
     if not agent.libvirt_up:
         return 1

@@ -344,7 +344,7 @@ class Delivery:
     def _settle(self, part: Request, outcome: Outcome) -> list[Request]:
         """What replaces a part the receiver answered for good: nothing, or its halves."""
         if outcome.kind == "too_large":
-            return self._split(part)
+            return self._split(part, outcome.code)
         if outcome.kind == "reject":
             self.stats.reject(outcome.reason, part.samples)
             self._rejections.rejected(outcome.reason, part.samples, outcome.code, outcome.message)
@@ -388,13 +388,14 @@ class Delivery:
             self.stopping.wait(seconds)
         return True
 
-    def _split(self, part: Request) -> list[Request]:
+    def _split(self, part: Request, code: str) -> list[Request]:
         halves = split_body(part.body, part.proto)
         if halves is None:
             self.stats.drop("too_large", part.samples)
             log.error("a single series is larger than the receiver accepts; dropped")
             return []
-        log.warning("receiver answered 413; splitting a request of %d sample(s)", part.samples)
+        log.warning("receiver answered %s; splitting a request of %d sample(s)", code,
+                    part.samples)  # fmt: skip
         return list(halves)
 
     def _log_retry(self, outcome: Outcome, delay: float) -> None:

@@ -91,23 +91,35 @@ class Mimir:
     ) -> None:
         """`overrides`: per-tenant limits (runtime overrides file); `limits`: every tenant's;
         `extra`: more settings, merged into the config's top-level sections."""
-        self.binary = mimir_binary()
-        self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        cfg = config(workdir, self.port, free_port(), free_port())
+        cfg = config(workdir, free_port(), free_port(), free_port())
         if limits:
             cfg["limits"] = limits
         for section, values in (extra or {}).items():
             cfg[section] = {**cfg.get(section, {}), **values}
-        self.config_path = workdir / "mimir.yaml"
-        self.config_path.write_text(yaml.safe_dump(cfg))
+        path = workdir / "mimir.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        self._prepare(path, workdir)
         self.set_overrides(overrides or {})
+        self.start()
+
+    @classmethod
+    def from_config(cls, path: Path, workdir: Path) -> Mimir:
+        """A Mimir from a config file of one's own (its HTTP port on 127.0.0.1)."""
+        m = cls.__new__(cls)
+        m._prepare(path, workdir)
+        m.start()
+        return m
+
+    def _prepare(self, path: Path, workdir: Path) -> None:
+        self.binary = mimir_binary()
+        self.workdir = workdir
+        self.config_path = path
+        self.port = int(yaml.safe_load(path.read_text())["server"]["http_listen_port"])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.push_url = f"{self.base_url}/api/v1/push"
         self.log_path = workdir / "mimir.log"
         self._proc: subprocess.Popen[bytes] | None = None
-        self.start()
 
     def set_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
         """Per-tenant limits; a running Mimir reads them again within a second or two."""

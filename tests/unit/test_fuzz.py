@@ -24,10 +24,10 @@ from pusher.catalog import label_pairs, series_labels
 from pusher.collect import DomainStats, Snapshot
 from pusher.config import ConfigError, RemoteWriteConfig, from_mapping
 from pusher.encode import Encoder, decompress
+from pusher.mimir import reason as mimir_reason
 from pusher.nova import NOVA_NS_PREFIX, parse_domain_xml
 from pusher.pb import remote_write_pb2
 from pusher.secrets import Redactor
-from pusher.mimir import reason as mimir_reason
 from pusher.sender import MAX_ERROR_BODY, Sender, parse_retry_after
 from pusher.series import build_samples
 

@@ -71,7 +71,7 @@ def test_size_rejection_is_recognised() -> None:
     assert mimir.reason(TOO_BIG, 400) == mimir.TOO_LARGE
 
 
-@pytest.mark.parametrize("instance", HOSTILE + ["exceeds the limit of 5", "(actual: 9, limit: 3)"])
+@pytest.mark.parametrize("instance", [*HOSTILE, "exceeds the limit of 5", "(actual: 9, limit: 3)"])
 def test_the_limits_mimir_names_are_read_from_its_own_text(instance: str) -> None:
     value = VALUE_TOO_LONG.replace("{INSTANCE}", instance)
     assert mimir.learned_limit(value, "label-value-too-long") == 200

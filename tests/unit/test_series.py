@@ -436,3 +436,25 @@ def test_the_collector_asks_libvirt_for_the_configured_groups() -> None:
             | libvirt.VIR_DOMAIN_STATS_DIRTYRATE)  # fmt: skip
     assert asked[-1] == want
     assert collector.groups == ("state", "perf", "iothread", "memory", "dirtyrate")
+
+
+def test_a_tenant_limit_mimir_named_cuts_labels_from_the_next_cycle() -> None:
+    long = DomainInfo(nova=NovaInstance(name="x" * 500, project_name="demo"))
+    agent = agent_with({}, [[domain("u1", stats(), long)] for _ in range(3)])
+    first = agent.collect_cycle()
+    assert any(len(lab.get("instance_name", "")) == 500 for _, lab in _series(first))
+    assert not agent.planner.adopt_limit("label-value-too-long", 4096)  # not lower: ignored
+    assert not agent.planner.adopt_limit("sample-out-of-order", 10)  # names no limit
+    assert agent.planner.adopt_limit("label-value-too-long", 200)
+    second = agent.collect_cycle()
+    for (name, own, shared), value in second.all_samples():
+        if not is_stale(value):
+            labels = {**dict(shared), **dict(own)}
+            assert all(len(v.encode()) <= 200 for v in labels.values()), name
+    # The series with the long name ended: a stale marker each, once.
+    stale = [lab for (n, own, shared), v in second.samples if is_stale(v)
+             for lab in [{**dict(shared), **dict(own)}]]  # fmt: skip
+    assert stale and all(len(s["instance_name"]) == 500 for s in stale)
+    assert not [v for _, v in agent.collect_cycle().samples if is_stale(v)]
+    readings = {(n, lab): v for n, lab, v in agent.planner.limits.readings()}
+    assert readings[("pusher_label_limit", (("limit", "max_label_value_length"),))] == 200
