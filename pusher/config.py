@@ -481,7 +481,7 @@ class RemoteWriteConfig:
     max_sample_age: float = _key(3600.0, _duration)
     metadata_interval: float = _key(60.0, _duration)
     order: str = _key("fifo", _order)
-    protocol: str = _key("v1", _protocol)
+    protocol: str = _key("auto", _protocol)
     tls: TLSConfig = field(default_factory=TLSConfig)
     basic_auth: BasicAuth = field(default_factory=BasicAuth)
     bearer_token_file: str = _key("", _token_file)

@@ -144,23 +144,6 @@ def test_429_honours_retry_after(tmp_path: Path, mimir: FakeMimir) -> None:
     assert not any(_dropped(mimir).values())
 
 
-def test_400_drops_the_request_counts_the_mimir_reason_and_never_resends(
-    tmp_path: Path, mimir: FakeMimir
-) -> None:
-    body = "failed pushing to ingester: user=openstack: the sample has been rejected because "
-    body += "another sample with a more recent timestamp has already been ingested "
-    body += "(err-mimir-sample-out-of-order)"
-    mimir.script = [Reply(400, body)]
-    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
-    wait_for(lambda: _dropped(mimir).get("sample-out-of-order"), 30, "the drop to be reported")
-    log = _stop(agent)
-    rejected = mimir.seen[0]
-    assert rejected.status == 400
-    assert _dropped(mimir)["sample-out-of-order"] == rejected.samples
-    assert "Retry-Attempt" not in mimir.seen[1].headers  # the next one is a new request
-    assert "sample-out-of-order" in log
-
-
 def test_401_holds_the_backlog_and_loses_nothing_when_credentials_work_again(
     tmp_path: Path, mimir: FakeMimir
 ) -> None:
@@ -360,22 +343,6 @@ def test_sigterm_sends_within_the_grace_then_leaves_the_rest_for_the_next_start(
     _wait_caught_up(mimir)
     _stop(second)
     assert _cycles(mimir)[0][0] == spooled[1]  # the first spooled cycle arrived
-
-
-def test_protocol_v2_delivers_everything_with_fewer_bytes(tmp_path: Path, mimir: FakeMimir) -> None:
-    agent = AgentProcess(
-        _config(tmp_path, mimir, remote_write={"protocol": "v2"}), tmp_path / "agent.log"
-    )
-    _wait_cycles(mimir, 3)
-    _stop(agent)
-    assert all(
-        s.headers["Content-Type"] == "application/x-protobuf;proto=io.prometheus.write.v2.Request"
-        and s.headers["X-Prometheus-Remote-Write-Version"] == "2.0.0"
-        for s in mimir.seen
-    )
-    assert gaps(_cycles(mimir), INTERVAL_MS) == []
-    assert mimir.find("libvirt_domain_state_code")  # the domain series, labelled as in 1.0
-    assert not any(_dropped(mimir).values())
 
 
 def test_auto_falls_back_to_v1_on_415_remembers_it_and_loses_nothing(tmp_path: Path) -> None:
