@@ -110,6 +110,23 @@ def test_no_tenant_is_refused_401_no_org_id_and_held(mimir: Mimir) -> None:
     assert "no org id" in outcome.message
 
 
+def test_an_identical_resend_is_accepted_and_another_value_is_not(mimir: Mimir) -> None:
+    # The agent resends a request whose answer it never got (a timeout after Mimir stored
+    # it): that must be accepted silently, not refused as a duplicate.
+    name = tenant()
+    sender = Sender(RemoteWriteConfig(url=mimir.push_url, tenant=name, timeout=5.0))
+    now = int(time.time() * 1000)
+    key = ("resent", (), (("cluster", "c"),))
+    try:
+        first, again = (sender.send(Encoder(10).encode([(key, 1.0)], now)[0].body) for _ in "12")
+        other = sender.send(Encoder(10).encode([(key, 2.0)], now)[0].body)
+    finally:
+        sender.close()
+    assert (first.kind, again.kind) == ("ok", "ok")
+    assert (other.kind, other.reason) == ("reject", "sample-duplicate-timestamp")
+    assert mimir.value("resent", name) == 1.0
+
+
 # --- protocols ----------------------------------------------------------------------------
 
 
