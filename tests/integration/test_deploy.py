@@ -53,6 +53,7 @@ ALERT_NAMES = {
     "LibvirtPusherNotDelivering",
     "LibvirtPusherBacklogGrowing",
     "LibvirtPusherSamplesDropped",
+    "LibvirtPusherRequestsRejected",
     "LibvirtDown",
     "LibvirtGuestCrashed",
     "LibvirtGuestStuckPaused",

@@ -129,6 +129,8 @@ def test_an_identical_resend_is_accepted_and_another_value_is_not(mimir: Mimir) 
 
 # --- protocols ----------------------------------------------------------------------------
 
+WIRE_BYTES: dict[str, float] = {}  # protocol -> wire bytes per sample, in this run
+
 
 @pytest.mark.parametrize("protocol", ["v1", "v2", "auto"])
 def test_each_protocol_delivers_every_guest(
@@ -146,13 +148,14 @@ def test_each_protocol_delivers_every_guest(
         assert mimir.query(f'{CPU}{{uuid="{g["uuid"]}"}}', name), g["name"]
     sent = mimir.value("max(pusher_samples_sent_total)", name)
     wire = mimir.value("max(pusher_request_bytes_total)", name)
+    WIRE_BYTES[protocol] = wire / sent
     print(f"protocol {protocol}: {wire / sent:.2f} wire bytes per sample "
           f"({sent:.0f} samples, {len(guests)} real guests)")  # fmt: skip
     assert rejected_or_dropped(mimir, name) == {}
     # Mimir 3.0.3 takes 2.0: `auto` never fell back, and remembered nothing.
     assert not (tmp_path / "spool" / "protocol").exists()
-    if protocol != "v1":
-        assert wire / sent < 20  # 1.0 costs about 29 bytes per sample, 2.0 about 12
+    if protocol == "auto" and "v1" in WIRE_BYTES:  # measured in this run, on these guests
+        assert WIRE_BYTES["auto"] < 0.8 * WIRE_BYTES["v1"], WIRE_BYTES
 
 
 # --- an outage of minutes, the agent killed in it -------------------------------------------
@@ -233,7 +236,8 @@ def test_backfill_with_an_out_of_order_window_loses_nothing(
     guests: list[Guest], tmp_path: Path
 ) -> None:
     name = tenant()
-    m = Mimir(tmp_path / "mimir", overrides={name: {"out_of_order_time_window": "1h"}})
+    slow = {"ingestion_rate": 1000, "ingestion_burst_size": 1000}  # as without the window
+    m = Mimir(tmp_path / "mimir", overrides={name: {"out_of_order_time_window": "1h", **slow}})
     try:
         _outage_with_backfill(tmp_path, m, name)
         assert holes(m.range_values("libvirt_up", name, 60)) == []
@@ -250,7 +254,10 @@ def test_backfill_without_a_window_is_refused_as_out_of_order_and_counted(
     # As the docs say: backfill needs the tenant's out-of-order window; without it, the
     # backlog sent behind fresh cycles is refused, and counted as rejected.
     name = tenant()
-    m = Mimir(tmp_path / "mimir")
+    # A slow tenant (429 beyond 1,000 samples/s): the backlog is still draining when fresh
+    # cycles go out, whatever the machine's speed.
+    slow = {"ingestion_rate": 1000, "ingestion_burst_size": 1000}
+    m = Mimir(tmp_path / "mimir", overrides={name: slow})
     try:
         _outage_with_backfill(tmp_path, m, name)
         counts = rejected_or_dropped(m, name)
@@ -314,19 +321,22 @@ def test_a_tenant_label_limit_is_learned_and_the_series_arrive_cut(
     m = Mimir(tmp_path / "mimir", overrides={name: {"max_label_value_length": 100}})
     site = "s" * 150  # fits the agent's configured limit (2048), not the tenant's (100)
     cfg = config(tmp_path, m, name, external_labels={"cluster": "test-cluster", "site": site})
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
-        wait_for(lambda: m.query(f'{CPU}{{site="{"s" * 100}"}}', name), 30,
-                 "series with the label cut to the tenant's limit")  # fmt: skip
-        limit = m.value('max(pusher_label_limit{limit="max_label_value_length"})', name)
-        assert limit == 100
+        agent = AgentProcess(cfg, tmp_path / "agent.log")
+        try:
+            wait_for(lambda: m.query(f'{CPU}{{site="{"s" * 100}"}}', name), 30,
+                     "series with the label cut to the tenant's limit")  # fmt: skip
+            limit = m.value('max(pusher_label_limit{limit="max_label_value_length"})', name)
+            assert limit == 100
+        finally:
+            log = stop(agent)
+        assert "limits.max_label_value_length" in log  # said once, with the key to set
+        assert log.count("keeping to 100 from now on") == 1
+        assert m.query(f'{CPU}{{site="{site}"}}', name) == []  # never stored uncut
+        for g in guests:
+            assert m.query(f'{CPU}{{uuid="{g["uuid"]}"}}', name)
     finally:
-        log = stop(agent)
-    assert "limits.max_label_value_length" in log  # said once, with the key to set
-    assert log.count("keeping to 100 from now on") == 1
-    assert m.query(f'{CPU}{{site="{site}"}}', name) == []  # never stored uncut
-    for g in guests:
-        assert m.query(f'{CPU}{{uuid="{g["uuid"]}"}}', name)
+        m.stop()
 
 
 def test_a_request_over_mimirs_message_size_is_split_not_lost(

@@ -318,7 +318,7 @@ def test_cached_series_counts_the_encoder_in_use(spool: Spool, protocol: str) ->
 
 def test_metadata_is_sent_for_the_families_sent_only(spool: Spool) -> None:
     t = ScriptedTransport(OK)
-    agent = agent_with(spool, t, max_samples_per_send=100000, max_sample_age="0s")
+    agent = agent_with(spool, t, max_samples_per_send=100000, max_sample_age="0s", protocol="v1")
     agent.run_cycle()
     assert agent.drain_once(time.monotonic() + 5)
     request = WriteRequest.FromString(decompress(t.sent[0][0]))
