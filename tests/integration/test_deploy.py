@@ -741,6 +741,7 @@ def test_worker_stack_runs_as_shipped(
             destroy_guests(node.uri, [g["name"] for g in guests])
         node.stop()
         shutil.rmtree(guest_dir, ignore_errors=True)
+        shutil.rmtree(node.workdir, ignore_errors=True)
         assert down.returncode == 0, down.stderr
 
 
@@ -778,3 +779,4 @@ def test_only_the_shipped_identity_reads_a_kolla_libvirtd(
     finally:
         stack.compose("down", "--volumes")
         node.stop()
+        shutil.rmtree(node.workdir, ignore_errors=True)
