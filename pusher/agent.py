@@ -21,7 +21,7 @@ from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config
 from pusher.delivery import Delivery, Lane, ProtocolMemory, Transport
 from pusher.encode import Encoder, EncoderV2, metadata_bytes
-from pusher.health import write_health
+from pusher.health import LibvirtStreak, write_health
 from pusher.series import Cycle, Planner
 from pusher.spool import Spool
 
@@ -62,6 +62,7 @@ class Agent:
         self.cycles = 0
         self.collected = 0
         self.libvirt_up = False
+        self.libvirt_streak = LibvirtStreak()  # failed reads in a row, for --health
         self._last_metadata = float("-inf")
         self.stop_event = threading.Event()  # stop collecting
         self._lanes: list[threading.Thread] = []
@@ -98,7 +99,9 @@ class Agent:
             self.planner.adopt_limit(mimir_id, value)
         snapshot = self.collection.collect()
         self.libvirt_up = snapshot is not None
-        now_ms = int(self.clock() * 1000)
+        now = self.clock()
+        self.libvirt_streak.record(self.libvirt_up, now, self.collection.last_error)
+        now_ms = int(now * 1000)
         return self.planner.cycle(snapshot, frozenset(self.collection.stuck), now_ms)
 
     def self_samples(self) -> list[Sample]:
@@ -136,6 +139,7 @@ class Agent:
             "last_send_success": self.delivery.stats.last_success,
             "spool_requests": requests,
             "oldest_pending_ms": oldest,
+            **self.libvirt_streak.state(),
         }
         write_health(self.spool.directory, state)
 

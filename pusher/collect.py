@@ -720,6 +720,7 @@ class DeadlineCollector:
         self.timeout = timeout
         self.stuck: set[str] = set()  # uuids whose stats calls hang
         self.errors = 0
+        self.last_error = ""  # why the last collection failed; "" when it succeeded
         self.duration = 0.0  # seconds the last collection took
         self._pool = DaemonPool(MAX_PENDING_CALLS, "libvirt")
         self._pending: list[concurrent.futures.Future[Snapshot]] = []
@@ -728,11 +729,15 @@ class DeadlineCollector:
         """This cycle's snapshot; None when libvirt cannot be read (logged and counted)."""
         start = time.monotonic()
         try:
-            return self._collect()
+            snapshot = self._collect()
         except LibvirtUnavailable as e:
             self.errors += 1
+            self.last_error = str(e)
             log.error("%s", e)
             return None
+        else:
+            self.last_error = ""
+            return snapshot
         finally:
             self.duration = time.monotonic() - start
 

@@ -22,8 +22,11 @@ quietly() {
 }
 
 # --- Debian packages -------------------------------------------------------------------------
+# docker.io and mmdebstrap: the worker stack's image, built and run (tests/integration/
+# test_deploy.py starts dockerd itself and stops it); dbus and polkitd: the compute-node-like
+# libvirtd that test runs beside the host's (tests/integration/hostlibvirt.py).
 packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config
-          gcc prometheus docker-compose systemd)
+          gcc prometheus docker-compose systemd docker.io mmdebstrap dbus polkitd)
 venv_stale() { [[ ! -e .venv/.installed || pyproject.toml -nt .venv/.installed ]]; }
 if venv_stale; then
     # Debian's own python3 needs these for `-m venv` and to build libvirt-python (sdist only on
