@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 __all__ = [
     "CATALOG",
+    "DERIVED_KEYS",
     "DEVICE_PREFIXES",
     "DomainPlan",
     "LabelLimits",
@@ -30,6 +31,7 @@ __all__ = [
     "Reporter",
     "Sample",
     "SeriesKey",
+    "add_derived",
     "by_name",
     "domain_samples",
     "label_pairs",
@@ -174,6 +176,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_M}unused_bytes", "gauge", "bytes", "Memory the guest leaves completely unused.", "balloon.unused", KIB),
     _m(f"{_M}available_bytes", "gauge", "bytes", "Memory the guest's operating system can use.", "balloon.available", KIB),
     _m(f"{_M}usable_bytes", "gauge", "bytes", "Memory the guest can reclaim without swapping.", "balloon.usable", KIB),
+    _m(f"{_M}used_bytes", "gauge", "bytes", "Memory the guest's operating system uses, page cache included: available minus unused, when the guest's balloon driver reports both.", "balloon.used", KIB),
     _m(f"{_M}rss_bytes", "gauge", "bytes", "Resident memory of the guest's process on the host.", "balloon.rss", KIB),
     _m(f"{_M}disk_cache_bytes", "gauge", "bytes", "Guest memory holding disk caches that can be reclaimed.", "balloon.disk_caches", KIB),
     _m(f"{_M}last_update_timestamp_seconds", "gauge", "seconds", "When the guest last updated its memory statistics.", "balloon.last-update"),
@@ -327,6 +330,22 @@ def group_of(name: str) -> str:
 
 
 # --- from libvirt stats to samples -------------------------------------------------------
+
+# Keys the agent adds to a record, worked out from two keys libvirt gives in the same record
+# (so from the same balloon update): key -> (minuend, subtrahend).
+DERIVED_KEYS: dict[str, tuple[str, str]] = {
+    "balloon.used": ("balloon.available", "balloon.unused"),
+}
+
+
+def add_derived(stats: dict[str, object]) -> None:
+    """Add the DERIVED_KEYS a record has the parts of, in place. A difference below zero
+    (a guest reporting more unused memory than available) is no figure and is left out."""
+    for key, (minuend, subtrahend) in DERIVED_KEYS.items():
+        a, b = _number(stats.get(minuend)), _number(stats.get(subtrahend))
+        if a is not None and b is not None and a >= b:
+            stats[key] = a - b
+
 
 DEVICE_PREFIXES = tuple(_DEVICE_LABEL_NAMES)
 # "cpu.time" -> metrics; "block.<n>.rd.bytes" -> metrics
@@ -679,6 +698,8 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
     for m in metrics:
         labels = ", ".join(f"`{x}`" for x in m.labels) or "—"
         source = f"`{m.source}`" if m.source else m.scope
+        if m.source in DERIVED_KEYS:
+            source = " minus ".join(f"`{k}`" for k in DERIVED_KEYS[m.source])
         lines.append(
             f"| `{m.name}` | {m.type} | {m.unit or '—'} | {labels} | {source} | {m.help} |"
         )

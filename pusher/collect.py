@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from pusher.catalog import Reading, reading
+from pusher.catalog import Reading, add_derived, reading
 from pusher.config import DEFAULT_STATS_GROUPS, Config
 from pusher.filters import DomainFilter
 from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
@@ -641,6 +641,7 @@ class Collector:
             seen.add(uuid)
             info, fetched = self._domains.info(dom, uuid, now)
             fetches += fetched
+            add_derived(stats)
             domains.append(DomainStats(dom.name(), uuid, stats, info))
         self._domains.retain(seen)
         self._follow_ups.retain(seen)
@@ -693,6 +694,7 @@ class Collector:
                 fetches += fetched
                 if self.job_info:  # no job calls here: the last answer stands
                     stats = self._follow_ups.with_job(uuid, stats)
+                add_derived(stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
         return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck
 
