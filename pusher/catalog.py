@@ -23,6 +23,8 @@ __all__ = [
     "CATALOG",
     "DERIVED_KEYS",
     "DEVICE_PREFIXES",
+    "XML_DETAIL_LABELS",
+    "XML_SERIES",
     "DomainPlan",
     "LabelLimits",
     "LabelPairs",
@@ -191,6 +193,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}vcpu_delay_seconds_total", "counter", "seconds", "Time the virtual CPU was runnable but waited for a host CPU (steal time).", "vcpu.<n>.delay", NS),
     _m(f"{_D}vcpu_halted", "gauge", "", "Whether the virtual CPU is halted (1) or not (0).", "vcpu.<n>.halted"),
     # --- interface
+    _m(f"{_D}interface_info", "gauge", "", "A network interface as the domain XML describes it (join on uuid and target_device); the value is always 1.", labels=("target_device", "mac", "model", "type", "source", "mtu", "port_id")),
     _m(f"{_D}interfaces", "gauge", "", "Number of network interfaces of the domain.", "net.count"),
     _m(f"{_I}receive_bytes_total", "counter", "bytes", "Bytes received on the interface.", "net.<n>.rx.bytes"),
     _m(f"{_I}receive_packets_total", "counter", "", "Packets received on the interface.", "net.<n>.rx.pkts"),
@@ -201,6 +204,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_I}transmit_errors_total", "counter", "", "Transmit errors on the interface.", "net.<n>.tx.errs"),
     _m(f"{_I}transmit_drops_total", "counter", "", "Transmitted packets dropped on the interface.", "net.<n>.tx.drop"),
     # --- block
+    _m(f"{_D}block_info", "gauge", "", "A disk as the domain XML describes it (join on uuid and target_device); the value is always 1.", labels=("target_device", "device", "bus", "driver_type", "cache", "discard", "io", "serial", "volume_id", "source_type")),
     _m(f"{_D}block_devices", "gauge", "", "Number of block devices of the domain.", "block.count"),
     _m(f"{_B}read_requests_total", "counter", "", "Read requests completed on the block device.", "block.<n>.rd.reqs"),
     _m(f"{_B}read_bytes_total", "counter", "bytes", "Bytes read from the block device.", "block.<n>.rd.bytes"),
@@ -299,6 +303,14 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_nova_metadata_errors_total", "counter", "", "Domain XML documents whose Nova metadata could not be read.", scope="agent"),
 )
 # fmt: on
+
+# Series read off the cached domain XML (`pusher.devices`), not from a stats key.
+XML_SERIES = frozenset({"libvirt_domain_interface_info", "libvirt_domain_block_info"})
+# Labels of the XML series that only add detail: `labels.drop` may name them, and a series
+# that would carry too many label names loses them first.
+XML_DETAIL_LABELS = tuple(dict.fromkeys(
+    x for m in CATALOG if m.name in XML_SERIES for x in m.labels if x != "target_device"
+))  # fmt: skip
 
 _BY_NAME = {m.name: m for m in CATALOG}
 if len(_BY_NAME) != len(CATALOG):
@@ -596,16 +608,23 @@ DEVICE_EXTRAS = ("volume_id", "port_id", "source_file")
 
 
 def max_label_names(
-    external: Iterable[str], series_labels: Iterable[str], drop: Iterable[str] = ()
+    external: Iterable[str],
+    series_labels: Iterable[str],
+    drop: Iterable[str] = (),
+    fitted: Iterable[str] = (),
 ) -> int:
     """The most label names, `__name__` included, that any series the agent sends can carry
-    with these external labels, Nova series labels and dropped labels."""
+    with these external labels, Nova series labels and dropped labels. Of the metrics named
+    in `fitted` only the first own label counts: the others are left off when they do not fit
+    (`fit_own_labels`)."""
     dropped = set(drop)
     ext = set(external)
+    cut = set(fitted)
     domain = {*ext, "domain", "uuid", *(set(series_labels) - dropped)}
     worst = 0
     for m in CATALOG:
-        names = (domain if m.scope == "domain" else ext) | (set(m.labels) - dropped)
+        own = m.labels[:1] if m.name in cut else m.labels
+        names = (domain if m.scope == "domain" else ext) | (set(own) - dropped)
         worst = max(worst, 1 + len(names))
     return worst
 
@@ -692,12 +711,18 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "groups listed in `collect.groups`; the default groups are state, cpu_total, balloon,",
         "vcpu, interface and block.",
         "",
+        "The series whose key reads \"domain XML\" come from the domain XML the agent caches",
+        "(read when a domain appears or libvirt reports a change): no libvirt call per cycle.",
+        "Join them to the stats series on `uuid` and `target_device`.",
+        "",
         "| name | type | unit | labels | libvirt key | help |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for m in metrics:
         labels = ", ".join(f"`{x}`" for x in m.labels) or "—"
         source = f"`{m.source}`" if m.source else m.scope
+        if m.name in XML_SERIES:
+            source = "domain XML"
         if m.source in DERIVED_KEYS:
             source = " minus ".join(f"`{k}`" for k in DERIVED_KEYS[m.source])
         lines.append(

@@ -5,6 +5,8 @@ and storage pools."""
 from __future__ import annotations
 
 import re
+import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +81,39 @@ def test_guest_memory_in_use_from_a_real_balloon_driver(
     assert not of(samples, f"{mem}used_bytes", uuid=other)
     assert not of(samples, f"{mem}available_bytes", uuid=other)
     assert one(samples, "libvirt_domain_info_memory_usage_bytes", uuid=other) > 0
+
+
+# --- 3. info series per device --------------------------------------------------------------
+
+
+def test_device_info_series_describe_every_nic_and_disk_and_join_their_stats(
+    guests: list[Guest], tmp_path: Path
+) -> None:
+    samples = dry_run(tmp_path, [g["name"] for g in guests])
+    for g in guests:
+        dumped = subprocess.run(["virsh", "-c", LIBVIRT_URI, "dumpxml", g["name"]],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        xml = ET.fromstring(dumped.stdout)
+        mac = xml.find("devices/interface/mac").get("address")  # type: ignore[union-attr]
+        (nic,) = of(samples, "libvirt_domain_interface_info", uuid=g["uuid"])
+        assert {
+            ("target_device", g["tap"]), ("mac", mac), ("model", "virtio"), ("type", "ethernet"),
+            ("port_id", g["port_uuid"]), ("instance_name", g["instance_name"]),
+        } <= nic  # fmt: skip
+        disks = {dict(d)["target_device"]: dict(d)
+                 for d in of(samples, "libvirt_domain_block_info", uuid=g["uuid"])}  # fmt: skip
+        assert set(disks) == {"vda", "vdb"}
+        for disk in disks.values():
+            assert disk["bus"] == "virtio" and disk["driver_type"] == "qcow2"
+            assert disk["source_type"] == "file" and disk["device"] == "disk"
+        assert disks["vdb"]["serial"] == disks["vdb"]["volume_id"] == g["volume_id"]
+        assert "serial" not in disks["vda"]
+        # Joinable: every device with stats has its info series under the same
+        # (uuid, target_device), and the other way round.
+        for family, info in (
+            ("libvirt_domain_block_stats_read_bytes_total", "libvirt_domain_block_info"),
+            ("libvirt_domain_interface_stats_receive_bytes_total", "libvirt_domain_interface_info"),
+        ):
+            stats = {dict(s)["target_device"] for s in of(samples, family, uuid=g["uuid"])}
+            infos = {dict(s)["target_device"] for s in of(samples, info, uuid=g["uuid"])}
+            assert stats == infos, (family, stats, infos)

@@ -614,15 +614,21 @@ def test_the_value_limit_is_configurable() -> None:
 
 def test_max_label_names_counts_the_widest_series() -> None:
     ext = ("host", "cluster")
-    # openstack_info: __name__, 2 external, domain, uuid and the 10 Nova labels.
-    assert catalog.max_label_names(ext, ("instance_name",)) == 15
-    assert catalog.max_label_names(ext, ("instance_name",), ("image_uuid", "root_uuid")) == 13
+    # block_info: __name__, 2 external, domain, uuid, instance_name and its 10 own labels.
+    assert catalog.max_label_names(ext, ("instance_name",)) == 16
+    # ... unless the info series are fitted to what is left: openstack_info is the widest,
+    # __name__, 2 external, domain, uuid and the 10 Nova labels.
+    assert catalog.max_label_names(ext, ("instance_name",), (), catalog.XML_SERIES) == 15
+    fitted = catalog.XML_SERIES
+    assert (
+        catalog.max_label_names(ext, ("instance_name",), ("image_uuid", "root_uuid"), fitted) == 13
+    )
     # With every Nova label dropped: a block series with its three device labels.
     from pusher.config import NOVA_LABELS
 
-    assert catalog.max_label_names(ext, (), NOVA_LABELS) == 8
+    assert catalog.max_label_names(ext, (), NOVA_LABELS, fitted) == 8
     # ... and then the memory bandwidth series: monitor and memory_node.
-    assert catalog.max_label_names(ext, (), (*NOVA_LABELS, *catalog.DEVICE_EXTRAS)) == 7
+    assert catalog.max_label_names(ext, (), (*NOVA_LABELS, *catalog.DEVICE_EXTRAS), fitted) == 7
 
 
 def test_fit_own_labels_keeps_the_first_in_order() -> None:
