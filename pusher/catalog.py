@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from pusher.devices import IOTUNE
+
 __all__ = [
     "CATALOG",
     "DERIVED_KEYS",
@@ -137,6 +139,22 @@ def _m(
     return Metric(name, type_, unit, help_, labels, source, scale, scope)  # type: ignore[arg-type]
 
 
+def _iotune_help(element: str) -> str:
+    """The help of the gauge of an `<iotune>` element."""
+    if element == "size_iops_sec":
+        return "Size of one I/O operation as the disk's IOPS limits count it: a larger one counts as several (iotune size_iops_sec)."
+    op, _, rest = element.partition("_")
+    what = {"total": "reads and writes together", "read": "reads", "write": "writes"}[op]
+    unit = "bytes per second" if rest.startswith("bytes") else "I/O operations per second"
+    if rest.endswith("_max_length"):
+        return f"Longest time the disk's {what} may run at their burst limit in {unit}, in seconds (iotune {element})."
+    if rest.endswith("_max"):
+        return f"Burst limit of the disk's {what}, in {unit} (iotune {element})."
+    return (
+        f"Limit of the disk's {what}, in {unit} (iotune {element}); compare with the measured rate."
+    )
+
+
 _D = "libvirt_domain_"
 _B = "libvirt_domain_block_stats_"
 _I = "libvirt_domain_interface_stats_"
@@ -204,7 +222,8 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_I}transmit_errors_total", "counter", "", "Transmit errors on the interface.", "net.<n>.tx.errs"),
     _m(f"{_I}transmit_drops_total", "counter", "", "Transmitted packets dropped on the interface.", "net.<n>.tx.drop"),
     # --- block
-    _m(f"{_D}block_info", "gauge", "", "A disk as the domain XML describes it (join on uuid and target_device); the value is always 1.", labels=("target_device", "device", "bus", "driver_type", "cache", "discard", "io", "serial", "volume_id", "source_type")),
+    _m(f"{_D}block_info", "gauge", "", "A disk as the domain XML describes it (join on uuid and target_device); the value is always 1.", labels=("target_device", "device", "bus", "driver_type", "cache", "discard", "io", "serial", "volume_id", "source_type", "iotune_group")),
+    *(_m(name, "gauge", unit_of(name), _iotune_help(element), labels=("target_device",)) for element, name in IOTUNE.items()),
     _m(f"{_D}block_devices", "gauge", "", "Number of block devices of the domain.", "block.count"),
     _m(f"{_B}read_requests_total", "counter", "", "Read requests completed on the block device.", "block.<n>.rd.reqs"),
     _m(f"{_B}read_bytes_total", "counter", "bytes", "Bytes read from the block device.", "block.<n>.rd.bytes"),
@@ -305,7 +324,8 @@ CATALOG: tuple[Metric, ...] = (
 # fmt: on
 
 # Series read off the cached domain XML (`pusher.devices`), not from a stats key.
-XML_SERIES = frozenset({"libvirt_domain_interface_info", "libvirt_domain_block_info"})
+XML_SERIES = frozenset({"libvirt_domain_interface_info", "libvirt_domain_block_info",
+                        *IOTUNE.values()})  # fmt: skip
 # Labels of the XML series that only add detail: `labels.drop` may name them, and a series
 # that would carry too many label names loses them first.
 XML_DETAIL_LABELS = tuple(dict.fromkeys(
@@ -711,7 +731,7 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "groups listed in `collect.groups`; the default groups are state, cpu_total, balloon,",
         "vcpu, interface and block.",
         "",
-        "The series whose key reads \"domain XML\" come from the domain XML the agent caches",
+        'The series whose key reads "domain XML" come from the domain XML the agent caches',
         "(read when a domain appears or libvirt reports a change): no libvirt call per cycle.",
         "Join them to the stats series on `uuid` and `target_device`.",
         "",

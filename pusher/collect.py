@@ -264,7 +264,8 @@ class DomainInfoCache:
         self._dirty: set[str] = set()  # uuids whose XML changed since it was read
         self._lock = threading.Lock()
 
-    def on_metadata(self, _conn: Any, dom: Any, *_args: Any) -> None:
+    def on_xml_change(self, _conn: Any, dom: Any, *_args: Any) -> None:
+        """Any event after which the domain XML reads differently: read it again."""
         with self._lock:
             self._dirty.add(dom.UUIDString())
 
@@ -584,9 +585,14 @@ class Collector:
         # Drivers without a daemon (test:///) have no keepalive.
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
+        # The XML changes with the metadata, a redefinition, a device hot-plugged or
+        # unplugged, and live tuning (a disk's I/O limits set with blkdeviotune).
         events = (
-            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._domains.on_metadata),
+            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._domains.on_xml_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._domains.on_lifecycle),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._domains.on_xml_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._domains.on_xml_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE, self._domains.on_xml_change),
         )
         for event_id, callback in events:
             try:

@@ -1,4 +1,5 @@
-"""A domain's devices as its XML describes them: one info series per NIC and disk.
+"""A domain's devices as its XML describes them: one info series per NIC and disk, and the
+I/O limits of each disk.
 
 Read from the domain XML the agent already caches (`DomainInfoCache`), so these series cost no
 libvirt call: they change when the XML does. Each is a `DeviceSeries` (metric name, own
@@ -14,6 +15,7 @@ import xml.etree.ElementTree as ET
 __all__ = [
     "BLOCK_INFO",
     "INTERFACE_INFO",
+    "IOTUNE",
     "DeviceSeries",
     "device_series",
 ]
@@ -23,6 +25,21 @@ DeviceSeries = tuple[str, tuple[tuple[str, str], ...], float]
 
 INTERFACE_INFO = "libvirt_domain_interface_info"
 BLOCK_INFO = "libvirt_domain_block_info"
+_IOTUNE = "libvirt_domain_block_iotune_"
+# <iotune> element -> its gauge: the limits a disk is throttled to (Nova sets them from the
+# flavor's quota:disk_* extra specs, Cinder from a front-end QoS spec). Zero or absent: none.
+IOTUNE: dict[str, str] = {"size_iops_sec": f"{_IOTUNE}iops_size_bytes"}
+for _op in ("total", "read", "write"):
+    IOTUNE |= {
+        f"{_op}_bytes_sec": f"{_IOTUNE}{_op}_bytes_per_second",
+        f"{_op}_iops_sec": f"{_IOTUNE}{_op}_iops",
+        f"{_op}_bytes_sec_max": f"{_IOTUNE}burst_{_op}_bytes_per_second",
+        f"{_op}_iops_sec_max": f"{_IOTUNE}burst_{_op}_iops",
+        f"{_op}_bytes_sec_max_length": f"{_IOTUNE}burst_{_op}_bytes_length_seconds",
+        f"{_op}_iops_sec_max_length": f"{_IOTUNE}burst_{_op}_iops_length_seconds",
+    }
+# A limit is a whole number (libvirt takes unsigned long long); larger is no limit of ours.
+MAX_LIMIT = 2**63
 # Longest label value read from the XML; the label limits cut longer ones again later.
 MAX_VALUE = 256
 
@@ -87,8 +104,24 @@ def disk_info(disk: ET.Element, volume_id: str) -> DeviceSeries | None:
         "serial": _text(disk.find("serial")),
         "volume_id": volume_id,
         "source_type": _get(disk, "type"),
+        "iotune_group": _text(disk.find("iotune/group_name")),
     }
     return (BLOCK_INFO, _labels(labels), 1.0)
+
+
+def iotune(disk: ET.Element) -> list[DeviceSeries]:
+    """The disk's I/O limits (`<iotune>`), one gauge each, in bytes, operations and
+    seconds as libvirt has them; values that are no whole number above zero are left out."""
+    target = _get(disk.find("target"), "dev")
+    tune = disk.find("iotune")
+    if not target or tune is None:
+        return []
+    out: list[DeviceSeries] = []
+    for element, metric in IOTUNE.items():
+        text = _text(tune.find(element))
+        if text.isascii() and text.isdigit() and 0 < int(text) < MAX_LIMIT:
+            out.append((metric, (("target_device", target),), float(int(text))))
+    return out
 
 
 def device_series(root: ET.Element, extra: dict[str, dict[str, str]]) -> tuple[DeviceSeries, ...]:
@@ -104,6 +137,7 @@ def device_series(root: ET.Element, extra: dict[str, dict[str, str]]) -> tuple[D
     for disk in root.iterfind("devices/disk"):
         target = _get(disk.find("target"), "dev")
         found.append(disk_info(disk, extra.get(target, {}).get("volume_id", "")))
+        found.extend(iotune(disk))
     for series in found:
         if series is None:
             continue

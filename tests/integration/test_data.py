@@ -10,8 +10,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from agent import run_once, write_config
+from agent import AgentProcess, run_once, wait_for, write_config
 from guests import Guest, domstats
+from receiver import Receiver
 
 LIBVIRT_URI = "qemu:///system"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
@@ -117,3 +118,63 @@ def test_device_info_series_describe_every_nic_and_disk_and_join_their_stats(
             stats = {dict(s)["target_device"] for s in of(samples, family, uuid=g["uuid"])}
             infos = {dict(s)["target_device"] for s in of(samples, info, uuid=g["uuid"])}
             assert stats == infos, (family, stats, infos)
+
+
+# --- 4. I/O limits ----------------------------------------------------------------------------
+
+
+# Limits as Nova sets them from a flavor's quota:disk_* (a burst needs its base limit; a
+# total and a read or write limit of one kind exclude each other).
+LIMITS = {"total_bytes_sec": 10_485_760, "read_iops_sec": 500, "write_iops_sec": 300,
+          "read_iops_sec_max": 2000, "read_iops_sec_max_length": 30}  # fmt: skip
+
+
+def _set_iotune(name: str, **limits: int) -> None:
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in limits.items()]
+    subprocess.run(["virsh", "-c", LIBVIRT_URI, "blkdeviotune", name, "vdb", "--live", *args],
+                   check=True, capture_output=True, timeout=30)  # fmt: skip
+
+
+def test_io_limits_set_live_reach_the_receiver_without_a_restart(
+    guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path
+) -> None:
+    g = guests[0]
+    config = write_config(tmp_path, fresh_receiver.write_url,
+                          filter={"domains": {"include": [g["name"]]}})  # fmt: skip
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    limit = "libvirt_domain_block_iotune_"
+    try:
+        wait_for(lambda: fresh_receiver.query(f'libvirt_domain_block_info{{uuid="{g["uuid"]}"}}'),
+                 20, "the first cycles")  # fmt: skip
+        assert not fresh_receiver.query(f'{{__name__=~"{limit}.+", uuid="{g["uuid"]}"}}')
+        # As Nova does for a flavor's quota:disk_* or Cinder for a QoS spec, but live: libvirt
+        # reports it as a tunable event, and the agent reads the XML again.
+        _set_iotune(g["name"], **LIMITS)
+        selector = f'{{__name__=~"{limit}.+", uuid="{g["uuid"]}"}}'
+        wait_for(lambda: len(fresh_receiver.query(selector)) >= 5, 15, "the limits set live")
+        got = fresh_receiver.query(selector)
+        values = {s["metric"]["__name__"].removeprefix(limit): float(s["value"][1]) for s in got}
+        assert values == {
+            "total_bytes_per_second": 10_485_760.0,
+            "read_iops": 500.0,
+            "write_iops": 300.0,
+            "burst_read_iops": 2000.0,
+            "burst_read_iops_length_seconds": 30.0,
+        }
+        assert {s["metric"]["target_device"] for s in got} == {"vdb"}
+        # Joinable with the measured rate, as the dashboard does it.
+        joined = fresh_receiver.query(
+            f'libvirt_domain_block_stats_read_requests_total{{uuid="{g["uuid"]}"}} '
+            f"* on (uuid, target_device) group_left {limit}read_iops"
+        )
+        assert [s["metric"]["target_device"] for s in joined] == ["vdb"]
+        # Lifted: the series end (a stale marker each), again without a restart.
+        _set_iotune(g["name"], **dict.fromkeys(LIMITS, 0))
+        wait_for(
+            lambda: not fresh_receiver.query(selector),
+            15, "the lifted limits to end",
+        )  # fmt: skip
+    finally:
+        _set_iotune(g["name"], **dict.fromkeys(LIMITS, 0))
+        assert agent.stop() == 0, agent.log()
+    assert "Traceback" not in agent.log()

@@ -614,8 +614,8 @@ def test_the_value_limit_is_configurable() -> None:
 
 def test_max_label_names_counts_the_widest_series() -> None:
     ext = ("host", "cluster")
-    # block_info: __name__, 2 external, domain, uuid, instance_name and its 10 own labels.
-    assert catalog.max_label_names(ext, ("instance_name",)) == 16
+    # block_info: __name__, 2 external, domain, uuid, instance_name and its 11 own labels.
+    assert catalog.max_label_names(ext, ("instance_name",)) == 17
     # ... unless the info series are fitted to what is left: openstack_info is the widest,
     # __name__, 2 external, domain, uuid and the 10 Nova labels.
     assert catalog.max_label_names(ext, ("instance_name",), (), catalog.XML_SERIES) == 15

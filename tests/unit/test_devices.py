@@ -180,3 +180,63 @@ def test_a_detached_device_gets_a_stale_marker_once() -> None:
     assert [(k[0], dict(k[1])["target_device"]) for k in stale] == [(BLOCK_INFO, "vdb")]
     cycle = planner.cycle(Snapshot(3, [domain(detached)], 0.0, 0), frozenset(), 3)
     assert not [key for key, value in cycle.samples if math.isnan(value)]
+
+
+# --- I/O limits ------------------------------------------------------------------------------
+
+IOTUNE_DISK = """<domain><devices><disk type='network' device='disk'>
+  <driver name='qemu' type='raw' cache='none'/>
+  <target dev='vdb' bus='virtio'/>
+  <iotune>
+    <total_bytes_sec>10485760</total_bytes_sec>
+    <read_iops_sec>500</read_iops_sec>
+    <write_iops_sec>0</write_iops_sec>
+    <total_iops_sec_max>2000</total_iops_sec_max>
+    <total_iops_sec_max_length>60</total_iops_sec_max_length>
+    <size_iops_sec>4096</size_iops_sec>
+    <group_name>gold</group_name>
+  </iotune>
+</disk></devices></domain>"""
+
+
+def iotune_values(xml: str) -> dict[str, float]:
+    return {
+        name.removeprefix("libvirt_domain_block_iotune_"): value
+        for name, labels, value in parse_domain_xml(xml).devices
+        if "iotune" in name and labels == (("target_device", "vdb"),)
+    }
+
+
+def test_io_limits_become_gauges_in_the_units_libvirt_has_them() -> None:
+    assert iotune_values(IOTUNE_DISK) == {
+        "total_bytes_per_second": 10485760.0,
+        "read_iops": 500.0,  # write_iops_sec 0: no limit, no series
+        "burst_total_iops": 2000.0,
+        "burst_total_iops_length_seconds": 60.0,
+        "iops_size_bytes": 4096.0,
+    }
+    (info,) = [labels for name, labels, _ in parse_domain_xml(IOTUNE_DISK).devices
+               if name == BLOCK_INFO]  # fmt: skip
+    assert dict(info)["iotune_group"] == "gold"
+
+
+def test_every_io_limit_has_a_gauge_in_the_catalog() -> None:
+    from pusher import catalog
+    from pusher.devices import IOTUNE
+
+    assert len(IOTUNE) == 19  # 3 operations x (bytes, iops) x (limit, burst, burst length) + size
+    for element, name in IOTUNE.items():
+        m = catalog.by_name(name)
+        assert (m.type, m.labels) == ("gauge", ("target_device",))
+        assert element in m.help
+        assert m.unit == ("seconds" if element.endswith("_length") else
+                          "bytes_per_second" if "bytes_sec" in element else
+                          "bytes" if element == "size_iops_sec" else "")  # fmt: skip
+
+
+def test_odd_limits_are_left_out() -> None:
+    for odd in ("abc", "-5", "1e6", "", " ", "99999999999999999999999", "٣"):
+        xml = IOTUNE_DISK.replace(">10485760<", f">{odd}<")
+        assert "total_bytes_per_second" not in iotune_values(xml), odd
+    # Whitespace around a number is XML formatting, not another value.
+    assert iotune_values(IOTUNE_DISK.replace(">500<", "> 500\n<"))["read_iops"] == 500.0
