@@ -169,6 +169,13 @@ CATALOG: tuple[Metric, ...] = (
     _m("libvirt_node_cpus", "gauge", "", "Logical CPUs of the host, as libvirt reports them.", scope="host"),
     _m("libvirt_node_memory_bytes", "gauge", "bytes", "Physical memory of the host.", scope="host"),
     _m("libvirt_node_cpu_frequency_hertz", "gauge", "hertz", "Nominal CPU frequency of the host.", scope="host"),
+    # --- host capacity (collect.host_stats: three node calls per cycle)
+    _m("libvirt_node_cpu_seconds_total", "counter", "seconds", "CPU time of all the host's CPUs together, by mode as libvirt names it (kernel, user, idle, iowait).", labels=("mode",), scope="host"),
+    _m("libvirt_node_memory_total_bytes", "gauge", "bytes", "Memory of the host usable by the kernel (MemTotal).", scope="host"),
+    _m("libvirt_node_memory_free_bytes", "gauge", "bytes", "Memory of the host left unused (MemFree).", scope="host"),
+    _m("libvirt_node_memory_buffers_bytes", "gauge", "bytes", "Memory of the host in block device buffers (Buffers).", scope="host"),
+    _m("libvirt_node_memory_cached_bytes", "gauge", "bytes", "Memory of the host in the page cache (Cached).", scope="host"),
+    _m("libvirt_node_hugepages_free", "gauge", "", "Free huge pages of this size on this NUMA node of the host.", labels=("numa_node", "page_size_bytes"), scope="host"),
     _m("libvirt_versions_info", "gauge", "", "Versions of libvirt and of the hypervisor; the value is always 1.", labels=("libvirt_version", "hypervisor", "hypervisor_version"), scope="host"),
     # --- state
     _m(f"{_D}state_code", "gauge", "", "Domain state as libvirt's virDomainState number (1 running, 3 paused, 5 shut off).", "state.state"),

@@ -25,6 +25,7 @@ import libvirt
 from pusher.catalog import Reading, add_derived, reading
 from pusher.config import DEFAULT_STATS_GROUPS, Config
 from pusher.filters import DomainFilter
+from pusher.host import HostLayout, HostStats, read_host_stats, read_layout
 from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
 
 __all__ = [
@@ -229,6 +230,7 @@ class Snapshot:
     duration: float  # seconds the bulk call took
     xml_fetches: int  # domain XML documents read this cycle
     host: HostInfo | None = None
+    host_stats: HostStats | None = None  # `collect.host_stats`: None when off or not read
 
 
 _event_loop_lock = threading.Lock()
@@ -491,8 +493,11 @@ class Collector:
         groups: Iterable[str] = DEFAULT_STATS_GROUPS,
         job_info: bool = False,
         exported: Callable[[str, NovaInstance | None], bool] | None = None,
+        host_stats: bool = False,
     ) -> None:
         self.job_info = job_info  # `collect.job_info`: a jobStats call per live domain
+        self.host_stats = host_stats  # `collect.host_stats`: three node calls per cycle
+        self.layout = HostLayout()  # the host's huge page sizes and NUMA nodes
         self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
         self.flags = stats_flags(self.groups)
         self.partial_wait = partial_wait
@@ -520,6 +525,7 @@ class Collector:
             groups=cfg.collect.groups,
             job_info=cfg.collect.job_info,
             exported=domain_filter.admits if domain_filter else None,
+            host_stats=cfg.collect.host_stats,
         )
 
     # Kept by the parts that own them; read here, where callers have always read them.
@@ -575,6 +581,8 @@ class Collector:
         if self.use_events:
             self._subscribe(conn)
         self.host = read_host_info(conn)
+        if self.host_stats:
+            self.layout = read_layout(conn)
         self._conn = conn
         # Anything may have changed while we were away: read every domain's XML again.
         self._domains.clear()
@@ -651,7 +659,8 @@ class Collector:
             domains.append(DomainStats(dom.name(), uuid, stats, info))
         self._domains.retain(seen)
         self._follow_ups.retain(seen)
-        return Snapshot(ts_ms, domains, duration, fetches, self.host)
+        host = read_host_stats(conn, self.layout) if self.host_stats else None
+        return Snapshot(ts_ms, domains, duration, fetches, self.host, host)
 
     def _is_exported(self, dom: Any) -> bool:
         """Whether the filters export this domain, judged on the Nova data already read

@@ -20,6 +20,7 @@ from pusher.collect import VIR_DOMAIN_RUNNING, DomainStats, HostInfo, Snapshot
 from pusher.config import Config
 from pusher.encode import STALE_NAN
 from pusher.filters import DomainFilter
+from pusher.host import HostStats
 from pusher.nova import NovaInstance
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "StaleTracker",
     "build_samples",
     "host_samples",
+    "host_stats_samples",
     "identity_labels",
     "plan_samples",
     "plan_snapshot",
@@ -175,6 +177,24 @@ def host_samples(
         (("libvirt_node_cpu_frequency_hertz", (), external), host.cpu_mhz * 1e6),
         (("libvirt_versions_info", versions, external), 1.0),
     ]
+
+
+def host_stats_samples(stats: HostStats | None, external: LabelPairs) -> list[Sample]:
+    """The node's capacity (`collect.host_stats`) in base units."""
+    if stats is None:
+        return []
+    out: list[Sample] = [
+        (("libvirt_node_cpu_seconds_total", (("mode", mode),), external), ns * catalog.NS)
+        for mode, ns in stats.cpu_ns
+    ]
+    out += [
+        ((f"libvirt_node_memory_{kind}_bytes", (), external), kib * catalog.KIB)
+        for kind, kib in stats.memory_kib
+    ]
+    for cell, size, count in stats.free_huge_pages:
+        own = (("numa_node", str(cell)), ("page_size_bytes", str(size * 1024)))
+        out.append((("libvirt_node_hugepages_free", own, external), float(count)))
+    return out
 
 
 def build_samples(
@@ -339,6 +359,7 @@ class Planner:
             n = float(len(snapshot.domains))
             cycle.samples.append((("libvirt_domains", (), self.external), n))
             cycle.samples.extend(host_samples(snapshot.host, self.external, self.limits))
+            cycle.samples.extend(host_stats_samples(snapshot.host_stats, self.external))
         return cycle
 
     def _domain_series(self, cycle: Cycle, snapshot: Snapshot, stuck: frozenset[str]) -> None:

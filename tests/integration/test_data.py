@@ -4,6 +4,7 @@ and storage pools."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import xml.etree.ElementTree as ET
@@ -178,3 +179,49 @@ def test_io_limits_set_live_reach_the_receiver_without_a_restart(
         _set_iotune(g["name"], **dict.fromkeys(LIMITS, 0))
         assert agent.stop() == 0, agent.log()
     assert "Traceback" not in agent.log()
+
+
+# --- 6. host capacity -----------------------------------------------------------------------
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def test_host_capacity_matches_what_the_kernel_reports(guests: list[Guest], tmp_path: Path) -> None:
+    first = dry_run(tmp_path, [guests[0]["name"]])
+    mem = _meminfo()
+    assert one(first, "libvirt_node_memory_total_bytes") == mem["MemTotal"]
+    for kind, key in (("free", "MemFree"), ("cached", "Cached"), ("buffers", "Buffers")):
+        got = one(first, f"libvirt_node_memory_{kind}_bytes")
+        assert abs(got - mem[key]) < max(0.05 * mem[key], 64 * 2**20), (kind, got, mem[key])
+    # CPU time by mode, all CPUs together: what /proc/stat's "cpu" line says, in seconds.
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, _system, idle = (f / hz for f in fields[:4])
+    modes = {dict(lab)["mode"]: v for lab, v in of(first, "libvirt_node_cpu_seconds_total").items()}
+    assert set(modes) == {"kernel", "user", "idle", "iowait"}
+    assert abs(modes["user"] - (user + nice)) < 5 * os.cpu_count()  # type: ignore[operator]
+    assert abs(modes["idle"] - idle) < 5 * os.cpu_count()  # type: ignore[operator]
+    # Free huge pages: one series per NUMA node and huge page size, as sysfs counts them.
+    pages = of(first, "libvirt_node_hugepages_free")
+    assert pages
+    for lab, value in pages.items():
+        labels = dict(lab)
+        size_kib = int(labels["page_size_bytes"]) // 1024
+        sysfs = Path(f"/sys/devices/system/node/node{labels['numa_node']}/hugepages/"
+                     f"hugepages-{size_kib}kB/free_hugepages")  # fmt: skip
+        assert value == int(sysfs.read_text()), labels
+    # A counter: later, more.
+    second = dry_run(tmp_path, [guests[0]["name"]])
+    total = lambda s: sum(of(s, "libvirt_node_cpu_seconds_total").values())  # noqa: E731
+    assert total(second) > total(first)
+    # Switched off: none of them.
+    off = dry_run(tmp_path, [guests[0]["name"]], collect={"host_stats": False})
+    assert not [n for n, _ in off if n.startswith(("libvirt_node_cpu_seconds", "libvirt_node_h"))]
+    assert not [n for n, _ in off if n.startswith("libvirt_node_memory_") and n.endswith("_bytes")
+                and n != "libvirt_node_memory_bytes"]  # fmt: skip

@@ -119,6 +119,7 @@ collect:
   timeout: 45s
   groups: [state, cpu_total, perf, iothread, memory, dirtyrate]
   job_info: true
+  host_stats: false
 filter:
   projects:
     include: [demo, 9f1c4e8a-0000-4000-8000-000000000001]
@@ -221,6 +222,7 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.nova.refresh_interval == 5400.0
     assert cfg.collect.groups == ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
     assert cfg.collect.job_info is True
+    assert cfg.collect.host_stats is False
     assert cfg.filter.projects.include == ("demo", "9f1c4e8a-0000-4000-8000-000000000001")
     assert cfg.filter.projects.exclude == ("scratch",)
     assert cfg.filter.domains.include == ("instance-[0-9a-f]{8}",)

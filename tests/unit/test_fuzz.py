@@ -24,6 +24,7 @@ from pusher.catalog import label_pairs, series_labels
 from pusher.collect import DomainStats, Snapshot
 from pusher.config import ConfigError, RemoteWriteConfig, from_mapping
 from pusher.encode import Encoder, decompress
+from pusher.host import parse_layout
 from pusher.nova import NOVA_NS_PREFIX, parse_domain_xml
 from pusher.pb import remote_write_pb2
 from pusher.secrets import Redactor
@@ -188,6 +189,8 @@ def test_huge_documents_never_raise(size: int) -> None:
 def test_arbitrary_text_never_raises(xml: str) -> None:
     info = parse_domain_xml(xml)
     assert info.nova is None or isinstance(info.nova.name, str)
+    layout = parse_layout(xml)  # the host's capabilities XML, read the same way
+    assert all(size > 0 for size in layout.huge_page_kib)
 
 
 @settings(max_examples=100, **FAST)
