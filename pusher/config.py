@@ -450,7 +450,7 @@ class CollectConfig:
     timeout: float = _key(10.0, _positive_duration)
     groups: tuple[str, ...] = _key(DEFAULT_STATS_GROUPS, _stats_groups)
     job_info: bool = _key(False, _bool)
-    host_stats: bool = _key(True, _bool)
+    host_stats: bool = _key(False, _bool)
 
 
 @dataclass(frozen=True)

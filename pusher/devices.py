@@ -77,11 +77,11 @@ def interface_info(iface: ET.Element, port_id: str) -> DeviceSeries | None:
         return None
     labels = {
         "target_device": target,
-        "mac": _get(iface.find("mac"), "address").lower(),
-        "model": _get(iface.find("model"), "type"),
-        "type": _get(iface, "type"),
-        "source": _interface_source(iface),
-        "mtu": _get(iface.find("mtu"), "size"),
+        "interface_mac": _get(iface.find("mac"), "address").lower(),
+        "interface_model": _get(iface.find("model"), "type"),
+        "interface_type": _get(iface, "type"),
+        "interface_source": _interface_source(iface),
+        "interface_mtu": _get(iface.find("mtu"), "size"),
         "port_id": port_id,
     }
     return (INTERFACE_INFO, _labels(labels), 1.0)
@@ -95,16 +95,16 @@ def disk_info(disk: ET.Element, volume_id: str) -> DeviceSeries | None:
     driver = disk.find("driver")
     labels = {
         "target_device": target,
-        "device": _get(disk, "device"),
-        "bus": _get(target_el, "bus"),
-        "driver_type": _get(driver, "type"),
-        "cache": _get(driver, "cache"),
-        "discard": _get(driver, "discard"),
-        "io": _get(driver, "io"),
-        "serial": _text(disk.find("serial")),
+        "disk_device": _get(disk, "device"),
+        "disk_bus": _get(target_el, "bus"),
+        "disk_driver_type": _get(driver, "type"),
+        "disk_cache": _get(driver, "cache"),
+        "disk_discard": _get(driver, "discard"),
+        "disk_io": _get(driver, "io"),
+        "disk_serial": _text(disk.find("serial")),
         "volume_id": volume_id,
-        "source_type": _get(disk, "type"),
-        "iotune_group": _text(disk.find("iotune/group_name")),
+        "disk_source_type": _get(disk, "type"),
+        "disk_iotune_group": _text(disk.find("iotune/group_name")),
     }
     return (BLOCK_INFO, _labels(labels), 1.0)
 

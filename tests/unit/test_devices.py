@@ -79,18 +79,19 @@ def info_by_target(xml: str = DOMAIN) -> dict[tuple[str, str], dict[str, str]]:
 def test_interfaces_are_described_as_the_xml_has_them() -> None:
     found = info_by_target()
     assert found[(INTERFACE_INFO, "tap3f1a2b4c-5d")] == {
-        "mac": "fa:16:3e:11:22:33",  # lower case, as the stats' tools print it
-        "model": "virtio",
-        "type": "bridge",
-        "source": "br-int",
-        "mtu": "1442",
+        "interface_mac": "fa:16:3e:11:22:33",  # lower case, as the stats' tools print it
+        "interface_model": "virtio",
+        "interface_type": "bridge",
+        "interface_source": "br-int",
+        "interface_mtu": "1442",
         "port_id": PORT,  # the OVS interface id Nova set
     }
     # A libvirt network: the network's name, not its bridge.
     assert found[(INTERFACE_INFO, "vnet3")] == {
-        "mac": "52:54:00:aa:bb:cc", "model": "e1000", "type": "network", "source": "default",
+        "interface_mac": "52:54:00:aa:bb:cc", "interface_model": "e1000",
+        "interface_type": "network", "interface_source": "default",
     }  # fmt: skip
-    assert found[(INTERFACE_INFO, "vhu0a1b2c3d-4e")]["source"] == (
+    assert found[(INTERFACE_INFO, "vhu0a1b2c3d-4e")]["interface_source"] == (
         "/var/run/openvswitch/vhu0a1b2c3d-4e"
     )
     # The NIC with no target device could not be joined to its stats: left out.
@@ -100,15 +101,17 @@ def test_interfaces_are_described_as_the_xml_has_them() -> None:
 def test_disks_are_described_as_the_xml_has_them() -> None:
     found = info_by_target()
     assert found[(BLOCK_INFO, "vda")] == {
-        "device": "disk", "bus": "virtio", "driver_type": "qcow2", "cache": "none",
-        "discard": "unmap", "io": "native", "source_type": "file",
+        "disk_device": "disk", "disk_bus": "virtio", "disk_driver_type": "qcow2",
+        "disk_cache": "none", "disk_discard": "unmap", "disk_io": "native",
+        "disk_source_type": "file",
     }  # fmt: skip
     assert found[(BLOCK_INFO, "vdb")] == {
-        "device": "disk", "bus": "virtio", "driver_type": "raw", "cache": "writeback",
-        "discard": "unmap", "serial": VOLUME, "volume_id": VOLUME, "source_type": "network",
+        "disk_device": "disk", "disk_bus": "virtio", "disk_driver_type": "raw",
+        "disk_cache": "writeback", "disk_discard": "unmap", "disk_serial": VOLUME,
+        "volume_id": VOLUME, "disk_source_type": "network",
     }  # fmt: skip
-    assert found[(BLOCK_INFO, "sda")]["device"] == "cdrom"
-    assert found[(BLOCK_INFO, "sda")]["bus"] == "sata"
+    assert found[(BLOCK_INFO, "sda")]["disk_device"] == "cdrom"
+    assert found[(BLOCK_INFO, "sda")]["disk_bus"] == "sata"
 
 
 def test_the_stats_series_of_an_ovs_port_carry_its_interface_id() -> None:
@@ -121,7 +124,9 @@ def test_a_target_named_twice_gives_one_series() -> None:
         "<domain><devices><disk type='file'><target dev='vda' bus='virtio'/></disk>"
         "<disk type='block'><target dev='vda' bus='scsi'/></disk></devices></domain>"
     )
-    assert info_by_target(xml) == {(BLOCK_INFO, "vda"): {"bus": "virtio", "source_type": "file"}}
+    assert info_by_target(xml) == {
+        (BLOCK_INFO, "vda"): {"disk_bus": "virtio", "disk_source_type": "file"}
+    }
 
 
 def test_a_domain_without_devices_or_xml_has_no_device_series() -> None:
@@ -158,16 +163,22 @@ def test_device_series_carry_the_domain_labels_and_value_one() -> None:
 
 
 def test_dropped_labels_are_left_off_the_device_series() -> None:
-    found = info_series(Planner((), EXT, drop=("serial", "mac", "volume_id")), DOMAIN)
+    found = info_series(
+        Planner((), EXT, drop=("disk_serial", "interface_mac", "volume_id")), DOMAIN
+    )
     for key, _value in found.values():  # type: ignore[misc]
-        assert not {"serial", "mac", "volume_id"} & {k for k, _ in key[1]}
+        assert not {"disk_serial", "interface_mac", "volume_id"} & {k for k, _ in key[1]}
 
 
 def test_device_series_are_fitted_to_the_label_limit_keeping_the_target() -> None:
     limits = LabelLimits(max_names=8)  # __name__, 4 shared: room for 3 own labels
     found = info_series(Planner((), EXT, limits=limits), DOMAIN)
     own = dict(found[(BLOCK_INFO, "vda")][0][1])  # type: ignore[index]
-    assert list(own) == ["bus", "device", "target_device"]  # the first in the catalog's order
+    assert list(own) == [
+        "disk_bus",
+        "disk_device",
+        "target_device",
+    ]  # the first in the catalog's order
     assert limits.dropped > 0
 
 
@@ -217,7 +228,7 @@ def test_io_limits_become_gauges_in_the_units_libvirt_has_them() -> None:
     }
     (info,) = [labels for name, labels, _ in parse_domain_xml(IOTUNE_DISK).devices
                if name == BLOCK_INFO]  # fmt: skip
-    assert dict(info)["iotune_group"] == "gold"
+    assert dict(info)["disk_iotune_group"] == "gold"
 
 
 def test_every_io_limit_has_a_gauge_in_the_catalog() -> None:

@@ -427,8 +427,7 @@ def test_the_collector_asks_libvirt_for_the_configured_groups() -> None:
     collector.collect()
     assert asked == [STATS_GROUPS]
     cfg = from_mapping({"collect": {"groups": ["state", "perf", "iothread", "memory",
-                                               "dirtyrate"], "host_stats": False}},
-                       env={}, hostname="h")  # fmt: skip
+                                               "dirtyrate"]}}, env={}, hostname="h")  # fmt: skip
     collector = Collector.from_config(cfg, use_events=False)  # the config's groups
     collector._connect = Conn  # type: ignore[method-assign]
     collector.collect()
