@@ -6,7 +6,9 @@ How a sample travels, one module per stage:
     secrets     credential files read and checked; secrets kept out of what is printed
     collect     one bulk getAllDomainStats call per cycle within collect.timeout, domain XML
                 fetched once per domain
+    host        the node's capacity (CPU by mode, memory, free huge pages), three calls a cycle
     nova        Nova's <nova:instance> metadata -> NovaInstance (pure, cached by UUID)
+    devices     the domain XML's NICs and disks -> info series and I/O limits (pure)
     filters     which domains are exported (pure)
     catalog     the table of every metric; libvirt stats -> plans in base units (pure)
     series      a snapshot -> one cycle's series and stale markers (pure)

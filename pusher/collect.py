@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from pusher.catalog import Reading, reading
+from pusher.catalog import Reading, add_derived, reading
 from pusher.config import DEFAULT_STATS_GROUPS, Config
 from pusher.filters import DomainFilter
+from pusher.host import HostLayout, HostStats, read_host_stats, read_layout
 from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
 
 __all__ = [
@@ -229,6 +230,7 @@ class Snapshot:
     duration: float  # seconds the bulk call took
     xml_fetches: int  # domain XML documents read this cycle
     host: HostInfo | None = None
+    host_stats: HostStats | None = None  # `collect.host_stats`: None when off or not read
 
 
 _event_loop_lock = threading.Lock()
@@ -264,7 +266,8 @@ class DomainInfoCache:
         self._dirty: set[str] = set()  # uuids whose XML changed since it was read
         self._lock = threading.Lock()
 
-    def on_metadata(self, _conn: Any, dom: Any, *_args: Any) -> None:
+    def on_xml_change(self, _conn: Any, dom: Any, *_args: Any) -> None:
+        """Any event after which the domain XML reads differently: read it again."""
         with self._lock:
             self._dirty.add(dom.UUIDString())
 
@@ -490,8 +493,11 @@ class Collector:
         groups: Iterable[str] = DEFAULT_STATS_GROUPS,
         job_info: bool = False,
         exported: Callable[[str, NovaInstance | None], bool] | None = None,
+        host_stats: bool = False,
     ) -> None:
         self.job_info = job_info  # `collect.job_info`: a jobStats call per live domain
+        self.host_stats = host_stats  # `collect.host_stats`: three node calls per cycle
+        self.layout = HostLayout()  # the host's huge page sizes and NUMA nodes
         self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
         self.flags = stats_flags(self.groups)
         self.partial_wait = partial_wait
@@ -519,6 +525,7 @@ class Collector:
             groups=cfg.collect.groups,
             job_info=cfg.collect.job_info,
             exported=domain_filter.admits if domain_filter else None,
+            host_stats=cfg.collect.host_stats,
         )
 
     # Kept by the parts that own them; read here, where callers have always read them.
@@ -574,6 +581,8 @@ class Collector:
         if self.use_events:
             self._subscribe(conn)
         self.host = read_host_info(conn)
+        if self.host_stats:
+            self.layout = read_layout(conn)
         self._conn = conn
         # Anything may have changed while we were away: read every domain's XML again.
         self._domains.clear()
@@ -584,9 +593,14 @@ class Collector:
         # Drivers without a daemon (test:///) have no keepalive.
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
+        # The XML changes with the metadata, a redefinition, a device hot-plugged or
+        # unplugged, and live tuning (a disk's I/O limits set with blkdeviotune).
         events = (
-            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._domains.on_metadata),
+            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._domains.on_xml_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._domains.on_lifecycle),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._domains.on_xml_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._domains.on_xml_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE, self._domains.on_xml_change),
         )
         for event_id, callback in events:
             try:
@@ -641,10 +655,12 @@ class Collector:
             seen.add(uuid)
             info, fetched = self._domains.info(dom, uuid, now)
             fetches += fetched
+            add_derived(stats)
             domains.append(DomainStats(dom.name(), uuid, stats, info))
         self._domains.retain(seen)
         self._follow_ups.retain(seen)
-        return Snapshot(ts_ms, domains, duration, fetches, self.host)
+        host = read_host_stats(conn, self.layout) if self.host_stats else None
+        return Snapshot(ts_ms, domains, duration, fetches, self.host, host)
 
     def _is_exported(self, dom: Any) -> bool:
         """Whether the filters export this domain, judged on the Nova data already read
@@ -693,6 +709,7 @@ class Collector:
                 fetches += fetched
                 if self.job_info:  # no job calls here: the last answer stands
                     stats = self._follow_ups.with_job(uuid, stats)
+                add_derived(stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
         return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck
 

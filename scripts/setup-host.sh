@@ -73,6 +73,23 @@ if [[ ! -S "$RO_SOCKET" ]]; then
     exit 1
 fi
 
+# --- a Linux kernel for a guest with a balloon driver -----------------------------------------
+# The test guests have no OS, so their balloon reports no guest memory figures. One test guest
+# boots Debian's cloud kernel with an initramfs that only loads virtio_balloon (built by the
+# tests from these files): the kernel package and busybox, unpacked, never installed.
+TEST_KERNEL_DIR=/var/cache/libvirt-pusher-tests/kernel
+if [[ ! -e "$TEST_KERNEL_DIR/.ready" ]]; then
+    echo "setup-host: fetching a kernel and busybox for the balloon test guest"
+    kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    fetch_dir=$(mktemp -d)
+    (cd "$fetch_dir" && quietly apt-download apt-get download "$kernel_pkg" busybox-static)
+    rm -rf "$TEST_KERNEL_DIR"
+    mkdir -p "$TEST_KERNEL_DIR"
+    for deb in "$fetch_dir"/*.deb; do dpkg-deb -x "$deb" "$TEST_KERNEL_DIR"; done
+    rm -rf "$fetch_dir"
+    touch "$TEST_KERNEL_DIR/.ready"
+fi
+
 # --- Python venv -----------------------------------------------------------------------------
 [[ -x .venv/bin/python ]] || quietly venv python3 -m venv .venv
 if venv_stale; then

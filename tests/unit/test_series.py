@@ -361,12 +361,12 @@ def test_too_many_labels_drop_nova_series_labels_then_device_extras() -> None:
     assert {k for k, _ in ds.plan.shared} == {"cluster", "host", "domain", "uuid"}
     block = [own for name, own, _ in ds.plan.series if "block" in name]
     assert block == [(("target_device", "vda"),)]  # volume_id and source_file went too
-    for name, own, shared in [*ds.plan.series, *ds.extra]:
+    for name, own, shared in [*ds.plan.series, *ds.extra_keys()]:
         assert 1 + len({k for k, _ in own} | {k for k, _ in shared}) <= 6, name
     # flavor, project_name, instance_name; volume_id, source_file (no NIC: no port_id);
     # and three of the info series' own Nova labels: instance_name stays, the first of them.
     assert limits.dropped == before + 2 + 5 + 3
-    assert [dict(own) for _, own, _ in ds.extra] == [{"instance_name": "web-1"}]
+    assert [dict(own) for (_, own, _), _ in ds.extra] == [{"instance_name": "web-1"}]
     # Never the identity, the external labels or a device's name, even when nothing fits.
     limits.max_names = 2
     ds = plan_snapshot(snap, series_labels, EXT, {}, limits=limits)["u1"]
