@@ -27,7 +27,7 @@ import yaml
 from dockerhost import DockerEngine, docker
 from guests import DOMAIN_BASE, Guest, create_guests, destroy_guests
 from hostlibvirt import HostLibvirtd
-from receiver import Receiver
+from mimir import Mimir
 
 from pusher import config as pusher_config
 from pusher.catalog import CATALOG
@@ -458,8 +458,9 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 # The image is built from compose/Dockerfile on a stand-in base (scripts/build-base-image.sh:
 # no registry is reachable here) and compose/worker.yml runs as shipped against a libvirtd set
 # up as a compute node's (hostlibvirt.py), with one override for this machine: host networking,
-# to reach the receiver on loopback, and a 2 s healthcheck interval, so that the three failed
-# probes that make a container unhealthy take seconds instead of minutes.
+# to reach the real Mimir on loopback (the data checked under tenant openstack), and a 2 s
+# healthcheck interval, so that the three failed probes that make a container unhealthy take
+# seconds instead of minutes.
 
 BASE_IMAGE = "libvirt-pusher-base:bookworm"
 INTERVAL_S = 2.0
@@ -616,7 +617,18 @@ print(json.dumps({"sockets": sockets, "mounted": mounted, "cap_eff": status["Cap
 """
 
 
-def cycle_runs(receiver: Receiver) -> list[list[int]]:
+class TenantView:
+    """The queries of one tenant of the real Mimir (what Grafana sees for that tenant)."""
+
+    def __init__(self, mimir: Mimir, tenant: str) -> None:
+        self.mimir = mimir
+        self.tenant = tenant
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        return self.mimir.query(promql, self.tenant)
+
+
+def cycle_runs(receiver: TenantView) -> list[list[int]]:
     """pusher_cycles_total of the test host, split where a new process started counting."""
     result = receiver.query(f'pusher_cycles_total{{host="{TEST_HOST}"}}[15m]')
     assert len(result) == 1, result
@@ -636,12 +648,12 @@ def test_worker_stack_runs_as_shipped(
     node = HostLibvirtd(Path(tempfile.mkdtemp(prefix="pusher-node-")), "debian")
     guest_dir = Path(tempfile.mkdtemp(prefix="pusher-node-guests-"))
     guests: list[Guest] = []
-    receiver = Receiver(tmp_path / "receiver")
-    port = receiver.base_url.rsplit(":", 1)[1]
+    mimir = Mimir(tmp_path / "mimir")
+    receiver = TenantView(mimir, "openstack")  # the tenant compose/config.yaml sets
     stack = Stack(
         tmp_path,
         {
-            "MIMIR_URL": receiver.write_url,
+            "MIMIR_URL": mimir.push_url,
             "PUSHER_HOST": TEST_HOST,
             "PUSHER_CLUSTER": "ci",
             "PUSHER_INTERVAL": f"{INTERVAL_S:g}s",
@@ -672,6 +684,7 @@ def test_worker_stack_runs_as_shipped(
         assert [s["value"][1] for s in up] == ["1"]
         cpu = receiver.query(f'libvirt_domain_info_cpu_time_seconds_total{{host="{TEST_HOST}"}}')
         assert {s["metric"]["uuid"] for s in cpu} == uuids
+        assert TenantView(mimir, "another-tenant").query("libvirt_up") == []
         started = step("series of every guest arrived", started)
         wait_for("healthy", lambda: stack.health() == "healthy", 60, stack.health_log)
         started = step("healthy", started)
@@ -689,7 +702,7 @@ def test_worker_stack_runs_as_shipped(
         assert "read only access prevents" in seen["write"], seen
 
         # docker stop during an outage: within the grace period, the backlog kept.
-        receiver.stop()
+        mimir.stop()
         time.sleep(4 * INTERVAL_S)
         stop_started = time.monotonic()
         result = stack.compose("stop")
@@ -709,7 +722,7 @@ def test_worker_stack_runs_as_shipped(
             docker("image", "inspect", "-f", "{{.Id}}", new_image).stdout
             != docker("image", "inspect", "-f", "{{.Id}}", pusher_image).stdout
         )
-        receiver = Receiver(tmp_path / "receiver", int(port))
+        mimir.start()  # on the same ports and data
         stack.env["PUSHER_IMAGE"] = new_image
         stack.env_file.write_text("".join(f"{k}={v}\n" for k, v in stack.env.items()))
         stack.up("--force-recreate")
@@ -737,7 +750,7 @@ def test_worker_stack_runs_as_shipped(
         step("unhealthy with libvirtd stopped", started)
     finally:
         down = stack.compose("down", "--volumes", "--timeout", "30")
-        receiver.stop()
+        mimir.stop()
         if guests:
             destroy_guests(node.uri, [g["name"] for g in guests])
         node.stop()
