@@ -788,6 +788,11 @@ class DeadlineCollector:
             *self.collector.readings(),
         ]
 
-    def close(self) -> None:
+    def close(self, wait: float = 1.0) -> None:
+        """Give up the pending calls and close the connection, waiting at most `wait`
+        seconds: closing talks to libvirtd (event deregistrations), which a stuck guest's
+        calls can keep busy, and an agent that is stopping must not wait on that."""
         self._pool.shutdown()
-        self.collector.close()
+        closing = threading.Thread(target=self.collector.close, name="libvirt-close", daemon=True)
+        closing.start()
+        closing.join(wait)
