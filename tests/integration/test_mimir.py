@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from agent import AgentProcess, run_once, wait_for, write_config
+from agent import AgentProcess, run_once, stop_cleanly, wait_for, write_config
 from guests import Guest
 from mimir import Mimir
 
@@ -59,14 +59,6 @@ def holes(samples: list[tuple[float, float]], step: float = INTERVAL) -> list[tu
     is a missing cycle."""
     ts = [t for t, _ in samples]
     return [(a, b) for a, b in itertools.pairwise(ts) if b - a > 1.9 * step]
-
-
-def stop(agent: AgentProcess) -> str:
-    status = agent.stop()
-    log = agent.log()
-    assert status == 0, log
-    assert "Traceback" not in log, log
-    return log
 
 
 def caught_up(m: Mimir, name: str) -> bool:
@@ -143,7 +135,7 @@ def test_each_protocol_delivers_every_guest(
         wait_for(lambda: mimir.value("max(pusher_samples_sent_total)", name) > 2000, 60,
                  "a few cycles sent")  # fmt: skip
     finally:
-        stop(agent)
+        stop_cleanly(agent)
     for g in guests:
         assert mimir.query(f'{CPU}{{uuid="{g["uuid"]}"}}', name), g["name"]
     sent = mimir.value("max(pusher_samples_sent_total)", name)
@@ -210,7 +202,7 @@ def test_mimir_down_for_minutes_with_the_agent_killed_loses_only_the_dead_second
     finally:
         first.kill()
         if second is not None:
-            stop(second)
+            stop_cleanly(second)
         m.stop()
 
 
@@ -229,7 +221,7 @@ def _outage_with_backfill(tmp_path: Path, m: Mimir, name: str) -> None:
         wait_for(lambda: caught_up(m, name), 60, "the backlog to drain")
         time.sleep(2 * INTERVAL)
     finally:
-        stop(agent)
+        stop_cleanly(agent)
 
 
 def test_backfill_with_an_out_of_order_window_loses_nothing(
@@ -329,7 +321,7 @@ def test_a_tenant_label_limit_is_learned_and_the_series_arrive_cut(
             limit = m.value('max(pusher_label_limit{limit="max_label_value_length"})', name)
             assert limit == 100
         finally:
-            log = stop(agent)
+            log = stop_cleanly(agent)
         assert "limits.max_label_value_length" in log  # said once, with the key to set
         assert log.count("keeping to 100 from now on") == 1
         assert m.query(f'{CPU}{{site="{site}"}}', name) == []  # never stored uncut
