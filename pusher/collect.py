@@ -283,6 +283,9 @@ class DomainInfoCache:
         with self._lock:
             self._cache.clear()
 
+    def readings(self) -> list[Reading]:
+        return [reading("pusher_nova_metadata_errors_total", self.metadata_errors)]
+
     def cached(self, uuid: str) -> DomainInfo | None:
         """What was read of the domain's XML, without reading it."""
         with self._lock:
@@ -342,6 +345,16 @@ class FollowUpCalls:
         self._jobs: dict[str, dict[str, Any]] = {}  # uuid -> its last job.<key> stats
         self._each_pool: DaemonPool | None = None
         self._job_pool: DaemonPool | None = None
+
+    def readings(self, job_info: bool) -> list[Reading]:
+        """`job_info`: whether job info is asked for at all (its error count only then)."""
+        out = [
+            reading("pusher_partial_records_total", self.partial_records),
+            reading("pusher_partial_records_kept_total", self.partial_kept),
+        ]
+        if job_info:
+            out.append(reading("pusher_job_info_errors_total", self.job_errors))
+        return out
 
     def stats_pool(self) -> DaemonPool:
         """The pool for per-domain stats calls; `Collector.collect_each` shares it, so all
@@ -528,36 +541,9 @@ class Collector:
             host_stats=cfg.collect.host_stats,
         )
 
-    # Kept by the parts that own them; read here, where callers have always read them.
-    @property
-    def refresh_interval(self) -> float:
-        return self._domains.refresh_interval
-
-    @property
-    def metadata_errors(self) -> int:
-        return self._domains.metadata_errors
-
-    @property
-    def partial_records(self) -> int:
-        return self._follow_ups.partial_records
-
-    @property
-    def partial_kept(self) -> int:
-        return self._follow_ups.partial_kept
-
-    @property
-    def job_errors(self) -> int:
-        return self._follow_ups.job_errors
-
     def readings(self) -> list[Reading]:
-        out = [
-            reading("pusher_nova_metadata_errors_total", self.metadata_errors),
-            reading("pusher_partial_records_total", self.partial_records),
-            reading("pusher_partial_records_kept_total", self.partial_kept),
-        ]
-        if self.job_info:
-            out.append(reading("pusher_job_info_errors_total", self.job_errors))
-        return out
+        """The numbers of its parts: the XML cache's and the follow-up calls'."""
+        return [*self._domains.readings(), *self._follow_ups.readings(self.job_info)]
 
     # --- connection
 

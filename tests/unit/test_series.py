@@ -36,9 +36,6 @@ class FakeCollector:
 
     def __init__(self, snapshots: list[list[DomainStats]]) -> None:
         self.snapshots = snapshots
-        self.metadata_errors = 0
-        self.partial_records = 0
-        self.partial_kept = 0
         self.ts = 1_000_000
 
     def collect(self) -> Snapshot:
