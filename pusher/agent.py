@@ -25,7 +25,7 @@ from pusher.health import LibvirtStreak, write_health
 from pusher.series import Cycle, Planner
 from pusher.spool import Spool
 
-__all__ = ["Agent", "own_samples"]
+__all__ = ["Agent", "BuildInfo", "own_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 def own_samples(reporters: Iterable[Reporter], external: catalog.LabelPairs) -> list[Sample]:
     """The agent's own numbers as samples: every reporter's readings, external labels on."""
     return [((name, own, external), value) for r in reporters for name, own, value in r.readings()]
+
+
+class BuildInfo:
+    """`pusher_build_info`: which version runs (in a dry run too)."""
+
+    def readings(self) -> list[Reading]:
+        return [reading("pusher_build_info", 1, (("version", __version__),))]
 
 
 class Agent:
@@ -61,14 +68,19 @@ class Agent:
         self.encoders: dict[int, Encoder | EncoderV2] = {1: Encoder(n), 2: EncoderV2(n)}
         self.cycles = 0
         self.collected = 0
-        self.libvirt_up = False
         self.libvirt_streak = LibvirtStreak()  # failed reads in a row, for --health
         self._last_metadata = float("-inf")
         self.stop_event = threading.Event()  # stop collecting
         self._lanes: list[threading.Thread] = []
         self.reporters: list[Reporter] = [
-            self, self.collection, self.spool, self.delivery.stats, self.planner.limits
+            BuildInfo(), self, self.collection, self.spool, self.delivery.stats,
+            self.planner.limits,
         ]  # fmt: skip
+
+    @property
+    def libvirt_up(self) -> bool:
+        """Whether the last cycle read libvirt."""
+        return self.libvirt_streak.failures == 0
 
     @property
     def encoder(self) -> Encoder | EncoderV2:
@@ -77,7 +89,6 @@ class Agent:
 
     def readings(self) -> list[Reading]:
         return [
-            reading("pusher_build_info", 1, (("version", __version__),)),
             reading("pusher_cycles_total", self.cycles),
             reading("pusher_samples_collected_total", self.collected),
             reading("pusher_cached_series", self.encoder.cached_series()),
@@ -98,9 +109,8 @@ class Agent:
         for mimir_id, value in learned.items():
             self.planner.adopt_limit(mimir_id, value)
         snapshot = self.collection.collect()
-        self.libvirt_up = snapshot is not None
         now = self.clock()
-        self.libvirt_streak.record(self.libvirt_up, now, self.collection.last_error)
+        self.libvirt_streak.record(snapshot is not None, now, self.collection.last_error)
         now_ms = int(now * 1000)
         return self.planner.cycle(snapshot, frozenset(self.collection.stuck), now_ms)
 
