@@ -340,7 +340,7 @@ class EncoderV2:
 
 # --- taking requests apart and putting them together (delivery's 413 split and merging) -----
 
-_SERIES_TAG = {1: b"\x0a", 2: b"\x2a"}  # WriteRequest.timeseries = 1; v2 Request.timeseries = 5
+_V1_SERIES_TAG = b"\x0a"  # WriteRequest.timeseries = 1
 
 
 def split_request(raw: bytes) -> list[bytes]:
@@ -363,10 +363,10 @@ def split_request(raw: bytes) -> list[bytes]:
     return fields
 
 
-def count_series(fields: Sequence[bytes], proto: int = 1) -> int:
-    """Samples in these top-level fields: every series this agent writes holds one."""
-    tag = _SERIES_TAG[proto]
-    return sum(1 for f in fields if f[:1] == tag)
+def count_series(fields: Sequence[bytes]) -> int:
+    """Samples in these top-level fields of a 1.0 request: every series this agent writes
+    holds one."""
+    return sum(1 for f in fields if f[:1] == _V1_SERIES_TAG)
 
 
 def split_body(body: bytes, proto: int = 1) -> tuple[Request, Request] | None:
