@@ -1,7 +1,7 @@
 """The HTTP edge: one remote-write POST of one compressed body.
 
 The sender sees bytes, never samples. Its `Outcome` carries the decision the remote-write
-specification and Mimir's behaviour call for; the loop acts on it:
+specification and Mimir's behaviour call for; delivery acts on it:
 
     ok          2xx: delivered
     retry       network error, TLS failure, timeout, 5xx, 429, or an answer that makes no
@@ -9,9 +9,11 @@ specification and Mimir's behaviour call for; the loop acts on it:
                 (`retry_after` when the receiver said how long, capped at 10 minutes)
     hold        401, 403, 3xx: the credentials or the URL are wrong; keep everything and
                 probe slowly
-    too_large   413: split the request and send the halves
+    too_large   413, or Mimir's 400 `distributor-max-write-message-size`: split the request
+                and send the halves
     reject      any other 4xx (400 above all): the receiver kept what was valid; never resend,
-                count the samples under `reason` (Mimir's `err-mimir-…` id when it gave one)
+                count the request under `reason` (Mimir's own error id when it gave one,
+                `pusher.mimir`), with the tenant limit it names in `limit`
     unsupported a Remote-Write 2.0 request answered 415, or 2xx without the
                 `X-Prometheus-Remote-Write-Samples-Written` header (a 1.x receiver that
                 decoded nothing): send it again as 1.0
