@@ -13,13 +13,13 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import yaml
+from services import became_ready
 
 START_TIMEOUT = 60.0
 HOW_TO_GET = (
@@ -134,18 +134,9 @@ class Mimir:
                 [self.binary, f"-config.file={self.config_path}"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            try:
-                if requests.get(f"{self.base_url}/ready", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"Mimir did not get ready:\n{self.log()[-3000:]}")
+        if not became_ready(self._proc, f"{self.base_url}/ready", START_TIMEOUT):
+            self.stop()
+            raise AssertionError(f"Mimir did not get ready:\n{self.log()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self._proc = self._proc, None
