@@ -314,6 +314,7 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_samples_sent_total", "counter", "", "Samples the receiver acknowledged with a 2xx answer.", scope="agent"),
     _m("pusher_samples_retried_total", "counter", "", "Samples sent again after a failed attempt.", scope="agent"),
     _m("pusher_samples_dropped_total", "counter", "", "Samples the agent gave up without sending them, by reason (too_old, spool_full, spool_corrupt, spool_unwritable, too_large, not_written).", labels=("reason",), scope="agent"),
+    _m("pusher_relabel_dropped_samples_total", "counter", "", "Samples relabel_configs left out, by reason: rule (a keep or drop rule), invalid_name (no valid metric name left), duplicate (the labels of another series of the cycle); only with relabel_configs.", labels=("reason",), scope="agent"),
     _m("pusher_requests_total", "counter", "", 'Remote-write requests answered, by HTTP status code ("error" when none came).', labels=("code",), scope="agent"),
     _m("pusher_requests_rejected_total", "counter", "", "Requests the receiver rejected (400 and other 4xx), by Mimir's error id or http_<code>; never sent again.", labels=("reason",), scope="agent"),
     _m("pusher_rejected_request_samples_total", "counter", "", "Samples in requests the receiver rejected, by reason; Mimir keeps the valid series of such a request, so these are an upper bound of what was lost.", labels=("reason",), scope="agent"),

@@ -22,6 +22,7 @@ from pusher.encode import STALE_NAN
 from pusher.filters import DomainFilter
 from pusher.host import HostStats
 from pusher.nova import NovaInstance
+from pusher.relabel import Relabeler, Rule
 
 __all__ = [
     "Cycle",
@@ -322,6 +323,7 @@ class Planner:
         drop: Iterable[str] = (),
         limits: LabelLimits | None = None,
         admits: Admits | None = None,
+        rules: Sequence[Rule] = (),
     ) -> None:
         self.series_labels = tuple(series_labels)
         self.external = external
@@ -330,6 +332,8 @@ class Planner:
         self.limits = limits or LabelLimits()
         self.admits = admits
         self.tracker = StaleTracker()
+        # `relabel_configs`, on every series sent; None without rules: no cost at all.
+        self.relabeler = Relabeler(rules, self.limits) if rules else None
         self.unknown_keys: set[str] = set()
         self._logged_unknown: set[str] = set()
 
@@ -348,13 +352,15 @@ class Planner:
             cfg.labels.drop,
             limits,
             domain_filter.admits if domain_filter else None,
+            cfg.relabel_configs,
         )
 
     def cycle(self, snapshot: Snapshot | None, stuck: frozenset[str], now_ms: int) -> Cycle:
         """One cycle's series; `None` when libvirt could not be read (nothing ends then).
         A stuck domain's stats (partial, if any) are left out: its series keep their last
         values at the receiver instead of being marked stale. Domains the filters exclude
-        (`filter.*`) are left out entirely: no series at all."""
+        (`filter.*`) are left out entirely: no series at all. With `relabel_configs` every
+        series is relabeled (the agent's own ones are added with `add_own`)."""
         if snapshot is None:
             cycle = Cycle(now_ms)
         else:
@@ -367,7 +373,20 @@ class Planner:
             cycle.samples.append((("libvirt_domains", (), self.external), n))
             cycle.samples.extend(host_samples(snapshot.host, self.external, self.limits))
             cycle.samples.extend(host_stats_samples(snapshot.host_stats, self.external))
+        if self.relabeler is not None:
+            self.relabeler.begin()
+            cycle.samples = self.relabeler.samples(cycle.samples)
+            # After the live series: a series that ended but whose labels a live one has
+            # now gets no stale marker.
+            cycle.ended = self.relabeler.ended(cycle.ended)
+            cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         return cycle
+
+    def add_own(self, cycle: Cycle, samples: Sequence[Sample]) -> None:
+        """The agent's own series into the cycle, relabeled like the others."""
+        if self.relabeler is not None:
+            samples = self.relabeler.samples(samples)
+        cycle.samples.extend(samples)
 
     def _domain_series(self, cycle: Cycle, snapshot: Snapshot, stuck: frozenset[str]) -> None:
         answered = [
@@ -381,15 +400,18 @@ class Planner:
             self.series_labels, self.external, cache,
             self.unknown_keys, self.drop, self.limits,
         )  # fmt: skip
-        for d in answered:
-            ds = domains[d.uuid]
-            cycle.plans.append((ds.plan, ds.plan.values(d.stats)))
-            cycle.samples.extend(ds.extra)
+        plans = [domains[d.uuid].plan for d in answered]
+        if self.relabeler is not None:
+            plans = self.relabeler.plans(plans)
+        for d, plan in zip(answered, plans, strict=True):
+            cycle.plans.append((plan, plan.values(d.stats)))
+            cycle.samples.extend(domains[d.uuid].extra)
         self.tracker.keep_stuck(domains, stuck)
         timeouts, timeouts_ended = self.tracker.timeouts(domains)
         cycle.samples.extend(timeouts)
         cycle.ended = self.tracker.ended(domains) | timeouts_ended
-        cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
+        if self.relabeler is None:  # else marked once relabeled (`cycle`)
+            cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         self._log_unknown_keys()
 
     def adopt_limit(self, mimir_id: str, value: int) -> bool:
@@ -407,6 +429,8 @@ class Planner:
         setattr(self.limits, attribute, value)
         self.external = catalog.label_pairs(dict(self.external), self.limits)
         self._replan = True
+        if self.relabeler is not None:
+            self.relabeler.clear()
         return True
 
     def _log_unknown_keys(self) -> None:
