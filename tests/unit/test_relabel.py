@@ -371,3 +371,46 @@ def test_relabeled_labels_are_kept_within_the_limits() -> None:
     p.relabeler = Relabeler(p.relabeler.rules, p.limits)  # type: ignore[union-attr]
     cycle = p.cycle(snap(d("u1")), frozenset(), 0)
     assert all(s["note"] == "x" * 10 for s in all_series(cycle))
+
+
+# --- end to end: --dry-run on the demo node (libvirt's test driver, the Nova guests of
+# pusher/demo/testnode.xml) with the CloudKitty example of config.example.yaml -------------
+
+EXPOSITION_LINE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
+
+
+def parse_exposition(text: str) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = EXPOSITION_LINE.match(line)
+        assert m is not None, line
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2)))
+        out.append((m.group(1), labels))
+    return out
+
+
+def test_dry_run_sends_project_id_and_user_id_from_the_nova_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = REPO_EXAMPLE.read_text(encoding="utf-8")
+    block = text[text.index("# CloudKitty") : text.index("relabel_configs: []")]
+    example = "\n".join(line[4:] for line in block.splitlines() if line.startswith("#   "))
+    node = REPO_EXAMPLE.parent / "pusher" / "demo" / "testnode.xml"
+    path = tmp_path / "config.yaml"
+    path.write_text(f"libvirt: {{uri: 'test://{node}'}}\n{example}\n", encoding="utf-8")
+    assert cli.main(["-c", str(path), "--dry-run"]) == 0
+    series = parse_exposition(capsys.readouterr().out)
+    domain = [(n, s) for n, s in series if n.startswith("libvirt_domain_")]
+    assert {s["domain"] for _, s in domain} == {f"instance-0000000{i}" for i in (1, 2, 3)}
+    for name, s in series:
+        assert "project_uuid" not in s and "user_uuid" not in s, (name, s)
+    for _, s in domain:
+        assert s["id"] == s["uuid"]
+    bob = {(s["project_id"], s["user_id"]) for _, s in domain if s["domain"] == "instance-00000003"}
+    assert bob == {("1a2b3c4d5e6f47a8b9c0d1e2f3a4b5c6", "0f1e2d3c4b5a49687766554433221100")}
+    info = [s for n, s in domain if n == "libvirt_domain_openstack_info"]
+    assert len(info) == 3 and all(s["user_name"] for s in info)
+    counted = {s["reason"] for n, s in series if n == "pusher_relabel_dropped_samples_total"}
+    assert counted == {"rule", "invalid_name", "duplicate"}
