@@ -414,3 +414,20 @@ def test_dry_run_sends_project_id_and_user_id_from_the_nova_labels(
     assert len(info) == 3 and all(s["user_name"] for s in info)
     counted = {s["reason"] for n, s in series if n == "pusher_relabel_dropped_samples_total"}
     assert counted == {"rule", "invalid_name", "duplicate"}
+
+
+def test_named_groups_in_braces_are_written_with_a_double_dollar_in_the_config() -> None:
+    # The config expands ${VAR} from the environment: $${name} is the group.
+    doc = """relabel_configs: [{source_labels: [host], regex: 'c(?P<n>.*)', target_label: t,
+                                replacement: '${PREFIX}-$${n}'}]"""
+    cfg = from_mapping(yaml.safe_load(doc), env={"PREFIX": "node"}, hostname="h")
+    assert relabel(cfg.relabel_configs, {"host": "cn1"}) == {"host": "cn1", "t": "node-n1"}
+
+
+def test_a_tenant_limit_learned_later_applies_to_relabeled_labels() -> None:
+    p = planner("[{target_label: note, replacement: '" + "x" * 40 + "'}]")
+    first = p.cycle(snap(d("u1")), frozenset(), 0)
+    assert all(s["note"] == "x" * 40 for s in all_series(first))
+    assert p.adopt_limit("label-value-too-long", 20)
+    later = p.cycle(snap(d("u1"), ts=2000), frozenset(), 0)
+    assert all(s["note"] == "x" * 20 for s in all_series(later))
