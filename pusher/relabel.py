@@ -51,6 +51,7 @@ _REF = re.compile(r"\$(?:(\$)|\{(\w+)\}|(\w+))", re.ASCII)
 # (Prometheus' own pattern nests repetitions, which Python's backtracking `re` would take
 # exponential time over; this one says the same.)
 _TARGET = re.compile(r"(?:[a-zA-Z_]|\$(?:\{\w+\}|\w+))(?:\w|\$(?:\{\w+\}|\w+))*", re.ASCII)
+_LEADING_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
 MAX_REGEX_LENGTH = 1000
 MAX_TEXT_LENGTH = 2048  # any other field: a label value at most
 DEFAULT_REGEX = "(.*)"
@@ -162,6 +163,14 @@ def relabel(rules: Sequence[Rule], labels: dict[str, str]) -> dict[str, str] | N
 # --- parsing ------------------------------------------------------------------------------
 
 
+def _compile(text: str) -> re.Pattern[str]:
+    """The regex in a group of its own (anchored by `fullmatch`). Leading flags such as
+    `(?i)`, which RE2 takes there, stay in front: Python takes global flags only first."""
+    flags = _LEADING_FLAGS.match(text)
+    lead = flags.group() if flags else ""
+    return re.compile(f"{lead}(?:{text[len(lead) :]})")
+
+
 def _string(where: str, value: Any) -> str:
     if not isinstance(value, str):
         raise RuleError(where, f"expected a string, got {type(value).__name__}")
@@ -190,7 +199,7 @@ def _rule(i: int, raw: Any) -> Rule:
     if len(text) > MAX_REGEX_LENGTH:
         raise RuleError(f"{at}.regex", f"longer than {MAX_REGEX_LENGTH} characters")
     try:
-        regex = re.compile(f"(?:{text})")
+        regex = _compile(text)
     except (re.error, RecursionError, OverflowError) as e:
         raise RuleError(
             f"{at}.regex", f"{text!r} is not a usable regular expression: {e}"

@@ -77,6 +77,12 @@ def test_regexes_are_anchored_at_both_ends() -> None:
     assert "t" not in run([rule], SERIES)  # type: ignore[operator]
 
 
+def test_a_case_insensitive_flag_in_front_works_as_in_prometheus() -> None:
+    rules = [{"action": "keep", "source_labels": ["host"], "regex": "(?i)CN1|cn2"}]
+    assert run(rules, SERIES) == SERIES
+    assert run(rules, {**SERIES, "host": "xCN1"}) is None  # still anchored
+
+
 def test_group_references_by_number_braces_and_name() -> None:
     rules = [{
         "source_labels": ["project_uuid", "host"],
