@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import yaml
 from common import snapshot
 
+from pusher.agent import own_samples
+from pusher.catalog import Reporter
 from pusher.collect import Snapshot
 from pusher.config import from_mapping
 from pusher.encode import Encoder
@@ -57,7 +59,10 @@ def run(doc: str, snap: Snapshot, cycles: int) -> tuple[float, float, float, flo
             d.stats["cpu.time"] = int(d.stats["cpu.time"]) + 1_000_000
         t = time.process_time()
         cycle = planner.cycle(snap, frozenset(), 0)
-        planner.add_own(cycle, planner.relabeler.readings() if planner.relabeler else [])
+        reporters: list[Reporter] = [planner.limits] + (
+            [planner.relabeler] if planner.relabeler else []
+        )
+        planner.add_own(cycle, own_samples(reporters, planner.external))
         planned = time.process_time() - t
         encoder.encode(cycle.samples, snap.ts_ms + c * 15_000, b"", cycle.plans)
         encoder.forget(cycle.ended)

@@ -21,7 +21,7 @@ import logging
 import re
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pusher.catalog import (
@@ -54,6 +54,7 @@ _TARGET = re.compile(r"(?:[a-zA-Z_]|\$(?:\{\w+\}|\w+))(?:\w|\$(?:\{\w+\}|\w+))*"
 _LEADING_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
 MAX_REGEX_LENGTH = 1000
 MAX_TEXT_LENGTH = 2048  # any other field: a label value at most
+MAX_CACHED_NAMES = 10_000  # label names a rule remembers what it makes of
 DEFAULT_REGEX = "(.*)"
 # Why a series went: a keep or drop rule chose it; it was left without a valid metric name
 # (`__name__`); another series of the cycle already had the labels it was given.
@@ -119,21 +120,36 @@ class Rule:
     target: tuple[str | int, ...]
     replacement: tuple[str | int, ...]
     text: str = DEFAULT_REGEX
+    # labeldrop and labelmap: label name -> what the rule makes of it (None: nothing). The
+    # agent's label names are few, and every series repeats them.
+    _names: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def _by_name(self, name: str) -> str | None:
+        """labeldrop: the name when it matches; labelmap: the name it maps to."""
+        if name in self._names:
+            return self._names[name]
+        m = self.regex.fullmatch(name)
+        out = None
+        if m is not None:
+            out = name if self.action == "labeldrop" else _expand(self.replacement, m)
+            if not _LABEL_NAME.fullmatch(out):
+                out = None
+        if len(self._names) < MAX_CACHED_NAMES:
+            self._names[name] = out
+        return out
 
     def apply(self, labels: dict[str, str]) -> bool:
         """Run the rule on `labels` (changed in place); False when the series is dropped."""
         action = self.action
         if action == "labeldrop":
-            for name in [n for n in labels if self.regex.fullmatch(n)]:
+            for name in [n for n in labels if self._by_name(n) is not None]:
                 del labels[name]
             return True
         if action == "labelmap":
             for name, value in list(labels.items()):
-                m = self.regex.fullmatch(name)
-                if m is not None:
-                    new = _expand(self.replacement, m)
-                    if _LABEL_NAME.fullmatch(new):
-                        labels[new] = value
+                new = self._by_name(name)
+                if new is not None:
+                    labels[new] = value
             return True
         value = self.separator.join([labels.get(n, "") for n in self.source_labels])
         m = self.regex.fullmatch(value)
@@ -206,10 +222,10 @@ def _rule(i: int, raw: Any) -> Rule:
         ) from None
     target = _template(_string(f"{at}.target_label", raw.get("target_label", "")))
     replacement = _template(_string(f"{at}.replacement", raw.get("replacement", "$1")))
-    for field, template in (("target_label", target), ("replacement", replacement)):
-        if field in raw:
+    for name, template in (("target_label", target), ("replacement", replacement)):
+        if name in raw:
             for ref in template:
-                _check_ref(f"{at}.{field}", regex, ref)
+                _check_ref(f"{at}.{name}", regex, ref)
     separator = _string(f"{at}.separator", raw.get("separator", ";"))
     rule = Rule(
         action,
@@ -249,8 +265,8 @@ def _check(at: str, rule: Rule, raw: dict[str, Any]) -> None:
         if unused:
             raise RuleError(f"{at}.{unused[0]}", f"has no use with action {action}")
     if action in ("keep", "drop") and ("target_label" in raw or "replacement" in raw):
-        field = "target_label" if "target_label" in raw else "replacement"
-        raise RuleError(f"{at}.{field}", f"has no use with action {action}")
+        name = "target_label" if "target_label" in raw else "replacement"
+        raise RuleError(f"{at}.{name}", f"has no use with action {action}")
 
 
 def _check_ref(where: str, regex: re.Pattern[str], ref: object) -> None:
@@ -292,7 +308,14 @@ def fit_limits(labels: dict[str, str], before: Iterable[str], limits: LabelLimit
         for name in order[:excess]:
             del labels[name]
             limits.dropped += 1
-    return tuple(sorted((k, truncate_label_value(v, limits)) for k, v in labels.items() if v))
+    short = limits.max_value_bytes // 4  # no longer in UTF-8 than the limit: not cut
+    return tuple(
+        sorted(
+            (k, v if len(v) <= short else truncate_label_value(v, limits))
+            for k, v in labels.items()
+            if v
+        )
+    )
 
 
 def _subplan(plan: DomainPlan, keep: Sequence[int], series: Sequence[SeriesKey]) -> DomainPlan:
@@ -304,6 +327,18 @@ def _subplan(plan: DomainPlan, keep: Sequence[int], series: Sequence[SeriesKey])
         tuple(plan.scales[i] for i in keep),
         tuple(series),
     )
+
+
+def _take(key: SeriesKey, taken: set[SeriesKey]) -> bool:
+    """Whether `key` is new to `taken` (and add it)."""
+    if key in taken:
+        return False
+    taken.add(key)
+    return True
+
+
+# A domain relabeled: its plan, its XML series, the samples per cycle they drop by reason.
+_Relabeled = tuple[DomainPlan, tuple[Sample, ...], "collections.Counter[str]"]
 
 
 class Relabeler:
@@ -320,13 +355,12 @@ class Relabeler:
         self.limits = limits
         self.dropped: collections.Counter[str] = collections.Counter({r: 0 for r in REASONS})
         self._keys: dict[SeriesKey, SeriesKey | str] = {}  # key -> relabeled, or why dropped
-        self._plans: weakref.WeakKeyDictionary[
-            DomainPlan, tuple[DomainPlan, collections.Counter[str]]
-        ] = weakref.WeakKeyDictionary()
-        # The last cycle's domain plans, and what came of them: the plans to send (without
-        # series that repeat an earlier one's labels), their keys, the samples they drop.
+        self._plans: weakref.WeakKeyDictionary[DomainPlan, _Relabeled] = weakref.WeakKeyDictionary()
+        # The last cycle's domain plans, and what came of them: the plans and XML series to
+        # send (without series that repeat an earlier one's labels), their keys, the
+        # samples they drop.
         self._layout: tuple[DomainPlan, ...] | None = None
-        self._final: list[DomainPlan] = []
+        self._final: list[tuple[DomainPlan, Sequence[Sample]]] = []
         self._deduped: dict[DomainPlan, tuple[tuple[int, ...], DomainPlan]] = {}
         self._taken: set[SeriesKey] = set()
         self._plan_drops: collections.Counter[str] = collections.Counter()
@@ -358,59 +392,70 @@ class Relabeler:
             return "invalid_name"
         return (name, fit_limits(out, before, limits or self.limits), ())
 
-    def plan(self, plan: DomainPlan) -> tuple[DomainPlan, collections.Counter[str]]:
-        """A domain plan relabeled (kept as long as the plan), and the samples per cycle
-        it drops, by reason."""
+    def _relabel_all(
+        self, keys: Iterable[SeriesKey], drops: collections.Counter[str]
+    ) -> tuple[list[int], list[SeriesKey]]:
+        """The indices and relabeled keys of the series kept; the others counted in
+        `drops` by reason."""
+        keep: list[int] = []
+        out: list[SeriesKey] = []
+        for i, key in enumerate(keys):
+            new = self.relabel_key(key)
+            if isinstance(new, str):
+                drops[new] += 1
+            else:
+                keep.append(i)
+                out.append(new)
+        return keep, out
+
+    def domain(self, plan: DomainPlan, extra: Sequence[Sample]) -> _Relabeled:
+        """A domain's plan and XML series relabeled (kept as long as its plan, which lives
+        as long as they do), and the samples per cycle they drop, by reason."""
         cached = self._plans.get(plan)
         if cached is None:
-            keep: list[int] = []
-            series: list[SeriesKey] = []
             drops: collections.Counter[str] = collections.Counter()
-            for i, key in enumerate(plan.series):
-                new = self.relabel_key(key)
-                if isinstance(new, str):
-                    drops[new] += 1
-                else:
-                    keep.append(i)
-                    series.append(new)
-            cached = self._plans[plan] = (_subplan(plan, keep, series), drops)
+            keep, series = self._relabel_all(plan.series, drops)
+            kept, keys = self._relabel_all((key for key, _ in extra), drops)
+            samples = tuple((k, extra[i][1]) for i, k in zip(kept, keys, strict=True))
+            cached = self._plans[plan] = (_subplan(plan, keep, series), samples, drops)
         return cached
 
-    def plans(self, plans: Sequence[DomainPlan]) -> list[DomainPlan]:
-        """This cycle's domain plans relabeled, without series whose labels an earlier
-        series has; worked out again only when the plans change. Counts the drops."""
-        layout = tuple(plans)
+    def domains(
+        self, domains: Sequence[tuple[DomainPlan, Sequence[Sample]]]
+    ) -> list[tuple[DomainPlan, Sequence[Sample]]]:
+        """This cycle's domains (plan, XML series) relabeled, without series whose labels
+        an earlier series has; worked out again only when the plans change. Counts the
+        drops."""
+        layout = tuple(plan for plan, _ in domains)
         if layout != self._layout:
             self._layout = layout
-            self._dedup([self.plan(p) for p in plans])
+            self._dedup([self.domain(plan, extra) for plan, extra in domains])
         self.dropped.update(self._plan_drops)
         return self._final
 
-    def _dedup(self, relabeled: list[tuple[DomainPlan, collections.Counter[str]]]) -> None:
+    def _dedup(self, relabeled: list[_Relabeled]) -> None:
         taken: set[SeriesKey] = set()
         drops: collections.Counter[str] = collections.Counter()
-        final: list[DomainPlan] = []
+        final: list[tuple[DomainPlan, Sequence[Sample]]] = []
         deduped: dict[DomainPlan, tuple[tuple[int, ...], DomainPlan]] = {}
-        for plan, plan_drops in relabeled:
-            drops.update(plan_drops)
-            keep = []
-            for i, key in enumerate(plan.series):
-                if key in taken:
-                    drops["duplicate"] += 1
-                else:
-                    taken.add(key)
-                    keep.append(i)
+        for plan, extra, domain_drops in relabeled:
+            drops.update(domain_drops)
+            keep = [i for i, key in enumerate(plan.series) if _take(key, taken)]
+            samples = [(key, value) for key, value in extra if _take(key, taken)]
+            lost = len(plan.series) - len(keep) + len(extra) - len(samples)
+            if lost:
+                drops["duplicate"] += lost
+                log.warning(
+                    "relabel_configs give %d series of a domain the labels of another "
+                    "series; only the first is sent", lost,
+                )  # fmt: skip
             if len(keep) < len(plan.series):
                 previous = self._deduped.get(plan)
                 if previous is None or previous[0] != tuple(keep):
                     previous = (tuple(keep), _subplan(plan, keep, [plan.series[i] for i in keep]))
-                    log.warning(
-                        "relabel_configs give %d series of a domain the labels of another "
-                        "series; only the first is sent", len(plan.series) - len(keep),
-                    )  # fmt: skip
                 deduped[plan] = previous
                 plan = previous[1]
-            final.append(plan)
+            final.append((plan, samples))
         self._deduped, self._taken, self._final, self._plan_drops = deduped, taken, final, drops
 
     def begin(self) -> None:

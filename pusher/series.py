@@ -361,11 +361,12 @@ class Planner:
         values at the receiver instead of being marked stale. Domains the filters exclude
         (`filter.*`) are left out entirely: no series at all. With `relabel_configs` every
         series is relabeled (the agent's own ones are added with `add_own`)."""
+        relabeled = 0
         if snapshot is None:
             cycle = Cycle(now_ms)
         else:
             cycle = Cycle(snapshot.ts_ms)
-            self._domain_series(cycle, snapshot, stuck)
+            relabeled = self._domain_series(cycle, snapshot, stuck)
         up = 1.0 if snapshot is not None else 0.0
         cycle.samples.append((("libvirt_up", (), self.external), up))
         if snapshot is not None:
@@ -375,7 +376,8 @@ class Planner:
             cycle.samples.extend(host_stats_samples(snapshot.host_stats, self.external))
         if self.relabeler is not None:
             self.relabeler.begin()
-            cycle.samples = self.relabeler.samples(cycle.samples)
+            rest = self.relabeler.samples(cycle.samples[relabeled:])
+            cycle.samples[relabeled:] = rest
             # After the live series: a series that ended but whose labels a live one has
             # now gets no stale marker.
             cycle.ended = self.relabeler.ended(cycle.ended)
@@ -388,7 +390,9 @@ class Planner:
             samples = self.relabeler.samples(samples)
         cycle.samples.extend(samples)
 
-    def _domain_series(self, cycle: Cycle, snapshot: Snapshot, stuck: frozenset[str]) -> None:
+    def _domain_series(self, cycle: Cycle, snapshot: Snapshot, stuck: frozenset[str]) -> int:
+        """The domains' series into `cycle`; returns how many of its samples (the first)
+        are relabeled already."""
         answered = [
             d for d in snapshot.domains
             if d.uuid not in stuck and (self.admits is None or self.admits(d.name, d.info.nova))
@@ -400,12 +404,15 @@ class Planner:
             self.series_labels, self.external, cache,
             self.unknown_keys, self.drop, self.limits,
         )  # fmt: skip
-        plans = [domains[d.uuid].plan for d in answered]
+        series: Sequence[tuple[catalog.DomainPlan, Sequence[Sample]]] = [
+            (domains[d.uuid].plan, domains[d.uuid].extra) for d in answered
+        ]
         if self.relabeler is not None:
-            plans = self.relabeler.plans(plans)
-        for d, plan in zip(answered, plans, strict=True):
+            series = self.relabeler.domains(series)
+        for d, (plan, extra) in zip(answered, series, strict=True):
             cycle.plans.append((plan, plan.values(d.stats)))
-            cycle.samples.extend(domains[d.uuid].extra)
+            cycle.samples.extend(extra)
+        relabeled = len(cycle.samples)
         self.tracker.keep_stuck(domains, stuck)
         timeouts, timeouts_ended = self.tracker.timeouts(domains)
         cycle.samples.extend(timeouts)
@@ -413,6 +420,7 @@ class Planner:
         if self.relabeler is None:  # else marked once relabeled (`cycle`)
             cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         self._log_unknown_keys()
+        return relabeled
 
     def adopt_limit(self, mimir_id: str, value: int) -> bool:
         """Keep to a tenant limit Mimir named in a rejection, when it is lower than ours:
