@@ -4,7 +4,9 @@
 the domain's name, Nova data and stats keys stay the same) with this cycle's values, the Nova
 info series, the host series, and stale markers for the series that ended. `StaleTracker`
 remembers the last cycle's domains to know what ended: a domain that went away, a device
-detached, labels changed by a Nova rename, a stuck guest's timeouts series.
+detached, labels changed by a Nova rename, a stuck guest's timeouts series. With
+`relabel_configs` the planner's `Relabeler` rewrites every series of the cycle (stale markers
+included) and the agent's own (`add_own`); the tracker keeps to the series as built.
 """
 
 from __future__ import annotations
