@@ -76,6 +76,8 @@ class Agent:
             BuildInfo(), self, self.collection, self.spool, self.delivery.stats,
             self.planner.limits,
         ]  # fmt: skip
+        if self.planner.relabeler is not None:
+            self.reporters.append(self.planner.relabeler)
 
     @property
     def libvirt_up(self) -> bool:
@@ -123,7 +125,7 @@ class Agent:
         """Collect, add the agent's metrics, encode and spool one cycle; returns samples."""
         cycle = self.collect_cycle()
         self.cycles += 1
-        cycle.samples.extend(self.self_samples())
+        self.planner.add_own(cycle, self.self_samples())
         n = cycle.count()
         self.collected += n  # after the readings: the figure includes this cycle next time
         metadata = b""

@@ -16,6 +16,7 @@ from types import FrameType
 
 from pusher import __version__, config
 from pusher.agent import Agent, BuildInfo, own_samples
+from pusher.catalog import Reporter
 from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config, ConfigError
 from pusher.encode import exposition
@@ -126,8 +127,11 @@ def _dry_run(cfg: Config) -> int:
     try:
         snapshot = collection.collect()
         cycle = planner.cycle(snapshot, frozenset(collection.stuck), int(time.time() * 1000))
-        own = own_samples([BuildInfo(), collection, planner.limits], planner.external)
-        samples = cycle.all_samples() + own
+        reporters: list[Reporter] = [BuildInfo(), collection, planner.limits]
+        if planner.relabeler is not None:
+            reporters.append(planner.relabeler)
+        planner.add_own(cycle, own_samples(reporters, planner.external))
+        samples = cycle.all_samples()
     finally:
         collection.close()
     sys.stdout.write(exposition(samples))

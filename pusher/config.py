@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from pusher import catalog
+from pusher import catalog, relabel
 from pusher.secrets import MAX_SECRET_BYTES, REDACTED, read_secret, redact_url, valid_token
 
 __all__ = [
@@ -380,6 +380,13 @@ def _label_drop(v: Any) -> tuple[str, ...]:
     return out
 
 
+def _relabel_configs(v: Any) -> tuple[relabel.Rule, ...]:
+    try:
+        return relabel.parse_rules(v)
+    except relabel.RuleError as e:
+        raise ConfigError(f"relabel_configs{e.where}", e.message) from None
+
+
 def _protocol(v: Any) -> str:
     s = _str(v)
     if s not in ("v1", "v2", "auto"):
@@ -561,6 +568,8 @@ class Config:
     filter: FilterConfig = field(default_factory=FilterConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # Applied in order to every series sent (`pusher.relabel`).
+    relabel_configs: tuple[relabel.Rule, ...] = _key((), _relabel_configs)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace: float = _key(10.0, _duration)
 

@@ -4,7 +4,9 @@
 the domain's name, Nova data and stats keys stay the same) with this cycle's values, the Nova
 info series, the host series, and stale markers for the series that ended. `StaleTracker`
 remembers the last cycle's domains to know what ended: a domain that went away, a device
-detached, labels changed by a Nova rename, a stuck guest's timeouts series.
+detached, labels changed by a Nova rename, a stuck guest's timeouts series. With
+`relabel_configs` the planner's `Relabeler` rewrites every series of the cycle (stale markers
+included) and the agent's own (`add_own`); the tracker keeps to the series as built.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pusher.encode import STALE_NAN
 from pusher.filters import DomainFilter
 from pusher.host import HostStats
 from pusher.nova import NovaInstance
+from pusher.relabel import Relabeler, Rule
 
 __all__ = [
     "Cycle",
@@ -322,6 +325,7 @@ class Planner:
         drop: Iterable[str] = (),
         limits: LabelLimits | None = None,
         admits: Admits | None = None,
+        rules: Sequence[Rule] = (),
     ) -> None:
         self.series_labels = tuple(series_labels)
         self.external = external
@@ -330,6 +334,8 @@ class Planner:
         self.limits = limits or LabelLimits()
         self.admits = admits
         self.tracker = StaleTracker()
+        # `relabel_configs`, on every series sent; None without rules: no cost at all.
+        self.relabeler = Relabeler(rules, self.limits) if rules else None
         self.unknown_keys: set[str] = set()
         self._logged_unknown: set[str] = set()
 
@@ -348,18 +354,21 @@ class Planner:
             cfg.labels.drop,
             limits,
             domain_filter.admits if domain_filter else None,
+            cfg.relabel_configs,
         )
 
     def cycle(self, snapshot: Snapshot | None, stuck: frozenset[str], now_ms: int) -> Cycle:
         """One cycle's series; `None` when libvirt could not be read (nothing ends then).
         A stuck domain's stats (partial, if any) are left out: its series keep their last
         values at the receiver instead of being marked stale. Domains the filters exclude
-        (`filter.*`) are left out entirely: no series at all."""
+        (`filter.*`) are left out entirely: no series at all. With `relabel_configs` every
+        series is relabeled (the agent's own ones are added with `add_own`)."""
+        relabeled = 0
         if snapshot is None:
             cycle = Cycle(now_ms)
         else:
             cycle = Cycle(snapshot.ts_ms)
-            self._domain_series(cycle, snapshot, stuck)
+            relabeled = self._domain_series(cycle, snapshot, stuck)
         up = 1.0 if snapshot is not None else 0.0
         cycle.samples.append((("libvirt_up", (), self.external), up))
         if snapshot is not None:
@@ -367,9 +376,25 @@ class Planner:
             cycle.samples.append((("libvirt_domains", (), self.external), n))
             cycle.samples.extend(host_samples(snapshot.host, self.external, self.limits))
             cycle.samples.extend(host_stats_samples(snapshot.host_stats, self.external))
+        if self.relabeler is not None:
+            self.relabeler.begin()
+            rest = self.relabeler.samples(cycle.samples[relabeled:])
+            cycle.samples[relabeled:] = rest
+            # After the live series: a series that ended but whose labels a live one has
+            # now gets no stale marker.
+            cycle.ended = self.relabeler.ended(cycle.ended)
+            cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         return cycle
 
-    def _domain_series(self, cycle: Cycle, snapshot: Snapshot, stuck: frozenset[str]) -> None:
+    def add_own(self, cycle: Cycle, samples: Sequence[Sample]) -> None:
+        """The agent's own series into the cycle, relabeled like the others."""
+        if self.relabeler is not None:
+            samples = self.relabeler.samples(samples)
+        cycle.samples.extend(samples)
+
+    def _domain_series(self, cycle: Cycle, snapshot: Snapshot, stuck: frozenset[str]) -> int:
+        """The domains' series into `cycle`; returns how many of its samples (the first)
+        are relabeled already."""
         answered = [
             d for d in snapshot.domains
             if d.uuid not in stuck and (self.admits is None or self.admits(d.name, d.info.nova))
@@ -381,16 +406,23 @@ class Planner:
             self.series_labels, self.external, cache,
             self.unknown_keys, self.drop, self.limits,
         )  # fmt: skip
-        for d in answered:
-            ds = domains[d.uuid]
-            cycle.plans.append((ds.plan, ds.plan.values(d.stats)))
-            cycle.samples.extend(ds.extra)
+        series: Sequence[tuple[catalog.DomainPlan, Sequence[Sample]]] = [
+            (domains[d.uuid].plan, domains[d.uuid].extra) for d in answered
+        ]
+        if self.relabeler is not None:
+            series = self.relabeler.domains(series)
+        for d, (plan, extra) in zip(answered, series, strict=True):
+            cycle.plans.append((plan, plan.values(d.stats)))
+            cycle.samples.extend(extra)
+        relabeled = len(cycle.samples)
         self.tracker.keep_stuck(domains, stuck)
         timeouts, timeouts_ended = self.tracker.timeouts(domains)
         cycle.samples.extend(timeouts)
         cycle.ended = self.tracker.ended(domains) | timeouts_ended
-        cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
+        if self.relabeler is None:  # else marked once relabeled (`cycle`)
+            cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         self._log_unknown_keys()
+        return relabeled
 
     def adopt_limit(self, mimir_id: str, value: int) -> bool:
         """Keep to a tenant limit Mimir named in a rejection, when it is lower than ours:
@@ -407,6 +439,8 @@ class Planner:
         setattr(self.limits, attribute, value)
         self.external = catalog.label_pairs(dict(self.external), self.limits)
         self._replan = True
+        if self.relabeler is not None:
+            self.relabeler.clear()
         return True
 
     def _log_unknown_keys(self) -> None:

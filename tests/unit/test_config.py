@@ -134,6 +134,9 @@ limits:
   max_label_names_per_series: 40
   max_label_name_length: 200
   max_label_value_length: 1000
+relabel_configs:
+  - source_labels: [project_uuid]
+    target_label: project_id
 remote_write:
   url: https://mimir.example.com/api/v1/push
   tenant: edge-eu-1
@@ -232,6 +235,9 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.limits.max_label_names_per_series == 40
     assert cfg.limits.max_label_name_length == 200
     assert cfg.limits.max_label_value_length == 1000
+    assert [(r.action, r.source_labels, r.target) for r in cfg.relabel_configs] == [
+        ("replace", ("project_uuid",), ("project_id",))
+    ]
     assert cfg.log.level == "debug"
     assert cfg.shutdown_grace == 2.5
     bearer = parse(FULL_BEARER, pki_env)

@@ -15,7 +15,7 @@ from test_series import WEB, FakeCollector, domain, stats
 from pusher.agent import Agent
 from pusher.config import Config, from_mapping
 from pusher.delivery import Backoff, Delivery, ProtocolMemory, RejectionLog
-from pusher.encode import Encoder, EncoderV2, decompress, v2_to_v1
+from pusher.encode import Encoder, EncoderV2, decompress, is_stale, v2_to_v1
 from pusher.nova import DomainInfo
 from pusher.pb.remote_write_pb2 import WriteRequest
 from pusher.sender import Outcome
@@ -351,3 +351,51 @@ def test_ended_series_leave_the_encoders_cache(spool: Spool) -> None:
     agent.run_cycle()  # u2 gone: stale markers written, then forgotten
     agent.run_cycle()
     assert agent.encoder.cached_series() <= with_both - 5  # u2 had 5 series
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_relabeled_cycles_are_sent_whole_with_their_stale_markers(
+    spool: Spool, protocol: str
+) -> None:
+    # relabel_configs: no `host` anywhere, the Nova instance name as `vm`, no vCPU series.
+    rules = [
+        {"action": "labeldrop", "regex": "host"},
+        {"source_labels": ["instance_name"], "target_label": "vm"},
+        {"action": "drop", "source_labels": ["__name__"], "regex": "libvirt_domain_vcpu_.*"},
+    ]
+    cfg = from_mapping({"remote_write": {"url": "http://127.0.0.1:9/push", "protocol": protocol,
+                                         "max_sample_age": "0s"},
+                        "relabel_configs": rules}, {}, "h1")  # fmt: skip
+    collector = FakeCollector([
+        [domain("u1", stats(), WEB), domain("u2", stats(disks=2), WEB)],
+        [domain("u1", stats(), WEB)],
+        [domain("u1", stats(), WEB)],
+    ])  # fmt: skip
+    t = ScriptedTransport(OK)
+    agent = Agent(cfg, t, spool, collector)  # type: ignore[arg-type]
+    collected = [agent.run_cycle() for _ in range(3)]
+    assert agent.drain_once(time.monotonic() + 5)
+    assert agent.delivery.stats.sent == sum(collected)  # every sample the cycles had
+    series: list[dict[str, str]] = []
+    stale: list[dict[str, str]] = []
+    for body, _, proto in t.sent:
+        raw = decompress(body)
+        request = WriteRequest.FromString(raw if proto == 1 else decompress(v2_to_v1(body)))
+        for ts in request.timeseries:
+            labels = {lab.name: lab.value for lab in ts.labels}
+            series.append(labels)
+            if any(is_stale(s.value) for s in ts.samples):
+                stale.append(labels)
+    assert series and not [s for s in series if "host" in s]
+    assert not [s for s in series if s["__name__"].startswith("libvirt_domain_vcpu_")]
+    domain_series = [s for s in series if s["__name__"].startswith("libvirt_domain_")]
+    assert all(s["vm"] == "web-1" for s in domain_series)
+    # u2 ended: its series' stale markers carry the relabeled labels (its vCPU series, never
+    # sent, get none).
+    assert {s["uuid"] for s in stale} == {"u2"}
+    assert all(s["vm"] == "web-1" and "host" not in s for s in stale)
+    assert not [s for s in stale if s["__name__"].startswith("libvirt_domain_vcpu_")]
+    dropped = [s for s in series if s["__name__"] == "pusher_relabel_dropped_samples_total"]
+    assert {s["reason"] for s in dropped} == {"rule", "invalid_name", "duplicate"}
+    if protocol == "v1":  # it forgot the ended series by the keys it had cached them under
+        assert agent.encoder.cached_series() == collected[-1]
