@@ -21,7 +21,8 @@ from pusher.config import Config
 from pusher.encode import STALE_NAN
 from pusher.filters import DomainFilter
 from pusher.host import HostStats
-from pusher.nova import NovaInstance
+from pusher.jobs import JobSeries
+from pusher.nova import DomainInfo, NovaInstance
 
 __all__ = [
     "Cycle",
@@ -330,6 +331,7 @@ class Planner:
         self.limits = limits or LabelLimits()
         self.admits = admits
         self.tracker = StaleTracker()
+        self.jobs = JobSeries()  # finished jobs' counters (`pusher.jobs`)
         self.unknown_keys: set[str] = set()
         self._logged_unknown: set[str] = set()
 
@@ -388,9 +390,32 @@ class Planner:
         self.tracker.keep_stuck(domains, stuck)
         timeouts, timeouts_ended = self.tracker.timeouts(domains)
         cycle.samples.extend(timeouts)
-        cycle.ended = self.tracker.ended(domains) | timeouts_ended
+        jobs, jobs_ended = self._job_series(snapshot, domains)
+        cycle.samples.extend(jobs)
+        cycle.ended = self.tracker.ended(domains) | timeouts_ended | jobs_ended
         cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         self._log_unknown_keys()
+
+    def _job_series(
+        self, snapshot: Snapshot, domains: dict[str, DomainSeries]
+    ) -> tuple[list[Sample], set[SeriesKey]]:
+        """The finished jobs' counters (before the tracker forgets the last cycle). A domain
+        gone from libvirt keeps the labels it had last; one never seen (an incoming
+        migration that failed between two cycles) gets its identity and the external labels,
+        unless filters are set: they cannot judge a domain without its Nova data."""
+        present = {uuid: ds.plan.shared for uuid, ds in domains.items()}
+        excluded = {d.uuid for d in snapshot.domains} - present.keys()
+
+        def labels_of(uuid: str, name: str) -> LabelPairs | None:
+            last = self.tracker.domains.get(uuid)
+            if last is not None:
+                return last.plan.shared
+            if self.admits is not None:
+                return None
+            unseen = DomainStats(name, uuid, {}, DomainInfo())
+            return identity_labels(unseen, (), self.external, limits=self.limits)
+
+        return self.jobs.cycle(snapshot.finished_jobs, present, excluded, labels_of)
 
     def adopt_limit(self, mimir_id: str, value: int) -> bool:
         """Keep to a tenant limit Mimir named in a rejection, when it is lower than ours:
