@@ -740,6 +740,19 @@ def fit_own_labels(
 # --- docs --------------------------------------------------------------------------------
 
 
+# docs/metrics.md on the series counted from libvirt's job-completed event (`pusher.jobs`).
+_EVENT_NOTE = (
+    'The series whose key reads "job-completed event" count the jobs that ended (libvirt',
+    "reports each with an event; no call per cycle), so a live migration shorter than a",
+    "cycle is counted too. Each series starts at 0 one cycle before its first count; a",
+    "domain gone from libvirt (migrated away, deleted) keeps them for 10 cycles after its",
+    "last event, then they end. libvirt 9.0's QEMU driver sends the event for saves",
+    "(managed saves included), live migrations and backups, not for dumps or restores; only",
+    "a backup's event tells a failure or cancellation, the others come when QEMU finished.",
+    "",
+)
+
+
 def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
     """docs/metrics.md, generated from the table."""
     lines = [
@@ -766,13 +779,7 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "(read when a domain appears or libvirt reports a change): no libvirt call per cycle.",
         "Join them to the stats series on `uuid` and `target_device`.",
         "",
-        'The series whose key reads "job-completed event" count the jobs that ended (libvirt',
-        "reports each with an event; no call per cycle), so a live migration shorter than a",
-        "cycle is counted too. Each series starts at 0 one cycle before its first count; a",
-        "domain gone from libvirt (migrated away, deleted) keeps them for 10 cycles after its",
-        "last event, then they end. libvirt's QEMU driver reports a failed or cancelled backup",
-        "as `failed`, and sends the event for other operations only when they completed.",
-        "",
+        *_EVENT_NOTE,
         "| name | type | unit | labels | libvirt key | help |",
         "| --- | --- | --- | --- | --- | --- |",
     ]

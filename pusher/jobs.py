@@ -64,7 +64,10 @@ OPERATIONS = {
 }
 # virDomainJobType of a finished job -> the `result` label.
 _RESULTS = {3: "completed", 4: "failed", 5: "cancelled"}
-MS = 1e-3
+MS_PER_S = 1000.0  # time_elapsed is in milliseconds
+# The error message of a job that ended with `success` false because it was cancelled (QEMU's
+# ECANCELED); `virsh domjobinfo --completed` calls such a job "Cancelled".
+CANCELLED_MESSAGE = "Operation canceled"
 # The counters, in the order of a JobTotals' figures.
 JOB_METRICS = (
     "libvirt_domain_jobs_finished_total",
@@ -108,16 +111,16 @@ def _amount(value: object) -> float | None:
 
 def _result(params: Mapping[Any, Any]) -> str:
     """`type` when the event has it (virDomainJobType: completed, failed, cancelled), else
-    `success`. libvirt's QEMU driver sends `success` (false for a failed or cancelled job
-    alike) in a backup's event, neither in others', and sends those only for jobs that
-    completed."""
+    `success`, which libvirt's QEMU driver (9.0) sends for backups only: false for a failed
+    job, and for a cancelled one, which QEMU's error message then names. The driver's other
+    events (saves, migrations) carry neither: it sends them when QEMU finished its part."""
     result = _RESULTS.get(_int(params.get("type")) or -1)
     if result is not None:
         return result
     success = params.get("success")
-    if isinstance(success, bool | int):
-        return "completed" if success else "failed"
-    return "completed"
+    if not isinstance(success, bool | int) or success:
+        return "completed"
+    return "cancelled" if params.get("errmsg") == CANCELLED_MESSAGE else "failed"
 
 
 def parse_job(params: object) -> tuple[JobKey, float, float]:
@@ -133,7 +136,7 @@ def parse_job(params: object) -> tuple[JobKey, float, float]:
     if moved is None:
         parts = (_amount(params.get(k)) for k in ("memory_processed", "disk_processed"))
         moved = sum(p for p in parts if p is not None)
-    seconds = elapsed * MS if elapsed is not None else 0.0
+    seconds = elapsed / MS_PER_S if elapsed is not None else 0.0
     return (operation, _result(params)), seconds, moved
 
 

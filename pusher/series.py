@@ -2,9 +2,10 @@
 
 `Planner.cycle` turns a `Snapshot` into a `Cycle`: per domain a `DomainPlan` (cached while
 the domain's name, Nova data and stats keys stay the same) with this cycle's values, the Nova
-info series, the host series, and stale markers for the series that ended. `StaleTracker`
-remembers the last cycle's domains to know what ended: a domain that went away, a device
-detached, labels changed by a Nova rename, a stuck guest's timeouts series.
+info series, the host series, the finished jobs' counters (`pusher.jobs`), and stale
+markers for the series that ended. `StaleTracker` remembers the last cycle's domains to know
+what ended: a domain that went away, a device detached, labels changed by a Nova rename, a
+stuck guest's timeouts series.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from pusher.nova import DomainInfo, NovaInstance
 from pusher.series import Cycle, Planner
 
 # What libvirt 9.0's QEMU driver puts in the event's parameters (qemuDomainJobDataToParams):
-# a live migration (outgoing), a memory-only dump, and a backup that failed.
+# a live migration (outgoing), a memory-only dump (the 9.0 driver sends no event for dumps;
+# others may), a save (as measured here: `virsh save`), and a backup that failed.
 MIGRATION = {
     "operation": 5, "time_elapsed": 2345, "time_elapsed_net": 2300, "downtime": 40,
     "setup_time": 3, "data_total": 300_000_000, "data_processed": 280_000_000,
@@ -30,6 +31,14 @@ MIGRATION = {
 }  # fmt: skip
 DUMP = {"operation": 8, "time_elapsed": 1500, "memory_total": 67_108_864,
         "memory_processed": 67_108_864, "memory_remaining": 0}  # fmt: skip
+SAVE = {
+    "operation": 2, "time_elapsed": 52, "downtime": 45, "setup_time": 5,
+    "data_total": 67764224, "data_processed": 922913, "data_remaining": 0,
+    "memory_total": 67764224, "memory_processed": 922913, "memory_remaining": 0,
+    "memory_constant": 16355, "memory_normal": 189, "memory_normal_bytes": 774144,
+    "memory_dirty_rate": 0, "memory_iteration": 2, "memory_postcopy_requests": 0,
+    "memory_page_size": 4096,
+}  # fmt: skip
 FAILED_BACKUP = {"operation": 9, "time_elapsed": 800, "disk_total": 1 << 26,
                  "disk_processed": 1 << 20, "disk_remaining": (1 << 26) - (1 << 20),
                  "success": False, "errmsg": "No space left on device"}  # fmt: skip
@@ -46,10 +55,28 @@ def test_a_dump_counts_the_memory_it_wrote() -> None:
     assert parse_job(DUMP) == (("dump", "completed"), 1.5, 67_108_864.0)
 
 
+def test_a_save_counts_the_memory_it_wrote_as_a_migration_does() -> None:
+    assert parse_job(SAVE) == (("save", "completed"), 0.052, 922913.0)
+
+
 def test_a_backup_that_failed_counts_as_failed_with_the_disk_data_it_moved() -> None:
     assert parse_job(FAILED_BACKUP) == (("backup", "failed"), 0.8, float(1 << 20))
-    ok = {**FAILED_BACKUP, "success": True, "errmsg": None}
+    ok = {**FAILED_BACKUP, "success": True}
+    del ok["errmsg"]
     assert parse_job(ok)[0] == ("backup", "completed")
+
+
+def test_a_cancelled_backup_counts_as_cancelled() -> None:
+    # As libvirt 9.0 reports a push backup aborted with `virsh domjobabort` (measured).
+    aborted = {"operation": 9, "time_elapsed": 1807, "disk_total": 2147483648,
+               "disk_processed": 538968064, "disk_remaining": 1608515584, "success": False,
+               "errmsg": "Operation canceled"}  # fmt: skip
+    assert parse_job(aborted) == (("backup", "cancelled"), 1.807, 538968064.0)
+    # A pull backup ends with an abort too: libvirt calls it a success.
+    pulled = {"operation": 9, "time_elapsed": 2107, "disk_temp_used": 0,
+              "disk_temp_total": 1073741824, "success": True,
+              "errmsg": "Operation canceled"}  # fmt: skip
+    assert parse_job(pulled) == (("backup", "completed"), 2.107, 0.0)
 
 
 @pytest.mark.parametrize(
