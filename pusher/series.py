@@ -404,6 +404,8 @@ class Planner:
         gone from libvirt keeps the labels it had last; one never seen (an incoming
         migration that failed between two cycles) gets its identity and the external labels,
         unless filters are set: they cannot judge a domain without its Nova data."""
+        if not snapshot.finished_jobs:  # the usual cycle: ends what there was, if anything
+            return self.jobs.cycle({}, {}, (), lambda _uuid, _name: None)
         present = {uuid: ds.plan.shared for uuid, ds in domains.items()}
         excluded = {d.uuid for d in snapshot.domains} - present.keys()
 
