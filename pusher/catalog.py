@@ -25,6 +25,7 @@ __all__ = [
     "CATALOG",
     "DERIVED_KEYS",
     "DEVICE_PREFIXES",
+    "EVENT_SERIES",
     "XML_DETAIL_LABELS",
     "XML_SERIES",
     "DomainPlan",
@@ -289,6 +290,10 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}job_disk_remaining_bytes", "gauge", "bytes", "Disk data the current job has still to transfer.", "job.disk_remaining"),
     _m(f"{_D}job_disk_bytes_per_second", "gauge", "bytes_per_second", "Rate at which the current job transfers disk data, in bytes per second.", "job.disk_bps"),
     _m(f"{_D}job_auto_converge_throttle_ratio", "gauge", "", "Share of the guest's CPU time the migration's auto-converge takes away (0 to 1).", "job.auto_converge_throttle", 0.01),
+    # --- finished jobs (libvirt's job-completed event: no call per cycle; pusher.jobs)
+    _m(f"{_D}jobs_finished_total", "counter", "", "Jobs of the domain that ended (live migrations out and in, saves, dumps, backups), by operation and result (completed, failed, cancelled), as libvirt's job-completed event reports them.", labels=("operation", "result")),
+    _m(f"{_D}jobs_finished_seconds_total", "counter", "seconds", "Time the domain's ended jobs took from start to end (time_elapsed); divided by jobs_finished_total, their mean duration.", labels=("operation", "result")),
+    _m(f"{_D}jobs_finished_bytes_total", "counter", "bytes", "Data the domain's ended jobs transferred, memory and disks (data_processed, or memory_processed plus disk_processed).", labels=("operation", "result")),
     # --- iothread (optional group)
     _m(f"{_D}iothreads", "gauge", "", "Number of IOThreads of the domain.", "iothread.count"),
     _m(f"{_D}iothread_poll_max_seconds", "gauge", "seconds", "Longest time the IOThread polls for work before it sleeps (0 when polling is off).", "iothread.<n>.poll-max-ns", NS),
@@ -338,6 +343,10 @@ CATALOG: tuple[Metric, ...] = (
 # Series read off the cached domain XML (`pusher.devices`), not from a stats key.
 XML_SERIES = frozenset({"libvirt_domain_interface_info", "libvirt_domain_block_info",
                         *IOTUNE.values()})  # fmt: skip
+# Series counted from libvirt's job-completed event (`pusher.jobs`), not from a stats key.
+EVENT_SERIES = frozenset({"libvirt_domain_jobs_finished_total",
+                          "libvirt_domain_jobs_finished_seconds_total",
+                          "libvirt_domain_jobs_finished_bytes_total"})  # fmt: skip
 # Labels of the XML series that only add detail: `labels.drop` may name them, and a series
 # that would carry too many label names loses them first.
 XML_DETAIL_LABELS = tuple(dict.fromkeys(
@@ -732,6 +741,19 @@ def fit_own_labels(
 # --- docs --------------------------------------------------------------------------------
 
 
+# docs/metrics.md on the series counted from libvirt's job-completed event (`pusher.jobs`).
+_EVENT_NOTE = (
+    'The series whose key reads "job-completed event" count the jobs that ended (libvirt',
+    "reports each with an event; no call per cycle), so a live migration shorter than a",
+    "cycle is counted too. Each series starts at 0 one cycle before its first count; a",
+    "domain gone from libvirt (migrated away, deleted) keeps them for 10 cycles after its",
+    "last event, then they end. libvirt 9.0's QEMU driver sends the event for saves",
+    "(managed saves included), live migrations and backups, not for dumps or restores; only",
+    "a backup's event tells a failure or cancellation, the others come when QEMU finished.",
+    "",
+)
+
+
 def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
     """docs/metrics.md, generated from the table."""
     lines = [
@@ -759,6 +781,7 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "(read when a domain appears or libvirt reports a change): no libvirt call per cycle.",
         "Join them to the stats series on `uuid` and `target_device`.",
         "",
+        *_EVENT_NOTE,
         "| name | type | unit | labels | libvirt key | help |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -767,6 +790,8 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         source = f"`{m.source}`" if m.source else m.scope
         if m.name in XML_SERIES:
             source = "domain XML"
+        if m.name in EVENT_SERIES:
+            source = "job-completed event"
         if m.source in DERIVED_KEYS:
             source = " minus ".join(f"`{k}`" for k in DERIVED_KEYS[m.source])
         lines.append(

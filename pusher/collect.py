@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import libvirt
@@ -26,6 +26,7 @@ from pusher.catalog import Reading, add_derived, reading
 from pusher.config import DEFAULT_STATS_GROUPS, Config
 from pusher.filters import DomainFilter
 from pusher.host import HostLayout, HostStats, read_host_stats, read_layout
+from pusher.jobs import DomainJobs, JobTally
 from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
 
 __all__ = [
@@ -231,6 +232,8 @@ class Snapshot:
     xml_fetches: int  # domain XML documents read this cycle
     host: HostInfo | None = None
     host_stats: HostStats | None = None  # `collect.host_stats`: None when off or not read
+    # uuid -> the domain's finished jobs, from libvirt's job-completed event (`pusher.jobs`)
+    finished_jobs: dict[str, DomainJobs] = field(default_factory=dict)
 
 
 _event_loop_lock = threading.Lock()
@@ -521,6 +524,7 @@ class Collector:
         self._callback_ids: list[int] = []
         self._domains = DomainInfoCache(refresh_interval)
         self._follow_ups = FollowUpCalls(self._is_exported)
+        self.jobs = JobTally()  # finished jobs, counted across reconnections
         # (domain name, Nova data) -> whether the domain is exported (`filter.*`): domains
         # left out get no per-domain calls (partial re-asks, job info).
         self.exported = exported or (lambda name, nova: True)
@@ -587,6 +591,7 @@ class Collector:
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._domains.on_xml_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._domains.on_xml_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE, self._domains.on_xml_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self.jobs.on_job_completed),
         )
         for event_id, callback in events:
             try:
@@ -645,8 +650,9 @@ class Collector:
             domains.append(DomainStats(dom.name(), uuid, stats, info))
         self._domains.retain(seen)
         self._follow_ups.retain(seen)
+        self.jobs.retain(seen)
         host = read_host_stats(conn, self.layout) if self.host_stats else None
-        return Snapshot(ts_ms, domains, duration, fetches, self.host, host)
+        return Snapshot(ts_ms, domains, duration, fetches, self.host, host, self.jobs.totals())
 
     def _is_exported(self, dom: Any) -> bool:
         """Whether the filters export this domain, judged on the Nova data already read
@@ -697,7 +703,9 @@ class Collector:
                     stats = self._follow_ups.with_job(uuid, stats)
                 add_derived(stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
-        return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck
+        took = time.monotonic() - start
+        snapshot = Snapshot(ts_ms, domains, took, fetches, self.host, None, self.jobs.totals())
+        return snapshot, stuck
 
     def _alive(self) -> bool:
         try:

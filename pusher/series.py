@@ -2,11 +2,12 @@
 
 `Planner.cycle` turns a `Snapshot` into a `Cycle`: per domain a `DomainPlan` (cached while
 the domain's name, Nova data and stats keys stay the same) with this cycle's values, the Nova
-info series, the host series, and stale markers for the series that ended. `StaleTracker`
-remembers the last cycle's domains to know what ended: a domain that went away, a device
-detached, labels changed by a Nova rename, a stuck guest's timeouts series. With
-`relabel_configs` the planner's `Relabeler` rewrites every series of the cycle (stale markers
-included) and the agent's own (`add_own`); the tracker keeps to the series as built.
+info series, the host series, the finished jobs' counters (`pusher.jobs`), and stale
+markers for the series that ended. `StaleTracker` remembers the last cycle's domains to know
+what ended: a domain that went away, a device detached, labels changed by a Nova rename, a
+stuck guest's timeouts series. With `relabel_configs` the planner's `Relabeler` rewrites every
+series of the cycle (stale markers included) and the agent's own (`add_own`); the tracker
+keeps to the series as built.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pusher.config import Config
 from pusher.encode import STALE_NAN
 from pusher.filters import DomainFilter
 from pusher.host import HostStats
-from pusher.nova import NovaInstance
+from pusher.jobs import JobSeries
+from pusher.nova import DomainInfo, NovaInstance
 from pusher.relabel import Relabeler, Rule
 
 __all__ = [
@@ -336,6 +338,7 @@ class Planner:
         self.tracker = StaleTracker()
         # `relabel_configs`, on every series sent; None without rules: no cost at all.
         self.relabeler = Relabeler(rules, self.limits) if rules else None
+        self.jobs = JobSeries()  # finished jobs' counters (`pusher.jobs`)
         self.unknown_keys: set[str] = set()
         self._logged_unknown: set[str] = set()
 
@@ -418,11 +421,36 @@ class Planner:
         self.tracker.keep_stuck(domains, stuck)
         timeouts, timeouts_ended = self.tracker.timeouts(domains)
         cycle.samples.extend(timeouts)
-        cycle.ended = self.tracker.ended(domains) | timeouts_ended
+        jobs, jobs_ended = self._job_series(snapshot, domains)
+        cycle.samples.extend(jobs)
+        cycle.ended = self.tracker.ended(domains) | timeouts_ended | jobs_ended
         if self.relabeler is None:  # else marked once relabeled (`cycle`)
             cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         self._log_unknown_keys()
         return relabeled
+
+    def _job_series(
+        self, snapshot: Snapshot, domains: dict[str, DomainSeries]
+    ) -> tuple[list[Sample], set[SeriesKey]]:
+        """The finished jobs' counters (before the tracker forgets the last cycle). A domain
+        gone from libvirt keeps the labels it had last; one never seen (an incoming
+        migration that failed between two cycles) gets its identity and the external labels,
+        unless filters are set: they cannot judge a domain without its Nova data."""
+        if not snapshot.finished_jobs:  # the usual cycle: ends what there was, if anything
+            return self.jobs.cycle({}, {}, (), lambda _uuid, _name: None)
+        present = {uuid: ds.plan.shared for uuid, ds in domains.items()}
+        excluded = {d.uuid for d in snapshot.domains} - present.keys()
+
+        def labels_of(uuid: str, name: str) -> LabelPairs | None:
+            last = self.tracker.domains.get(uuid)
+            if last is not None:
+                return last.plan.shared
+            if self.admits is not None:
+                return None
+            unseen = DomainStats(name, uuid, {}, DomainInfo())
+            return identity_labels(unseen, (), self.external, limits=self.limits)
+
+        return self.jobs.cycle(snapshot.finished_jobs, present, excluded, labels_of)
 
     def adopt_limit(self, mimir_id: str, value: int) -> bool:
         """Keep to a tenant limit Mimir named in a rejection, when it is lower than ours:
