@@ -112,6 +112,7 @@ class Metric:
 # The own labels of a device's series, by the source key's prefix (the part before "<n>").
 _DEVICE_LABEL_NAMES: dict[str, tuple[str, ...]] = {
     "vcpu": ("vcpu",),
+    "placement": ("vcpu",),
     "net": ("target_device", "port_id"),
     "block": ("target_device", "source_file", "volume_id"),
     "iothread": ("iothread",),
@@ -176,6 +177,12 @@ CATALOG: tuple[Metric, ...] = (
     _m("libvirt_node_memory_buffers_bytes", "gauge", "bytes", "Memory of the host in block device buffers (Buffers).", scope="host"),
     _m("libvirt_node_memory_cached_bytes", "gauge", "bytes", "Memory of the host in the page cache (Cached).", scope="host"),
     _m("libvirt_node_hugepages_free", "gauge", "", "Free huge pages of this size on this NUMA node of the host.", labels=("numa_node", "page_size_bytes"), scope="host"),
+    # --- storage pools (collect.storage_pools: a list call and one or two calls per pool per cycle)
+    _m("libvirt_storage_pool_state_code", "gauge", "", "State of the storage pool as libvirt's virStoragePoolState number (0 inactive, 1 building, 2 running, 3 degraded, 4 inaccessible).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
+    _m("libvirt_storage_pool_capacity_bytes", "gauge", "bytes", "Size of the storage pool as of its last refresh (running or degraded pools only).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
+    _m("libvirt_storage_pool_allocation_bytes", "gauge", "bytes", "Space of the storage pool allocated to volumes or otherwise in use, as of its last refresh (running or degraded pools only).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
+    _m("libvirt_storage_pool_available_bytes", "gauge", "bytes", "Space of the storage pool free for new volumes, as of its last refresh (running or degraded pools only).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
+    _m("libvirt_storage_pool_volumes", "gauge", "", "Number of volumes libvirt knows in the storage pool, as of its last refresh (active pools only).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
     _m("libvirt_versions_info", "gauge", "", "Versions of libvirt and of the hypervisor; the value is always 1.", labels=("libvirt_version", "hypervisor", "hypervisor_version"), scope="host"),
     # --- state
     _m(f"{_D}state_code", "gauge", "", "Domain state as libvirt's virDomainState number (1 running, 3 paused, 5 shut off).", "state.state"),
@@ -217,6 +224,10 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}vcpu_wait_seconds_total", "counter", "seconds", "Time the virtual CPU wanted to run but waited, outside the guest's control.", "vcpu.<n>.wait", NS),
     _m(f"{_D}vcpu_delay_seconds_total", "counter", "seconds", "Time the virtual CPU was runnable but waited for a host CPU (steal time).", "vcpu.<n>.delay", NS),
     _m(f"{_D}vcpu_halted", "gauge", "", "Whether the virtual CPU is halted (1) or not (0).", "vcpu.<n>.halted"),
+    # --- vCPU placement (collect.vcpu_placement: one virDomainGetVcpus call per live domain)
+    _m(f"{_D}vcpu_cpu", "gauge", "", "Host CPU the virtual CPU last ran on (its number, as in /proc/cpuinfo).", "placement.<n>.cpu"),
+    _m(f"{_D}vcpu_affinity_cpus", "gauge", "", "Number of host CPUs the virtual CPU may run on: all of the host's unless it is pinned.", "placement.<n>.affinity_cpus"),
+    _m(f"{_D}vcpu_pinned_cpu", "gauge", "", "Host CPU the virtual CPU is pinned to, when it may run on exactly one (no series otherwise).", "placement.<n>.pinned_cpu"),
     # --- interface
     _m(f"{_D}interface_info", "gauge", "", "A network interface as the domain XML describes it (join on uuid and target_device); the value is always 1.", labels=("target_device", "interface_mac", "interface_model", "interface_type", "interface_source", "interface_mtu", "port_id")),
     _m(f"{_D}interfaces", "gauge", "", "Number of network interfaces of the domain.", "net.count"),
@@ -611,7 +622,7 @@ def _device_labels(
     limits: LabelLimits | None = None,
 ) -> LabelPairs:
     index = indices[0]
-    if prefix in ("vcpu", "dirtyrate.vcpu"):
+    if prefix in ("vcpu", "dirtyrate.vcpu", "placement"):
         return (("vcpu", index),)
     if prefix == "iothread":
         return (("iothread", index),)
@@ -731,6 +742,22 @@ def fit_own_labels(
 # --- docs --------------------------------------------------------------------------------
 
 
+# docs/metrics.md on the series that a switch adds.
+_SWITCHED_SERIES = (
+    "The storage pool series (`libvirt_storage_pool_*`, labelled with the pool's name,",
+    "UUID and type) come only with `collect.storage_pools: true`: a list call and one or",
+    "two calls per pool each cycle, figures as of the pool's last refresh (the read-only",
+    "connection cannot refresh). The state is a gauge holding libvirt's number, as",
+    "`libvirt_domain_state_code` does; sizes only for running or degraded pools, the",
+    "volume count only for active ones.",
+    "",
+    "The vCPU placement series (`libvirt_domain_vcpu_cpu`, `…_affinity_cpus`,",
+    "`…_pinned_cpu`) come only with `collect.vcpu_placement: true`: one",
+    "`virDomainGetVcpus` call per running or paused domain each cycle.",
+    "",
+)
+
+
 def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
     """docs/metrics.md, generated from the table."""
     lines = [
@@ -753,6 +780,7 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "with `collect.host_stats: true`: off by default, as its three libvirt calls cost",
         "libvirtd about 0.7 ms of CPU per cycle.",
         "",
+        *_SWITCHED_SERIES,
         'The series whose key reads "domain XML" come from the domain XML the agent caches',
         "(read when a domain appears or libvirt reports a change): no libvirt call per cycle.",
         "Join them to the stats series on `uuid` and `target_device`.",
@@ -765,6 +793,8 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         source = f"`{m.source}`" if m.source else m.scope
         if m.name in XML_SERIES:
             source = "domain XML"
+        if m.source.startswith("placement."):
+            source = "`virDomainGetVcpus`"
         if m.source in DERIVED_KEYS:
             source = " minus ".join(f"`{k}`" for k in DERIVED_KEYS[m.source])
         lines.append(

@@ -27,6 +27,8 @@ from pusher.config import DEFAULT_STATS_GROUPS, Config
 from pusher.filters import DomainFilter
 from pusher.host import HostLayout, HostStats, read_host_stats, read_layout
 from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
+from pusher.placement import read_placement
+from pusher.pools import PoolStats, StoragePools
 
 __all__ = [
     "Collector",
@@ -231,6 +233,7 @@ class Snapshot:
     xml_fetches: int  # domain XML documents read this cycle
     host: HostInfo | None = None
     host_stats: HostStats | None = None  # `collect.host_stats`: None when off or not read
+    pools: tuple[PoolStats, ...] | None = None  # `collect.storage_pools`: None when off
 
 
 _event_loop_lock = threading.Lock()
@@ -507,7 +510,13 @@ class Collector:
         job_info: bool = False,
         exported: Callable[[str, NovaInstance | None], bool] | None = None,
         host_stats: bool = False,
+        storage_pools: bool = False,
+        vcpu_placement: bool = False,
     ) -> None:
+        # `collect.storage_pools`: a list call and one or two calls per pool per cycle
+        self.pools = StoragePools() if storage_pools else None
+        # `collect.vcpu_placement`: a virDomainGetVcpus call per live exported domain
+        self.vcpu_placement = vcpu_placement
         self.job_info = job_info  # `collect.job_info`: a jobStats call per live domain
         self.host_stats = host_stats  # `collect.host_stats`: three node calls per cycle
         self.layout = HostLayout()  # the host's huge page sizes and NUMA nodes
@@ -539,6 +548,8 @@ class Collector:
             job_info=cfg.collect.job_info,
             exported=domain_filter.admits if domain_filter else None,
             host_stats=cfg.collect.host_stats,
+            storage_pools=cfg.collect.storage_pools,
+            vcpu_placement=cfg.collect.vcpu_placement,
         )
 
     def readings(self) -> list[Reading]:
@@ -641,12 +652,21 @@ class Collector:
             seen.add(uuid)
             info, fetched = self._domains.info(dom, uuid, now)
             fetches += fetched
+            if self.vcpu_placement:
+                stats = self._with_placement(dom, stats)
             add_derived(stats)
             domains.append(DomainStats(dom.name(), uuid, stats, info))
         self._domains.retain(seen)
         self._follow_ups.retain(seen)
         host = read_host_stats(conn, self.layout) if self.host_stats else None
-        return Snapshot(ts_ms, domains, duration, fetches, self.host, host)
+        pools = self.pools.read(conn) if self.pools is not None else None
+        return Snapshot(ts_ms, domains, duration, fetches, self.host, host, pools)
+
+    def _with_placement(self, dom: Any, stats: dict[str, Any]) -> dict[str, Any]:
+        """A live exported domain's record with its vCPU placement (`placement.<n>.*`)."""
+        if stats.get("state.state") not in LIVE_STATES or not self._is_exported(dom):
+            return stats
+        return {**stats, **read_placement(dom)}
 
     def _is_exported(self, dom: Any) -> bool:
         """Whether the filters export this domain, judged on the Nova data already read

@@ -451,6 +451,8 @@ class CollectConfig:
     groups: tuple[str, ...] = _key(DEFAULT_STATS_GROUPS, _stats_groups)
     job_info: bool = _key(False, _bool)
     host_stats: bool = _key(False, _bool)
+    storage_pools: bool = _key(False, _bool)
+    vcpu_placement: bool = _key(False, _bool)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ def test_empty_document_gives_the_documented_defaults() -> None:
     assert cfg.collect.groups == ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
     assert cfg.collect.job_info is False
     assert cfg.collect.host_stats is False
+    assert cfg.collect.storage_pools is False
+    assert cfg.collect.vcpu_placement is False
     assert cfg.filter.projects.include == cfg.filter.projects.exclude == ()
     assert cfg.filter.domains.include == cfg.filter.domains.exclude == ()
     assert cfg.labels.drop == ()
@@ -121,6 +123,8 @@ collect:
   groups: [state, cpu_total, perf, iothread, memory, dirtyrate]
   job_info: true
   host_stats: true
+  storage_pools: true
+  vcpu_placement: true
 filter:
   projects:
     include: [demo, 9f1c4e8a-0000-4000-8000-000000000001]
@@ -221,9 +225,12 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.buffer.fsync is False
     assert cfg.nova.series_labels == ("instance_name", "flavor_id", "image_uuid")
     assert cfg.nova.refresh_interval == 5400.0
-    assert cfg.collect.groups == ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
+    groups = ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
+    assert cfg.collect.groups == groups
     assert cfg.collect.job_info is True
     assert cfg.collect.host_stats is True
+    assert cfg.collect.storage_pools is True
+    assert cfg.collect.vcpu_placement is True
     assert cfg.filter.projects.include == ("demo", "9f1c4e8a-0000-4000-8000-000000000001")
     assert cfg.filter.projects.exclude == ("scratch",)
     assert cfg.filter.domains.include == ("instance-[0-9a-f]{8}",)
