@@ -26,6 +26,7 @@ from pusher.catalog import Reading, add_derived, reading
 from pusher.config import DEFAULT_STATS_GROUPS, Config
 from pusher.filters import DomainFilter
 from pusher.host import HostLayout, HostStats, read_host_stats, read_layout
+from pusher.kvm import add_vcpu_totals
 from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
 from pusher.placement import read_placement
 from pusher.pools import PoolStats, StoragePools
@@ -522,6 +523,8 @@ class Collector:
         self.layout = HostLayout()  # the host's huge page sizes and NUMA nodes
         self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
         self.flags = stats_flags(self.groups)
+        # the vm group: a KVM guest's per-vCPU KVM statistics, summed per guest, join its own
+        self.kvm_totals = "vm" in self.groups
         self.partial_wait = partial_wait
         self.uri = uri
         self.clock = clock
@@ -654,6 +657,8 @@ class Collector:
             fetches += fetched
             if self.vcpu_placement:
                 stats = self._with_placement(dom, stats)
+            if self.kvm_totals:
+                add_vcpu_totals(stats)
             add_derived(stats)
             domains.append(DomainStats(dom.name(), uuid, stats, info))
         self._domains.retain(seen)
@@ -715,6 +720,8 @@ class Collector:
                 fetches += fetched
                 if self.job_info:  # no job calls here: the last answer stands
                     stats = self._follow_ups.with_job(uuid, stats)
+                if self.kvm_totals:
+                    add_vcpu_totals(stats)
                 add_derived(stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
         return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck

@@ -120,7 +120,7 @@ libvirt:
 collect:
   interval: 1m
   timeout: 45s
-  groups: [state, cpu_total, perf, iothread, memory, dirtyrate]
+  groups: [state, cpu_total, perf, iothread, memory, dirtyrate, vm]
   job_info: true
   host_stats: true
   storage_pools: true
@@ -225,7 +225,7 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.buffer.fsync is False
     assert cfg.nova.series_labels == ("instance_name", "flavor_id", "image_uuid")
     assert cfg.nova.refresh_interval == 5400.0
-    groups = ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
+    groups = ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate", "vm")
     assert cfg.collect.groups == groups
     assert cfg.collect.job_info is True
     assert cfg.collect.host_stats is True
@@ -482,7 +482,7 @@ def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) 
         ("filter: {domains: {exclude: ['[a-']}}", "filter.domains.exclude"),
         ("filter: {domains: [a]}", "filter.domains"),
         ("collect: {groups: [state, cpu]}", "collect.groups"),
-        ("collect: {groups: [state, vm]}", "collect.groups"),
+        ("collect: {groups: [state, kvm]}", "collect.groups"),
         ("collect: {groups: [cpu_total, block]}", "collect.groups"),  # no state
         ("collect: {groups: []}", "collect.groups"),
         ("collect: {job_info: maybe}", "collect.job_info"),
