@@ -8,6 +8,9 @@ How a sample travels, one module per stage:
                 fetched once per domain
     host        the node's capacity (CPU by mode, memory, free huge pages), with
                 collect.host_stats: three calls a cycle
+    pools       the host's storage pools, with collect.storage_pools: a list call and one
+                or two calls per pool a cycle
+    placement   where each vCPU runs, with collect.vcpu_placement: a call per running domain
     nova        Nova's <nova:instance> metadata -> NovaInstance (pure, cached by UUID)
     devices     the domain XML's NICs and disks -> info series and I/O limits (pure)
     filters     which domains are exported (pure)

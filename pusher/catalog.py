@@ -113,6 +113,7 @@ class Metric:
 # The own labels of a device's series, by the source key's prefix (the part before "<n>").
 _DEVICE_LABEL_NAMES: dict[str, tuple[str, ...]] = {
     "vcpu": ("vcpu",),
+    "placement": ("vcpu",),
     "net": ("target_device", "port_id"),
     "block": ("target_device", "source_file", "volume_id"),
     "iothread": ("iothread",),
@@ -138,6 +139,20 @@ def _m(
         if "<i>" in source:
             labels = (*labels, _SUB_INDEX[prefix][1])
     return Metric(name, type_, unit, help_, labels, source, scale, scope)  # type: ignore[arg-type]
+
+
+def _kvm(stat: str, kind: str, help_: str, vcpu: bool = False) -> Metric:
+    """A KVM statistic (`pusher.kvm`): `kind` is libvirt's suffix (sum: a counter; cur, max:
+    gauges); a name in `_ns` is a time, in seconds here. `vcpu`: per vCPU in libvirt, summed
+    over the guest's vCPUs by the agent (`vm.vcpus.<name>.<kind>`)."""
+    base, scale, unit = stat, 1.0, ""
+    if stat.endswith("_ns"):
+        base, scale, unit = stat.removesuffix("_ns") + "_seconds", NS, "seconds"
+    name = f"libvirt_domain_kvm_{base}" + ("_total" if kind == "sum" else "")
+    source = f"vm.{'vcpus.' if vcpu else ''}{stat}.{kind}"
+    if vcpu and kind != "cur":
+        help_ = help_.removesuffix(".") + ", all vCPUs together."
+    return _m(name, "counter" if kind == "sum" else "gauge", unit, help_, source, scale)
 
 
 def _iotune_help(element: str) -> str:
@@ -177,6 +192,12 @@ CATALOG: tuple[Metric, ...] = (
     _m("libvirt_node_memory_buffers_bytes", "gauge", "bytes", "Memory of the host in block device buffers (Buffers).", scope="host"),
     _m("libvirt_node_memory_cached_bytes", "gauge", "bytes", "Memory of the host in the page cache (Cached).", scope="host"),
     _m("libvirt_node_hugepages_free", "gauge", "", "Free huge pages of this size on this NUMA node of the host.", labels=("numa_node", "page_size_bytes"), scope="host"),
+    # --- storage pools (collect.storage_pools: a list call and one or two calls per pool per cycle)
+    _m("libvirt_storage_pool_state_code", "gauge", "", "State of the storage pool as libvirt's virStoragePoolState number (0 inactive, 1 building, 2 running, 3 degraded, 4 inaccessible).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
+    _m("libvirt_storage_pool_capacity_bytes", "gauge", "bytes", "Size of the storage pool as of its last refresh (running or degraded pools only).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
+    _m("libvirt_storage_pool_allocation_bytes", "gauge", "bytes", "Space of the storage pool allocated to volumes or otherwise in use, as of its last refresh (running or degraded pools only).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
+    _m("libvirt_storage_pool_available_bytes", "gauge", "bytes", "Space of the storage pool free for new volumes, as of its last refresh (running or degraded pools only).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
+    _m("libvirt_storage_pool_volumes", "gauge", "", "Number of volumes libvirt knows in the storage pool, as of its last refresh (active pools only).", labels=("pool", "pool_uuid", "pool_type"), scope="host"),
     _m("libvirt_versions_info", "gauge", "", "Versions of libvirt and of the hypervisor; the value is always 1.", labels=("libvirt_version", "hypervisor", "hypervisor_version"), scope="host"),
     # --- state
     _m(f"{_D}state_code", "gauge", "", "Domain state as libvirt's virDomainState number (1 running, 3 paused, 5 shut off).", "state.state"),
@@ -218,6 +239,10 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}vcpu_wait_seconds_total", "counter", "seconds", "Time the virtual CPU wanted to run but waited, outside the guest's control.", "vcpu.<n>.wait", NS),
     _m(f"{_D}vcpu_delay_seconds_total", "counter", "seconds", "Time the virtual CPU was runnable but waited for a host CPU (steal time).", "vcpu.<n>.delay", NS),
     _m(f"{_D}vcpu_halted", "gauge", "", "Whether the virtual CPU is halted (1) or not (0).", "vcpu.<n>.halted"),
+    # --- vCPU placement (collect.vcpu_placement: one virDomainGetVcpus call per live domain)
+    _m(f"{_D}vcpu_cpu", "gauge", "", "Host CPU the virtual CPU last ran on (its number, as in /proc/cpuinfo).", "placement.<n>.cpu"),
+    _m(f"{_D}vcpu_affinity_cpus", "gauge", "", "Number of host CPUs the virtual CPU may run on: all of the host's unless it is pinned.", "placement.<n>.affinity_cpus"),
+    _m(f"{_D}vcpu_pinned_cpu", "gauge", "", "Host CPU the virtual CPU is pinned to, when it may run on exactly one (no series otherwise).", "placement.<n>.pinned_cpu"),
     # --- interface
     _m(f"{_D}interface_info", "gauge", "", "A network interface as the domain XML describes it (join on uuid and target_device); the value is always 1.", labels=("target_device", "interface_mac", "interface_model", "interface_type", "interface_source", "interface_mtu", "port_id")),
     _m(f"{_D}interfaces", "gauge", "", "Number of network interfaces of the domain.", "net.count"),
@@ -310,6 +335,64 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}dirtyrate_calc_period_seconds", "gauge", "seconds", "Length of the last memory dirty-rate calculation.", "dirtyrate.calc_period"),
     _m(f"{_D}dirtyrate_bytes_per_second", "gauge", "bytes_per_second", "Rate at which the guest dirtied its memory during the last calculation, in bytes per second.", "dirtyrate.megabytes_per_second", MIB),
     _m(f"{_D}dirtyrate_vcpu_bytes_per_second", "gauge", "bytes_per_second", "Rate at which the virtual CPU dirtied memory during the last calculation, in bytes per second.", "dirtyrate.vcpu.<n>.megabytes_per_second", MIB),
+    # --- KVM (optional group "vm"; the vCPUs' figures are per guest, all vCPUs together)
+    _kvm("remote_tlb_flush", "sum", "TLB flushes KVM made on all the guest's vCPUs at once (remote TLB flushes)."),
+    _kvm("remote_tlb_flush_requests", "sum", "Remote TLB flushes of the guest requested, merged ones included."),
+    _kvm("pages_4k", "cur", "Mappings of the guest's memory in KVM's page tables at 4 KiB page size (the guest's huge-page backing: compare with pages_2m and pages_1g)."),
+    _kvm("pages_2m", "cur", "Mappings of the guest's memory in KVM's page tables at 2 MiB (huge) page size."),
+    _kvm("pages_1g", "cur", "Mappings of the guest's memory in KVM's page tables at 1 GiB (huge) page size."),
+    _kvm("mmu_shadow_zapped", "sum", "Shadow pages KVM's MMU discarded (zapped)."),
+    _kvm("mmu_pte_write", "sum", "Writes to the guest's page table entries that KVM's MMU intercepted."),
+    _kvm("mmu_pde_zapped", "sum", "Page directory entries KVM's MMU discarded."),
+    _kvm("mmu_flooded", "sum", "Shadow pages KVM's MMU dropped after repeated writes to them (write flooding)."),
+    _kvm("mmu_recycled", "sum", "Shadow pages KVM's MMU recycled to make room for others."),
+    _kvm("mmu_cache_miss", "sum", "Shadow page lookups of KVM's MMU that missed its cache."),
+    _kvm("mmu_unsync", "cur", "Shadow pages currently out of sync with the guest's page tables."),
+    _kvm("nx_lpage_splits", "cur", "Huge pages KVM currently keeps split into small ones for non-executable mappings (iTLB multihit mitigation)."),
+    _kvm("max_mmu_rmap_size", "max", "Longest reverse-mapping chain KVM's MMU has had (a peak)."),
+    _kvm("max_mmu_page_hash_collisions", "max", "Most collisions one bucket of KVM's MMU page hash has had (a peak)."),
+    _kvm("halt_poll_success_ns", "sum", "Time the guest's vCPUs spent polling before halting and found an event (successful halt polling).", vcpu=True),
+    _kvm("halt_poll_fail_ns", "sum", "Time the guest's vCPUs spent polling before halting and found no event (failed halt polling).", vcpu=True),
+    _kvm("halt_wait_ns", "sum", "Time the guest's vCPUs spent halted, waiting for an event.", vcpu=True),
+    _kvm("halt_attempted_poll", "sum", "Halts during which KVM polled for an event before putting the vCPU to sleep.", vcpu=True),
+    _kvm("halt_successful_poll", "sum", "Halts that ended with an event found while polling.", vcpu=True),
+    _kvm("halt_poll_invalid", "sum", "Halt polls that ended on an event that did not wake the vCPU.", vcpu=True),
+    _kvm("halt_wakeup", "sum", "Wakeups of the guest's halted vCPUs.", vcpu=True),
+    _kvm("halt_exits", "sum", "Exits to KVM because a vCPU halted (HLT).", vcpu=True),
+    _kvm("blocking", "cur", "Number of the guest's vCPUs currently blocked in KVM, waiting for an event.", vcpu=True),
+    _kvm("guest_mode", "cur", "Number of the guest's vCPUs currently running a nested guest.", vcpu=True),
+    _kvm("exits", "sum", "Exits from the guest to KVM (VM exits), for any reason.", vcpu=True),
+    _kvm("io_exits", "sum", "Exits to QEMU for port I/O.", vcpu=True),
+    _kvm("mmio_exits", "sum", "Exits to QEMU for memory-mapped I/O.", vcpu=True),
+    _kvm("signal_exits", "sum", "Exits to QEMU because a signal was pending for a vCPU thread.", vcpu=True),
+    _kvm("irq_exits", "sum", "Exits caused by external interrupts on the host.", vcpu=True),
+    _kvm("irq_window_exits", "sum", "Exits to open an interrupt window, so that a pending interrupt can be injected.", vcpu=True),
+    _kvm("nmi_window_exits", "sum", "Exits to open an NMI window.", vcpu=True),
+    _kvm("request_irq_exits", "sum", "Exits to QEMU so that it could inject an interrupt.", vcpu=True),
+    _kvm("notify_window_exits", "sum", "Exits because a vCPU went without an event window for too long (notify VM exit).", vcpu=True),
+    _kvm("pf_taken", "sum", "Guest page faults KVM handled.", vcpu=True),
+    _kvm("pf_fixed", "sum", "Guest page faults KVM fixed by mapping the page.", vcpu=True),
+    _kvm("pf_emulate", "sum", "Guest page faults KVM resolved by emulating the faulting instruction.", vcpu=True),
+    _kvm("pf_spurious", "sum", "Guest page faults already fixed by the time KVM looked (spurious).", vcpu=True),
+    _kvm("pf_fast", "sum", "Guest page faults KVM fixed on its fast path, without the MMU lock.", vcpu=True),
+    _kvm("pf_mmio_spte_created", "sum", "Page table entries KVM created to trap memory-mapped I/O.", vcpu=True),
+    _kvm("pf_guest", "sum", "Page faults KVM passed on to the guest.", vcpu=True),
+    _kvm("tlb_flush", "sum", "TLB flushes of the guest's vCPUs.", vcpu=True),
+    _kvm("invlpg", "sum", "TLB entry invalidations (INVLPG) of the guest that KVM handled.", vcpu=True),
+    _kvm("l1d_flush", "sum", "L1 data cache flushes before entering the guest (L1TF mitigation).", vcpu=True),
+    _kvm("host_state_reload", "sum", "Reloads of the host's state (segments, MSRs) when leaving the guest.", vcpu=True),
+    _kvm("fpu_reload", "sum", "Reloads of the guest's FPU state.", vcpu=True),
+    _kvm("insn_emulation", "sum", "Guest instructions KVM emulated.", vcpu=True),
+    _kvm("insn_emulation_fail", "sum", "Guest instructions KVM failed to emulate.", vcpu=True),
+    _kvm("hypercalls", "sum", "Hypercalls the guest made to KVM.", vcpu=True),
+    _kvm("irq_injections", "sum", "Interrupts KVM injected into the guest.", vcpu=True),
+    _kvm("nmi_injections", "sum", "NMIs KVM injected into the guest.", vcpu=True),
+    _kvm("req_event", "sum", "Event requests (interrupt or exception injection) KVM processed before entering the guest.", vcpu=True),
+    _kvm("nested_run", "sum", "Entries into a nested guest.", vcpu=True),
+    _kvm("directed_yield_attempted", "sum", "Directed yields attempted: a vCPU spinning on a lock yielding to the vCPU that holds it.", vcpu=True),
+    _kvm("directed_yield_successful", "sum", "Directed yields that succeeded.", vcpu=True),
+    _kvm("preemption_reported", "sum", "Preemptions of the guest's vCPUs that KVM reported to the guest (paravirtual preemption).", vcpu=True),
+    _kvm("preemption_other", "sum", "Preemptions of the guest's vCPUs not reported to the guest.", vcpu=True),
     # --- the agent itself
     _m("pusher_build_info", "gauge", "", "Version of the running agent; the value is always 1.", labels=("version",), scope="agent"),
     _m("pusher_cycles_total", "counter", "", "Collection cycles run.", scope="agent"),
@@ -422,6 +505,10 @@ _LABEL_KEYS = {
     "memory.bandwidth.monitor.<n>.node.<i>.id",
     "cpu.cache.monitor.<n>.name", "cpu.cache.monitor.<n>.vcpus",
     "cpu.cache.monitor.<n>.bank.<i>.id",
+    # a KVM guest's per-vCPU KVM statistics (vcpu group): exported per guest, summed
+    # (pusher.kvm), and only with the vm group
+    *(m.source.replace("vm.vcpus.", "vcpu.<n>.") for m in CATALOG
+      if m.source.startswith("vm.vcpus.")),
 }  # fmt: skip
 _INDEX_MARKS = ("<n>", "<i>")
 
@@ -621,7 +708,7 @@ def _device_labels(
     limits: LabelLimits | None = None,
 ) -> LabelPairs:
     index = indices[0]
-    if prefix in ("vcpu", "dirtyrate.vcpu"):
+    if prefix in ("vcpu", "dirtyrate.vcpu", "placement"):
         return (("vcpu", index),)
     if prefix == "iothread":
         return (("iothread", index),)
@@ -753,6 +840,29 @@ _EVENT_NOTE = (
     "",
 )
 
+# docs/metrics.md on the series that a switch adds.
+_SWITCHED_SERIES = (
+    "The storage pool series (`libvirt_storage_pool_*`, labelled with the pool's name,",
+    "UUID and type) come only with `collect.storage_pools: true`: a list call and one or",
+    "two calls per pool each cycle, figures as of the pool's last refresh (the read-only",
+    "connection cannot refresh). The state is a gauge holding libvirt's number, as",
+    "`libvirt_domain_state_code` does; sizes only for running or degraded pools, the",
+    "volume count only for active ones.",
+    "",
+    "The vCPU placement series (`libvirt_domain_vcpu_cpu`, `…_affinity_cpus`,",
+    "`…_pinned_cpu`) come only with `collect.vcpu_placement: true`: one",
+    "`virDomainGetVcpus` call per running or paused domain each cycle.",
+    "",
+    "The KVM series (`libvirt_domain_kvm_*`) come only with the `vm` group in",
+    "`collect.groups`, from KVM guests (TCG guests have none). libvirt names each statistic",
+    "after KVM's with its kind as a suffix: `sum` (cumulative) makes a counter, `cur`",
+    "(instant) and `max` (peak) a gauge; `_ns` names are times, in seconds here. KVM's",
+    "per-vCPU statistics are exported per guest, all vCPUs together (`vm.vcpus.*`: sums, a",
+    "boolean's sum counting the vCPUs where it holds); libvirt's vcpu group reports them",
+    "per vCPU, and without the vm group the agent leaves them out.",
+    "",
+)
+
 
 def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
     """docs/metrics.md, generated from the table."""
@@ -777,6 +887,7 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "with `collect.host_stats: true`: off by default, as its three libvirt calls cost",
         "libvirtd about 0.7 ms of CPU per cycle.",
         "",
+        *_SWITCHED_SERIES,
         'The series whose key reads "domain XML" come from the domain XML the agent caches',
         "(read when a domain appears or libvirt reports a change): no libvirt call per cycle.",
         "Join them to the stats series on `uuid` and `target_device`.",
@@ -792,6 +903,8 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
             source = "domain XML"
         if m.name in EVENT_SERIES:
             source = "job-completed event"
+        if m.source.startswith("placement."):
+            source = "`virDomainGetVcpus`"
         if m.source in DERIVED_KEYS:
             source = " minus ".join(f"`{k}`" for k in DERIVED_KEYS[m.source])
         lines.append(

@@ -27,7 +27,10 @@ from pusher.config import DEFAULT_STATS_GROUPS, Config
 from pusher.filters import DomainFilter
 from pusher.host import HostLayout, HostStats, read_host_stats, read_layout
 from pusher.jobs import DomainJobs, JobTally
+from pusher.kvm import add_vcpu_totals
 from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
+from pusher.placement import read_placement
+from pusher.pools import PoolStats, StoragePools
 
 __all__ = [
     "Collector",
@@ -232,6 +235,7 @@ class Snapshot:
     xml_fetches: int  # domain XML documents read this cycle
     host: HostInfo | None = None
     host_stats: HostStats | None = None  # `collect.host_stats`: None when off or not read
+    pools: tuple[PoolStats, ...] | None = None  # `collect.storage_pools`: None when off
     # uuid -> the domain's finished jobs, from libvirt's job-completed event (`pusher.jobs`)
     finished_jobs: dict[str, DomainJobs] = field(default_factory=dict)
 
@@ -510,12 +514,20 @@ class Collector:
         job_info: bool = False,
         exported: Callable[[str, NovaInstance | None], bool] | None = None,
         host_stats: bool = False,
+        storage_pools: bool = False,
+        vcpu_placement: bool = False,
     ) -> None:
+        # `collect.storage_pools`: a list call and one or two calls per pool per cycle
+        self.pools = StoragePools() if storage_pools else None
+        # `collect.vcpu_placement`: a virDomainGetVcpus call per live exported domain
+        self.vcpu_placement = vcpu_placement
         self.job_info = job_info  # `collect.job_info`: a jobStats call per live domain
         self.host_stats = host_stats  # `collect.host_stats`: three node calls per cycle
         self.layout = HostLayout()  # the host's huge page sizes and NUMA nodes
         self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
         self.flags = stats_flags(self.groups)
+        # the vm group: a KVM guest's per-vCPU KVM statistics, summed per guest, join its own
+        self.kvm_totals = "vm" in self.groups
         self.partial_wait = partial_wait
         self.uri = uri
         self.clock = clock
@@ -543,6 +555,8 @@ class Collector:
             job_info=cfg.collect.job_info,
             exported=domain_filter.admits if domain_filter else None,
             host_stats=cfg.collect.host_stats,
+            storage_pools=cfg.collect.storage_pools,
+            vcpu_placement=cfg.collect.vcpu_placement,
         )
 
     def readings(self) -> list[Reading]:
@@ -646,13 +660,26 @@ class Collector:
             seen.add(uuid)
             info, fetched = self._domains.info(dom, uuid, now)
             fetches += fetched
+            if self.vcpu_placement:
+                stats = self._with_placement(dom, stats)
+            if self.kvm_totals:
+                add_vcpu_totals(stats)
             add_derived(stats)
             domains.append(DomainStats(dom.name(), uuid, stats, info))
         self._domains.retain(seen)
         self._follow_ups.retain(seen)
         self.jobs.retain(seen)
         host = read_host_stats(conn, self.layout) if self.host_stats else None
-        return Snapshot(ts_ms, domains, duration, fetches, self.host, host, self.jobs.totals())
+        pools = self.pools.read(conn) if self.pools is not None else None
+        return Snapshot(
+            ts_ms, domains, duration, fetches, self.host, host, pools, self.jobs.totals()
+        )
+
+    def _with_placement(self, dom: Any, stats: dict[str, Any]) -> dict[str, Any]:
+        """A live exported domain's record with its vCPU placement (`placement.<n>.*`)."""
+        if stats.get("state.state") not in LIVE_STATES or not self._is_exported(dom):
+            return stats
+        return {**stats, **read_placement(dom)}
 
     def _is_exported(self, dom: Any) -> bool:
         """Whether the filters export this domain, judged on the Nova data already read
@@ -701,10 +728,14 @@ class Collector:
                 fetches += fetched
                 if self.job_info:  # no job calls here: the last answer stands
                     stats = self._follow_ups.with_job(uuid, stats)
+                if self.kvm_totals:
+                    add_vcpu_totals(stats)
                 add_derived(stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
         took = time.monotonic() - start
-        snapshot = Snapshot(ts_ms, domains, took, fetches, self.host, None, self.jobs.totals())
+        snapshot = Snapshot(
+            ts_ms, domains, took, fetches, self.host, finished_jobs=self.jobs.totals()
+        )
         return snapshot, stuck
 
     def _alive(self) -> bool:

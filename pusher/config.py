@@ -90,7 +90,7 @@ DEFAULT_SERIES_LABELS = ("instance_name", "project_name", "project_uuid", "flavo
 # libvirt's stats groups (VIR_DOMAIN_STATS_<NAME>) the catalog has metrics for, and the ones
 # asked for by default. "memory" is memory bandwidth (resctrl), not the balloon.
 STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block", "perf",
-                "iothread", "memory", "dirtyrate")  # fmt: skip
+                "iothread", "memory", "dirtyrate", "vm")  # fmt: skip
 DEFAULT_STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
 # Labels `labels.drop` may leave off every series: the device details and the Nova labels.
 # domain and uuid identify a domain's series and the device names its devices': never.
@@ -458,6 +458,8 @@ class CollectConfig:
     groups: tuple[str, ...] = _key(DEFAULT_STATS_GROUPS, _stats_groups)
     job_info: bool = _key(False, _bool)
     host_stats: bool = _key(False, _bool)
+    storage_pools: bool = _key(False, _bool)
+    vcpu_placement: bool = _key(False, _bool)
 
 
 @dataclass(frozen=True)

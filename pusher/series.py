@@ -26,6 +26,7 @@ from pusher.filters import DomainFilter
 from pusher.host import HostStats
 from pusher.jobs import JobSeries
 from pusher.nova import DomainInfo, NovaInstance
+from pusher.pools import pool_samples
 from pusher.relabel import Relabeler, Rule
 
 __all__ = [
@@ -306,13 +307,14 @@ def _vanished(old: DomainSeries, new: DomainSeries) -> set[SeriesKey]:
     # Still running, same labels: a series missing from the record is a partial record
     # (another client held the domain's job), unless its device is gone: no longer named
     # in a group the record has; or unless it is a job series and the record has the
-    # domain's job info (its job ended).
+    # domain's job info (its job ended), or a placement series and the record has the
+    # domain's vCPU placement (a vCPU no longer pinned to one CPU).
     groups = {k.partition(".")[0] for k in new.plan.signature}
-    has_job = "job.type" in new.plan.signature
+    answered = {g for g in ("job", "placement") if g in groups}
     return from_xml | {
         k for k in vanished
         if (k[1] and k[1] not in new.devices and catalog.group_of(k[0]) in groups)
-        or (has_job and catalog.group_of(k[0]) == "job")
+        or catalog.group_of(k[0]) in answered
     }  # fmt: skip
 
 
@@ -379,6 +381,7 @@ class Planner:
             cycle.samples.append((("libvirt_domains", (), self.external), n))
             cycle.samples.extend(host_samples(snapshot.host, self.external, self.limits))
             cycle.samples.extend(host_stats_samples(snapshot.host_stats, self.external))
+            cycle.samples.extend(pool_samples(snapshot.pools, self.external, self.limits))
         if self.relabeler is not None:
             self.relabeler.begin()
             rest = self.relabeler.samples(cycle.samples[relabeled:])

@@ -111,7 +111,10 @@ NOT_VALUES = {"net.0.name", "block.0.name", "block.0.path", "block.1.name", "blo
 NS_KEYS = {"cpu.time", "cpu.user", "cpu.system", "cpu.haltpoll.success.time",
            "cpu.haltpoll.fail.time", "vcpu.<n>.time", "vcpu.<n>.wait", "vcpu.<n>.delay",
            "block.<n>.rd.times", "block.<n>.wr.times", "block.<n>.fl.times",
-           "perf.cpu_clock", "perf.task_clock", "iothread.<n>.poll-max-ns"}  # fmt: skip
+           "perf.cpu_clock", "perf.task_clock", "iothread.<n>.poll-max-ns",
+           # KVM's times (names in _ns), summed over a guest's vCPUs
+           "vm.vcpus.halt_poll_success_ns.sum", "vm.vcpus.halt_poll_fail_ns.sum",
+           "vm.vcpus.halt_wait_ns.sum"}  # fmt: skip
 # dirtyrate is reported in MiB/s.
 # libvirt's job info gives times in milliseconds and the auto-converge throttle in percent.
 MS_KEYS = {"job.time_elapsed", "job.time_remaining", "job.downtime", "job.setup_time"}

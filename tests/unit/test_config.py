@@ -73,6 +73,8 @@ def test_empty_document_gives_the_documented_defaults() -> None:
     assert cfg.collect.groups == ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
     assert cfg.collect.job_info is False
     assert cfg.collect.host_stats is False
+    assert cfg.collect.storage_pools is False
+    assert cfg.collect.vcpu_placement is False
     assert cfg.filter.projects.include == cfg.filter.projects.exclude == ()
     assert cfg.filter.domains.include == cfg.filter.domains.exclude == ()
     assert cfg.labels.drop == ()
@@ -118,9 +120,11 @@ libvirt:
 collect:
   interval: 1m
   timeout: 45s
-  groups: [state, cpu_total, perf, iothread, memory, dirtyrate]
+  groups: [state, cpu_total, perf, iothread, memory, dirtyrate, vm]
   job_info: true
   host_stats: true
+  storage_pools: true
+  vcpu_placement: true
 filter:
   projects:
     include: [demo, 9f1c4e8a-0000-4000-8000-000000000001]
@@ -224,9 +228,12 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.buffer.fsync is False
     assert cfg.nova.series_labels == ("instance_name", "flavor_id", "image_uuid")
     assert cfg.nova.refresh_interval == 5400.0
-    assert cfg.collect.groups == ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
+    groups = ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate", "vm")
+    assert cfg.collect.groups == groups
     assert cfg.collect.job_info is True
     assert cfg.collect.host_stats is True
+    assert cfg.collect.storage_pools is True
+    assert cfg.collect.vcpu_placement is True
     assert cfg.filter.projects.include == ("demo", "9f1c4e8a-0000-4000-8000-000000000001")
     assert cfg.filter.projects.exclude == ("scratch",)
     assert cfg.filter.domains.include == ("instance-[0-9a-f]{8}",)
@@ -481,7 +488,7 @@ def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) 
         ("filter: {domains: {exclude: ['[a-']}}", "filter.domains.exclude"),
         ("filter: {domains: [a]}", "filter.domains"),
         ("collect: {groups: [state, cpu]}", "collect.groups"),
-        ("collect: {groups: [state, vm]}", "collect.groups"),
+        ("collect: {groups: [state, kvm]}", "collect.groups"),
         ("collect: {groups: [cpu_total, block]}", "collect.groups"),  # no state
         ("collect: {groups: []}", "collect.groups"),
         ("collect: {job_info: maybe}", "collect.job_info"),

@@ -455,3 +455,23 @@ def test_a_tenant_limit_mimir_named_cuts_labels_from_the_next_cycle() -> None:
     assert not [v for _, v in agent.collect_cycle().samples if is_stale(v)]
     readings = {(n, lab): v for n, lab, v in agent.planner.limits.readings()}
     assert readings[("pusher_label_limit", (("limit", "max_label_value_length"),))] == 200
+
+
+def test_a_vcpu_no_longer_pinned_to_one_cpu_ends_its_series_and_a_missing_answer_nothing() -> None:
+    vcpu = {"vcpu.0.state": 1}  # the record names the vCPU: it is still there
+    pinned = {**vcpu, "placement.0.cpu": 3, "placement.0.affinity_cpus": 1,
+              "placement.0.pinned_cpu": 3}  # fmt: skip
+    free = {**vcpu, "placement.0.cpu": 1, "placement.0.affinity_cpus": 4}
+    agent = agent_for([
+        [domain("u1", {**stats(), **pinned}, WEB)],
+        [domain("u1", {**stats(), **vcpu}, WEB)],  # no placement answer: nothing is judged
+        [domain("u1", {**stats(), **pinned}, WEB)],
+        [domain("u1", {**stats(), **free}, WEB)],  # unpinned
+    ])  # fmt: skip
+    assert _stale_names(agent) == {}
+    assert _stale_names(agent) == {}
+    assert _stale_names(agent) == {}
+    assert _stale_names(agent) == {"libvirt_domain_vcpu_pinned_cpu": [
+        {"host": "h1", "domain": "instance-u1", "uuid": "u1",
+         "instance_name": "web-1", "project_name": "demo", "vcpu": "0"}
+    ]}  # fmt: skip
