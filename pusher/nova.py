@@ -124,8 +124,9 @@ def _parse_instance(inst: ET.Element, ns: str) -> NovaInstance:
     ports_el = child(inst, "ports")
     if ports_el is not None:
         for port in ports_el.findall(f"{{{ns}}}port"):
-            ips = tuple(ip.get("address", "") for ip in port.findall(f"{{{ns}}}ip"))
-            ports.append((port.get("uuid", ""), tuple(i for i in ips if i)))
+            ips = (str(ip.get("address", "")).strip() for ip in port.findall(f"{{{ns}}}ip"))
+            uuid = str(port.get("uuid", "")).strip()
+            ports.append((uuid, tuple(i for i in ips if i)))
     return NovaInstance(
         ns_version=ns[len(NOVA_NS_PREFIX) :],
         package_version=(package.get("version", "") if package is not None else ""),

@@ -428,3 +428,11 @@ def test_deeply_nested_xml_does_not_raise() -> None:
     depth = 100_000
     info = parse_domain_xml("<a>" * depth + "</a>" * depth)
     assert info.nova is None  # either parsed (no Nova) or refused with a problem
+
+
+def test_port_ids_and_addresses_are_read_without_surrounding_whitespace() -> None:
+    """A port uuid written with spaces around it gives the same `port_id` as without (the
+    hostile-metadata fuzz test found a tap device matched to a port id " 0…")."""
+    padded = nova_instance().replace(f'uuid="{PORT}"', f'uuid=" {PORT} "')
+    padded = padded.replace('address="10.0.0.5"', 'address=" 10.0.0.5\n"')
+    assert parse_nova(domain_xml(padded)).ports == ((PORT, ("10.0.0.5", "fd00::5")),)
