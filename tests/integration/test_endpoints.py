@@ -121,8 +121,8 @@ def test_one_endpoint_down_for_minutes_holds_back_nothing_and_catches_up_losing_
     print(
         f"Mimir down {OUTAGE_S:.0f} s: Prometheus at most {worst_lag:.1f} s behind meanwhile, "
         f"up to {waiting_for_mimir:.0f} requests held for Mimir; Mimir caught up "
-        f"{caught_up_s:.1f} s after its start; {len(cycles)} cycles at both receivers, "
-        f"samples per guest CPU series {counts} at both, no hole"
+        f"{caught_up_s:.1f} s after its start; {len(cycles)} cycles in {window:.0f} s at both "
+        f"receivers, samples per guest CPU series {counts} at both, no hole"
     )
 
 
