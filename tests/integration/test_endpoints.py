@@ -28,20 +28,26 @@ OUTAGE_S = float(os.environ.get("PUSHER_TEST_ENDPOINT_OUTAGE_S", "120"))
 ON_TIME_S = 5 * INTERVAL
 
 
-def prom_samples(rx: Receiver, selector: str, seconds: float, at: float) -> list[float]:
-    """The timestamps of one series' raw samples in Prometheus within `seconds` before `at`."""
+Samples = list[tuple[float, float]]
+
+
+def prom_samples(rx: Receiver, selector: str, seconds: float, at: float) -> Samples:
+    """One series' raw samples (timestamp, value) in Prometheus within `seconds` before `at`."""
     result = rx.query(f"{selector}[{int(seconds)}s]", at)
     assert len(result) <= 1, f"{selector} matches {len(result)} series"
-    return [float(t) for t, _ in result[0]["values"]] if result else []
+    return [(float(t), float(v)) for t, v in result[0]["values"]] if result else []
 
 
-def mimir_samples(m: Mimir, tenant: str, selector: str, seconds: float, at: float) -> list[float]:
-    return [t for t, _ in m.range_values(selector, tenant, seconds, at)]
+def mimir_samples(m: Mimir, tenant: str, selector: str, seconds: float, at: float) -> Samples:
+    return m.range_values(selector, tenant, seconds, at)
 
 
-def holes(ts: list[float]) -> list[tuple[float, float]]:
-    """Missing cycles: a gap of two steps or more (a cycle's stamp may be half a step late)."""
-    return [(a, b) for a, b in itertools.pairwise(ts) if b - a > 1.9 * INTERVAL]
+def missing_cycles(cycles_total: Samples) -> list[tuple[float, float]]:
+    """Cycles the agent collected that a receiver lacks: every cycle carries its own number
+    (pusher_cycles_total counts it in), so consecutive samples differ by one unless a cycle
+    in between did not arrive. (A tick the agent skipped on a loaded machine is no hole.)"""
+    pairs = itertools.pairwise(cycles_total)
+    return [(t0, t1) for (t0, n0), (t1, n1) in pairs if n1 - n0 != 1]
 
 
 def prom_newest(rx: Receiver) -> float:
@@ -85,8 +91,8 @@ def test_one_endpoint_down_for_minutes_holds_back_nothing_and_catches_up_losing_
         end = time.time() - 2 * INTERVAL  # every cycle up to here is delivered to both
         window = end - start
         # Every cycle of the run at both, and the same samples of every series.
-        cycles = mimir_samples(m, tenant, "libvirt_up", window, end)
-        prom_cycles = prom_samples(rx, "libvirt_up", window, end)
+        cycles = mimir_samples(m, tenant, "pusher_cycles_total", window, end)
+        prom_cycles = prom_samples(rx, "pusher_cycles_total", window, end)
         per_guest = {}
         for g in guests:
             selector = f'{CPU}{{uuid="{g["uuid"]}"}}'
@@ -103,13 +109,13 @@ def test_one_endpoint_down_for_minutes_holds_back_nothing_and_catches_up_losing_
     # Prometheus was never held back by Mimir's outage, and Mimir's copy was kept meanwhile.
     assert worst_lag < ON_TIME_S, f"Prometheus {worst_lag:.1f}s behind during the outage"
     assert waiting_for_mimir >= 0.8 * OUTAGE_S / INTERVAL, waiting_for_mimir
-    assert holes(cycles) == [] and holes(prom_cycles) == [], (holes(cycles), holes(prom_cycles))
+    assert missing_cycles(cycles) == [], missing_cycles(cycles)
     assert cycles == prom_cycles
-    assert len(cycles) >= 0.9 * window / INTERVAL, (len(cycles), window)
+    assert len(cycles) >= 0.5 * window / INTERVAL, (len(cycles), window)  # the agent ran
     for name, (at_mimir, at_prom) in per_guest.items():
         assert at_mimir == at_prom, name
         # (a guest slow to answer may miss a cycle: at both, and not a loss)
-        assert len(at_mimir) >= 0.9 * len(cycles), name
+        assert len(at_mimir) >= 0.9 * len(cycles), (name, len(at_mimir), len(cycles))
     assert lost == [], lost
     # Each endpoint keeps its own protocol: Debian's Prometheus 2.42 takes only 1.0.
     spools = tmp_path / "spool" / "endpoints"
@@ -118,11 +124,13 @@ def test_one_endpoint_down_for_minutes_holds_back_nothing_and_catches_up_losing_
     assert "endpoint mimir: remote write failed" in log
     assert "endpoint prom: remote write failed" not in log
     counts = sorted({len(a) for a, _ in per_guest.values()})
+    skipped = round((cycles[-1][0] - cycles[0][0]) / INTERVAL) + 1 - len(cycles)
     print(
         f"Mimir down {OUTAGE_S:.0f} s: Prometheus at most {worst_lag:.1f} s behind meanwhile, "
         f"up to {waiting_for_mimir:.0f} requests held for Mimir; Mimir caught up "
-        f"{caught_up_s:.1f} s after its start; {len(cycles)} cycles in {window:.0f} s at both "
-        f"receivers, samples per guest CPU series {counts} at both, no hole"
+        f"{caught_up_s:.1f} s after its start; all {len(cycles)} cycles of {window:.0f} s at "
+        f"both receivers ({skipped} ticks skipped by the loaded agent), samples per guest CPU "
+        f"series {counts} at both, the same"
     )
 
 
