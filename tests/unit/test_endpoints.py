@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from conftest import RecordingServer
 from test_delivery import OK, ScriptedTransport
 from test_series import WEB, FakeCollector, domain, stats
 
 from pusher.agent import Agent
 from pusher.config import Config, from_mapping
+from pusher.encode import decompress
 from pusher.endpoint import EndpointLogFilter, open_spools
 from pusher.health import HEALTH_FILE
+from pusher.pb.remote_write_pb2 import WriteRequest
 from pusher.sender import Outcome
 from pusher.spool import Spool, SpoolError
 
@@ -191,3 +198,50 @@ def test_log_lines_name_the_endpoint_they_are_about(
         agent.drain_once(time.monotonic() + 0.3)
     failed = [r.getMessage() for r in caplog.records if "remote write failed" in r.getMessage()]
     assert failed and all(m.startswith("endpoint a: remote write failed (503") for m in failed)
+
+
+# --- --once from the command line ---------------------------------------------------------
+
+
+def run_once(tmp_path: Path, first: str, second: str) -> subprocess.CompletedProcess[str]:
+    fast = {"protocol": "v1", "timeout": "1s", "min_backoff": "50ms", "max_backoff": "200ms"}
+    cfg = {
+        "libvirt": {"uri": "test:///default"},
+        "collect": {"interval": "1s"},
+        "remote_write": [{"name": "good", "url": first, **fast},
+                         {"name": "other", "url": second, **fast}],
+        "buffer": {"path": str(tmp_path / "buf"), "fsync": False},
+        "shutdown_grace": "1s",
+    }  # fmt: skip
+    path = tmp_path / "pusher.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHER_TEST_")}
+    return subprocess.run([sys.executable, "-m", "pusher", "--once", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+
+
+def cycle_stamps(server: RecordingServer) -> set[int]:
+    stamps = set()
+    for r in server.received:
+        for ts in WriteRequest.FromString(decompress(r.body)).timeseries:
+            if any(lb.name == "__name__" and lb.value == "libvirt_up" for lb in ts.labels):
+                stamps.update(s.timestamp for s in ts.samples)
+    return stamps
+
+
+def test_once_exits_0_only_when_every_endpoint_got_everything(
+    tmp_path: Path,
+    http_server: RecordingServer,
+    other_http_server: RecordingServer,
+    refused_url: str,
+) -> None:
+    down = run_once(tmp_path, http_server.url, refused_url)
+    assert down.returncode == 1, down.stderr
+    assert "endpoint other: delivery did not finish" in down.stderr
+    assert "endpoint good: delivered" in down.stderr
+    assert len(cycle_stamps(http_server)) == 1  # the endpoint that was up got its cycle
+    back = run_once(tmp_path, http_server.url, other_http_server.url)
+    assert back.returncode == 0, back.stderr
+    # The other endpoint got the cycle it missed, from its spool, and the new one.
+    assert len(cycle_stamps(other_http_server)) == 2
+    assert len(cycle_stamps(http_server)) == 2
