@@ -136,11 +136,11 @@ def main() -> None:
             with sqlite3.connect(db) as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             file_bytes = sum(p.stat().st_size for p in Path(cfg.buffer.path).glob("spool.db*"))
-            agent = Agent(cfg, Sender(cfg.remote_write), spool)
+            agent = Agent(cfg, [(Sender(cfg.remote_write), spool)])
             cpu0, wall0 = time.process_time(), time.perf_counter()
             emptied = agent.drain_once(time.monotonic() + 600)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-            sent = agent.delivery.stats.sent
+            sent = agent.endpoints[0].delivery.stats.sent
         finally:
             proc.terminate()
             proc.wait()

@@ -2,10 +2,14 @@
 
 Two kinds of thread. The collecting thread (the caller of `run`) ticks on multiples of
 `collect.interval`: it collects (`DeadlineCollector`), plans the cycle's series
-(`Planner`), adds the agent's own numbers, encodes and spools the cycle, and writes the
-health file. The sending lanes (`Delivery.drain`, one thread each) drain the spool oldest
-first. On stop the lanes get `shutdown_grace` to send what is left; the rest stays in the
-spool for the next start.
+(`Planner`), adds the agent's own numbers, encodes the cycle and spools it for every
+endpoint (`Endpoint.put`), and writes the health file. Each endpoint's sending lanes
+(`Delivery.drain`, one thread each) drain its spool oldest first. On stop the lanes get
+`shutdown_grace` to send what is left; the rest stays in the spools for the next start.
+
+A cycle is encoded once per distinct (protocol, max_samples_per_send, metadata) among the
+endpoints: endpoints that agree share the bodies, and the encoders (with their per-series
+caches) are kept per (protocol, max_samples_per_send).
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from pusher import __version__, catalog
 from pusher.catalog import Reading, Reporter, Sample, reading
 from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config
-from pusher.delivery import Delivery, Lane, ProtocolMemory, Transport
-from pusher.encode import Encoder, EncoderV2, metadata_bytes
+from pusher.delivery import Transport
+from pusher.encode import Encoder, EncoderV2, Request, metadata_bytes
+from pusher.endpoint import Endpoint
 from pusher.health import LibvirtStreak, write_health
 from pusher.series import Cycle, Planner
 from pusher.spool import Spool
@@ -42,39 +47,39 @@ class BuildInfo:
         return [reading("pusher_build_info", 1, (("version", __version__),))]
 
 
+Output = tuple[Transport, Spool]  # an endpoint's sender and spool, opened by the caller
+EncoderKey = tuple[int, int]  # (remote-write version, max_samples_per_send)
+
+
 class Agent:
     def __init__(
         self,
         cfg: Config,
-        sender: Transport,
-        spool: Spool,
+        outputs: Sequence[Output],
         collector: Collector | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`outputs`: each endpoint's sender and spool, in `cfg.endpoints` order."""
+        if len(outputs) != len(cfg.endpoints):
+            raise ValueError(f"{len(outputs)} outputs for {len(cfg.endpoints)} endpoints")
         self.cfg = cfg
         self.clock = clock
-        self.spool = spool
         self.planner = Planner.from_config(cfg)
         collector = collector or Collector.from_config(cfg)
         self.collection = DeadlineCollector(collector, cfg.collect.timeout)
-        self.protocol = ProtocolMemory(cfg.remote_write.protocol, spool.directory)
         self._learned: dict[str, int] = {}  # tenant limits Mimir named, for the next cycle
         self._learned_lock = threading.Lock()
-        self.delivery = Delivery(
-            cfg.remote_write, cfg.collect.interval, spool, sender, self.protocol, clock,
-            on_limit=self._learn_limit,
-        )  # fmt: skip
-        n = cfg.remote_write.max_samples_per_send
-        self.encoders: dict[int, Encoder | EncoderV2] = {1: Encoder(n), 2: EncoderV2(n)}
+        self.endpoints = tuple(
+            Endpoint(rw, cfg.collect.interval, spool, sender, clock, on_limit=self._learn_limit)
+            for rw, (sender, spool) in zip(cfg.endpoints, outputs, strict=True)
+        )
+        self.encoders: dict[EncoderKey, Encoder | EncoderV2] = {}
         self.cycles = 0
         self.collected = 0
         self.libvirt_streak = LibvirtStreak()  # failed reads in a row, for --health
-        self._last_metadata = float("-inf")
         self.stop_event = threading.Event()  # stop collecting
-        self._lanes: list[threading.Thread] = []
         self.reporters: list[Reporter] = [
-            BuildInfo(), self, self.collection, self.spool, self.delivery.stats,
-            self.planner.limits,
+            BuildInfo(), self, self.collection, *self.endpoints, self.planner.limits,
         ]  # fmt: skip
         if self.planner.relabeler is not None:
             self.reporters.append(self.planner.relabeler)
@@ -84,16 +89,28 @@ class Agent:
         """Whether the last cycle read libvirt."""
         return self.libvirt_streak.failures == 0
 
-    @property
-    def encoder(self) -> Encoder | EncoderV2:
-        """The encoder new cycles are written with (the protocol may fall back to 1.0)."""
-        return self.encoders[self.protocol.current]
+    def encoder(self, key: EncoderKey) -> Encoder | EncoderV2:
+        """The encoder of a (protocol, max_samples_per_send): endpoints that have the same
+        share one, and its caches."""
+        encoder = self.encoders.get(key)
+        if encoder is None:
+            encoder = self.encoders[key] = (Encoder if key[0] == 1 else EncoderV2)(key[1])
+        return encoder
+
+    def _encoder_key(self, endpoint: Endpoint) -> EncoderKey:
+        """What an endpoint's new cycles are written with (its protocol may fall back)."""
+        return endpoint.protocol.current, endpoint.rw.max_samples_per_send
+
+    def cached_series(self) -> int:
+        """Series the encoders in use keep."""
+        in_use = {self._encoder_key(e) for e in self.endpoints}
+        return sum(self.encoder(key).cached_series() for key in in_use)
 
     def readings(self) -> list[Reading]:
         return [
             reading("pusher_cycles_total", self.cycles),
             reading("pusher_samples_collected_total", self.collected),
-            reading("pusher_cached_series", self.encoder.cached_series()),
+            reading("pusher_cached_series", self.cached_series()),
         ]
 
     # --- collecting
@@ -117,43 +134,46 @@ class Agent:
         return self.planner.cycle(snapshot, frozenset(self.collection.stuck), now_ms)
 
     def self_samples(self) -> list[Sample]:
-        for reason, n in self.spool.take_drops().items():
-            self.delivery.stats.drop(reason, n)
+        for endpoint in self.endpoints:
+            endpoint.take_drops()
         return own_samples(self.reporters, self.planner.external)
 
     def run_cycle(self) -> int:
-        """Collect, add the agent's metrics, encode and spool one cycle; returns samples."""
+        """Collect, add the agent's metrics, encode and spool one cycle for every endpoint;
+        returns the cycle's samples."""
         cycle = self.collect_cycle()
         self.cycles += 1
         self.planner.add_own(cycle, self.self_samples())
         n = cycle.count()
         self.collected += n  # after the readings: the figure includes this cycle next time
-        metadata = b""
         now = time.monotonic()
-        interval = self.cfg.remote_write.metadata_interval
-        if interval > 0 and now - self._last_metadata >= interval:
-            metadata = metadata_bytes(catalog.families_of(cycle.names()))
-            self._last_metadata = now
-        encoder = self.encoder
-        self.spool.put(encoder.encode(cycle.samples, cycle.ts_ms, metadata, cycle.plans))
-        encoder.forget(cycle.ended)
-        self.delivery.wake()
+        metadata = b""
+        bodies: dict[tuple[int, int, bool], list[Request]] = {}
+        for endpoint in self.endpoints:
+            proto, size = self._encoder_key(endpoint)
+            due = endpoint.metadata_due(now)
+            if due and not metadata:
+                metadata = metadata_bytes(catalog.families_of(cycle.names()))
+            if (proto, size, due) not in bodies:
+                encoder, meta = self.encoder((proto, size)), metadata if due else b""
+                encoded = encoder.encode(cycle.samples, cycle.ts_ms, meta, cycle.plans)
+                bodies[proto, size, due] = encoded
+            endpoint.put(bodies[proto, size, due])
+        for encoder in self.encoders.values():
+            encoder.forget(cycle.ended)
         self._write_health(cycle.ts_ms / 1000)
         return n
 
     def _write_health(self, cycle_at: float) -> None:
         """`<buffer.path>/health.json`, read by `libvirt-pusher --health` (no port needed)."""
-        requests, _, oldest = self.spool.stats()
         state = {
             "cycle_at": cycle_at,
             "interval": self.cfg.collect.interval,
             "libvirt_up": int(self.libvirt_up),
-            "last_send_success": self.delivery.stats.last_success,
-            "spool_requests": requests,
-            "oldest_pending_ms": oldest,
+            "endpoints": {e.name: e.health() for e in self.endpoints},
             **self.libvirt_streak.state(),
         }
-        write_health(self.spool.directory, state)
+        write_health(self.cfg.buffer.path, state)
 
     # --- the threads
 
@@ -178,36 +198,32 @@ class Agent:
         self.stop_event.set()
 
     def start_sender(self) -> None:
-        """One lane in `fifo` order. In `backfill` order two: the fresh lane sends the
-        newest cycles at once, the backlog lane sends the older ones behind it, so a long
-        backlog (or a receiver throttling it) never delays what dashboards show now."""
-        if self._lanes:
-            return
-        lanes: list[Lane] = ["all"]
-        if self.cfg.remote_write.order == "backfill":
-            lanes = ["fresh", "backlog"]
-        for lane in lanes:
-            t = threading.Thread(target=self.delivery.drain, args=(lane,), name=f"send-{lane}",
-                                 daemon=True)  # fmt: skip
-            t.start()
-            self._lanes.append(t)
+        """Every endpoint's lanes (`Endpoint.start`)."""
+        for endpoint in self.endpoints:
+            endpoint.start()
 
     def shutdown(self, grace: float) -> None:
-        """Send what can be sent within `grace` seconds; the rest stays in the spool."""
+        """Send what can be sent within `grace` seconds; the rest stays in the spools."""
         self.stop_event.set()
-        self.delivery.stop(time.monotonic() + grace)
-        for t in self._lanes:
-            t.join(max(0.0, self.delivery.remaining()) + 1.0)
-        requests, _, _ = self.spool.stats()
-        if requests:
-            log.info("%d request(s) left in the spool for the next start", requests)
-        self.spool.close()
+        deadline = time.monotonic() + grace
+        for endpoint in self.endpoints:  # all at once: the grace is not per endpoint
+            endpoint.stop(deadline)
+        for endpoint in self.endpoints:
+            endpoint.join()
+        for endpoint in self.endpoints:
+            endpoint.close()
         self.collection.close()
-        self.delivery.transport.close()
 
     def drain_once(self, deadline: float) -> bool:
-        """Send until the spool is empty or the deadline passes; True when it emptied."""
+        """Send until every spool is empty or the deadline passes, the endpoints side by side;
+        True when every spool emptied (`Endpoint.pending` says which did not)."""
         self.stop_event.set()
-        self.delivery.stop(deadline)
-        self.delivery.drain()
-        return self.spool.stats()[0] == 0
+        threads = []
+        for endpoint in self.endpoints:
+            endpoint.stop(deadline)
+            t = threading.Thread(target=endpoint.drain, name=f"send-{endpoint.name}-once")
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        return all(e.pending() == 0 for e in self.endpoints)

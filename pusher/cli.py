@@ -1,7 +1,8 @@
 """The command line: `libvirt-pusher` / `python -m pusher`.
 
-Exit status: 0 success; 1 a cycle or its delivery failed (`--once`, `--dry-run`);
-2 the configuration is wrong (the message names the key).
+Exit status: 0 success; 1 a cycle or its delivery failed (`--once`, `--dry-run`; with several
+endpoints `--once` exits 0 only when every endpoint got everything); 2 the configuration is
+wrong (the message names the key).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pusher.catalog import Reporter
 from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config, ConfigError
 from pusher.encode import exposition
+from pusher.endpoint import EndpointLogFilter, open_spools
 from pusher.health import check_health
 from pusher.sender import Sender
 from pusher.series import Planner
-from pusher.spool import Spool, SpoolError
+from pusher.spool import SpoolError
 
 __all__ = ["main"]
 
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, endpoints: int = 1) -> None:
     # The agent's own loggers at the chosen level; libraries (urllib3…) at warnings only.
     logging.basicConfig(
         level=logging.WARNING,
@@ -70,16 +72,33 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("pusher").setLevel(getattr(logging, level.upper()))
+    if endpoints > 1:  # say which endpoint a delivery or spool line is about
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(EndpointLogFilter())
 
 
 def _summary(cfg: Config) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in sorted(cfg.external_labels.items()))
-    return (
-        f"libvirt {cfg.libvirt.uri}, every {cfg.collect.interval:g}s -> "
-        f"{config.redact_url(cfg.remote_write.url) or '(no remote_write.url)'}"
-        f"{' tenant ' + cfg.remote_write.tenant if cfg.remote_write.tenant else ''}; "
-        f"spool {cfg.buffer.path}; external labels {labels}"
+    several = len(cfg.endpoints) > 1
+    targets = "; ".join(
+        f"{rw.name + ': ' if several else ''}"
+        f"{config.redact_url(rw.url) or '(no remote_write.url)'}"
+        f"{' tenant ' + rw.tenant if rw.tenant else ''}"
+        for rw in cfg.endpoints
     )
+    spool = f"spools under {cfg.buffer.path}" if several else f"spool {cfg.buffer.path}"
+    return (
+        f"libvirt {cfg.libvirt.uri}, every {cfg.collect.interval:g}s -> {targets}; "
+        f"{spool}; external labels {labels}"
+    )
+
+
+def _missing_url(cfg: Config) -> bool:
+    """A single `remote_write` without a URL (a list's entries must have one to load)."""
+    if any(not rw.url for rw in cfg.endpoints):
+        print("libvirt-pusher: config error: remote_write.url: required", file=sys.stderr)
+        return True
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,11 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
         return 2
-    _setup_logging(args.log_level or cfg.log.level)
+    _setup_logging(args.log_level or cfg.log.level, len(cfg.endpoints))
 
     if args.check_config:
-        if not cfg.remote_write.url:
-            print("libvirt-pusher: config error: remote_write.url: required", file=sys.stderr)
+        if _missing_url(cfg):
             return 2
         print(f"config OK: {_summary(cfg)}")
         return 0
@@ -103,16 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         healthy, why = check_health(cfg.buffer.path, time.time())
         print(("healthy: " if healthy else "unhealthy: ") + why)
         return 0 if healthy else 1
-    if not cfg.remote_write.url:
-        print("libvirt-pusher: config error: remote_write.url: required", file=sys.stderr)
+    if _missing_url(cfg):
         return 2
     try:
-        spool = Spool(cfg.buffer.path, cfg.buffer.max_bytes, cfg.buffer.fsync)
+        spools = open_spools(cfg)
     except SpoolError as e:
         print(f"libvirt-pusher: config error: {e}", file=sys.stderr)
         return 2
-    sender = Sender(cfg.remote_write)
-    agent = Agent(cfg, sender, spool)
+    outputs = [(Sender(rw), spool) for rw, spool in zip(cfg.endpoints, spools, strict=True)]
+    agent = Agent(cfg, outputs)
     if args.once:
         return _once(agent, cfg)
     return _serve(agent, cfg)
@@ -139,23 +156,29 @@ def _dry_run(cfg: Config) -> int:
 
 
 def _once(agent: Agent, cfg: Config) -> int:
+    """One cycle, delivered with the backlog: 0 only when every endpoint got everything,
+    nothing was dropped or rejected, and libvirt was read."""
     agent.run_cycle()
-    deadline = time.monotonic() + max(cfg.shutdown_grace, cfg.remote_write.timeout)
-    delivered = agent.drain_once(deadline)
+    timeout = max(rw.timeout for rw in cfg.endpoints)
+    agent.drain_once(time.monotonic() + max(cfg.shutdown_grace, timeout))
+    ok = agent.libvirt_up
+    several = len(agent.endpoints) > 1
+    for endpoint in agent.endpoints:
+        who = f"endpoint {endpoint.name}: " if several else ""
+        stats = endpoint.delivery.stats
+        dropped = {r: n for r, n in stats.dropped.items() if n}
+        rejected = {r: n for r, n in stats.rejected_samples.items() if n}
+        if endpoint.pending():
+            log.error("%sdelivery did not finish; the rest stays in the spool", who)
+            ok = False
+        elif dropped or rejected:
+            log.error("%ssamples dropped: %s; samples in rejected requests: %s", who, dropped,
+                      rejected)  # fmt: skip
+            ok = False
+        else:
+            log.info("%sdelivered %d sample(s)", who, stats.sent)
     agent.shutdown(0)
-    stats = agent.delivery.stats
-    dropped = {r: n for r, n in stats.dropped.items() if n}
-    rejected = {r: n for r, n in stats.rejected_samples.items() if n}
-    if not delivered:
-        log.error("delivery did not finish; the rest stays in the spool")
-        return 1
-    if dropped or rejected:
-        log.error("samples dropped: %s; samples in rejected requests: %s", dropped, rejected)
-        return 1
-    if not agent.libvirt_up:
-        return 1
-    log.info("delivered %d sample(s)", stats.sent)
-    return 0
+    return 0 if ok else 1
 
 
 def _serve(agent: Agent, cfg: Config) -> int:

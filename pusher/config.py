@@ -7,6 +7,10 @@ Unknown keys, wrong types and bad values raise `ConfigError` naming the dotted k
 CLI turns into exit status 2.
 `${VAR}` and `${VAR:-default}` in string values are expanded from the environment;
 `$$` is a literal dollar sign.
+
+`remote_write` is one section, or a list of them (several endpoints, each with a `name`):
+`cfg.endpoints` holds them either way, and `cfg.remote_write` is the section when there is
+exactly one. The keys of a list's entries are named `remote_write[1].url` (counted from 0).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import socket
 import ssl
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -29,6 +33,7 @@ from pusher import catalog, relabel
 from pusher.secrets import MAX_SECRET_BYTES, REDACTED, read_secret, redact_url, valid_token
 
 __all__ = [
+    "DEFAULT_ENDPOINT",
     "DEFAULT_SERIES_LABELS",
     "DEFAULT_STATS_GROUPS",
     "DROPPABLE_LABELS",
@@ -101,6 +106,12 @@ DROPPABLE_LABELS = tuple(
 # every device or agent label of the catalog.
 _OWN_LABELS = frozenset({"domain", "uuid", *(x for m in catalog.CATALOG for x in m.labels)})
 
+# The name of the endpoint a single `remote_write` mapping gives; its spool is `buffer.path`.
+DEFAULT_ENDPOINT = "default"
+# An endpoint's name: a label value and a directory name.
+_ENDPOINT_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+# `remote_write[3].url` -> `remote_write.url`: the key whose parser applies.
+_LIST_INDEX = re.compile(r"\[\d+\]")
 # Domain-name patterns (`filter.domains.*`) are short; a longer one is a mistake.
 MAX_PATTERN_LENGTH = 1000
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -394,6 +405,13 @@ def _protocol(v: Any) -> str:
     return s
 
 
+def _endpoint_name(v: Any) -> str:
+    s = _str(v)
+    if not _ENDPOINT_NAME.match(s):
+        raise ValueError(f"{s!r} is not a name of 1 to 64 characters a-z, 0-9, _ and -")
+    return s
+
+
 def _order(v: Any) -> str:
     s = _str(v)
     if s not in ("fifo", "backfill"):
@@ -425,9 +443,16 @@ def _key(
 
 
 def _section_of(f: Field[Any]) -> type[Any] | None:
-    """The section a field holds (declared as `field(default_factory=TheSection)`), or None
-    for a key."""
-    return None if "parse" in f.metadata else cast("type[Any]", f.default_factory)
+    """The section a field holds (declared as `field(default_factory=TheSection)`, or with
+    `section` in its metadata), or None for a key."""
+    if "parse" in f.metadata:
+        return None
+    return cast("type[Any]", f.metadata.get("section") or f.default_factory)
+
+
+def _yaml_name(f: Field[Any]) -> str:
+    """The field's YAML key: its name, or the `key` its metadata gives (`endpoints`)."""
+    return str(f.metadata.get("key", f.name))
 
 
 def _header_names(headers: Mapping[str, str]) -> dict[str, str]:
@@ -483,6 +508,9 @@ class BasicAuth:
 
 @dataclass(frozen=True, repr=False)
 class RemoteWriteConfig:
+    """One endpoint: `remote_write`, or an entry of its list."""
+
+    name: str = _key(DEFAULT_ENDPOINT, _endpoint_name)
     url: str = _key("", _url, redact_url)
     tenant: str = _key("", _str)
     timeout: float = _key(30.0, _positive_duration)
@@ -563,7 +591,11 @@ class Config:
 
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
-    remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
+    # `remote_write`: one mapping (one endpoint), or a list of named ones.
+    endpoints: tuple[RemoteWriteConfig, ...] = field(
+        default=(RemoteWriteConfig(),),
+        metadata={"key": "remote_write", "section": RemoteWriteConfig},
+    )
     external_labels: Mapping[str, str] = _key({}, _labels)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     nova: NovaConfig = field(default_factory=NovaConfig)
@@ -575,6 +607,21 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace: float = _key(10.0, _duration)
 
+    @property
+    def remote_write(self) -> RemoteWriteConfig:
+        """The endpoint, when there is one; with several, `endpoints` has them."""
+        if len(self.endpoints) != 1:
+            raise ValueError(f"{len(self.endpoints)} remote_write endpoints: read cfg.endpoints")
+        return self.endpoints[0]
+
+    def spool_directory(self, endpoint: RemoteWriteConfig) -> str:
+        """Where an endpoint's spool lives: `buffer.path` for the endpoint named `default`
+        (a single `remote_write` mapping's: an upgrade keeps its backlog), else
+        `buffer.path/endpoints/<name>`."""
+        if endpoint.name == DEFAULT_ENDPOINT:
+            return self.buffer.path
+        return os.path.join(self.buffer.path, "endpoints", endpoint.name)
+
 
 def _keys(section: type[Any], prefix: str = "") -> dict[str, Callable[[Any], Any]]:
     """Every key of `section` by dotted name, with its parser."""
@@ -582,7 +629,7 @@ def _keys(section: type[Any], prefix: str = "") -> dict[str, Callable[[Any], Any
     for f in fields(section):
         inner = _section_of(f)
         if inner is not None:
-            out |= _keys(inner, f"{prefix}{f.name}.")
+            out |= _keys(inner, f"{prefix}{_yaml_name(f)}.")
         else:
             out[prefix + f.name] = f.metadata["parse"]
     return out
@@ -626,7 +673,7 @@ def _flatten(tree: Any, prefix: str, out: dict[str, Any], section: type[Any] = C
     `remote_write.headers` are maps of free-form names."""
     if not isinstance(tree, dict):
         raise ConfigError(prefix, f"expected a map, got {type(tree).__name__}")
-    known = {f.name: f for f in fields(section)}
+    known = {_yaml_name(f): f for f in fields(section)}
     for k, v in tree.items():
         if not isinstance(k, str) or "." in k or not k:
             raise ConfigError(prefix or str(k), f"key {k!r} is not a plain name")
@@ -642,7 +689,7 @@ def _flatten(tree: Any, prefix: str, out: dict[str, Any], section: type[Any] = C
 
 def _parse(key: str, raw: Any, env: Mapping[str, str]) -> Any:
     try:
-        return _KEYS[key](_expand_env(raw, key, env))
+        return _KEYS[_LIST_INDEX.sub("", key)](_expand_env(raw, key, env))
     except ConfigError:
         raise
     except (ValueError, TypeError, ArithmeticError) as e:
@@ -653,9 +700,10 @@ def _build(section: type[Any], values: Mapping[str, Any], prefix: str = "") -> A
     """A `section` holding `values` (by dotted name); a key without one keeps its default."""
     kwargs: dict[str, Any] = {}
     for f in fields(section):
-        key, inner = prefix + f.name, _section_of(f)
+        key, inner = prefix + _yaml_name(f), _section_of(f)
         if inner is not None:
-            kwargs[f.name] = _build(inner, values, f"{key}.")
+            built = _build(inner, values, f"{key}.")
+            kwargs[f.name] = (built,) if "section" in f.metadata else built
         elif key in values:
             kwargs[f.name] = values[key]
     return section(**kwargs)
@@ -667,6 +715,10 @@ def from_mapping(
     """Validate a parsed YAML document (None means an empty one)."""
     env = os.environ if env is None else env
     flat: dict[str, Any] = {}
+    listed = None  # `remote_write` as a list: its entries
+    if isinstance(tree, dict) and isinstance(tree.get("remote_write"), list):
+        listed = tree["remote_write"]
+        tree = {k: v for k, v in tree.items() if k != "remote_write"}
     if tree is not None:
         _flatten(tree, "", flat)
     values = {key: _parse(key, raw, env) for key, raw in flat.items()}
@@ -678,14 +730,42 @@ def from_mapping(
     labels.setdefault("host", hostname or socket.gethostname())
     values["external_labels"] = labels
     cfg: Config = _build(Config, values)
-    _cross_check(cfg)
+    if listed is not None:
+        cfg = replace(cfg, endpoints=_endpoint_list(listed, env))
+    _cross_check(cfg, listed is not None)
     return cfg
 
 
-def _cross_check(cfg: Config) -> None:
-    rw = cfg.remote_write
-    if rw.min_backoff > rw.max_backoff:
-        raise ConfigError("remote_write.min_backoff", "must not exceed remote_write.max_backoff")
+def _endpoint_list(entries: list[Any], env: Mapping[str, str]) -> tuple[RemoteWriteConfig, ...]:
+    """`remote_write` as a list: each entry a section of its own, with a unique `name` and a
+    `url` (an endpoint in a list without a URL can only be a mistake)."""
+    if not entries:
+        raise ConfigError("remote_write", "an empty list: give one endpoint or more")
+    endpoints: list[RemoteWriteConfig] = []
+    seen: dict[str, str] = {}  # name -> the key of the entry that has it
+    for i, entry in enumerate(entries):
+        prefix = f"remote_write[{i}]"
+        flat: dict[str, Any] = {}
+        _flatten(entry, prefix, flat, RemoteWriteConfig)
+        values = {key: _parse(key, raw, env) for key, raw in flat.items()}
+        rw: RemoteWriteConfig = _build(RemoteWriteConfig, values, f"{prefix}.")
+        if f"{prefix}.name" not in values:
+            raise ConfigError(f"{prefix}.name", "required when remote_write is a list")
+        if rw.name in seen:
+            raise ConfigError(f"{prefix}.name", f"{rw.name!r} is taken by {seen[rw.name]}")
+        if not rw.url:
+            raise ConfigError(f"{prefix}.url", "required when remote_write is a list")
+        seen[rw.name] = prefix
+        endpoints.append(rw)
+    return tuple(endpoints)
+
+
+def _cross_check(cfg: Config, listed: bool = False) -> None:
+    for i, rw in enumerate(cfg.endpoints):
+        where = f"remote_write[{i}]" if listed else "remote_write"
+        if rw.min_backoff > rw.max_backoff:
+            raise ConfigError(f"{where}.min_backoff", f"must not exceed {where}.max_backoff")
+        _check_transport(rw, where)
     if cfg.collect.timeout > cfg.collect.interval:
         raise ConfigError("collect.timeout", "must not exceed collect.interval")
     # Labels the agent puts on its own series; an external label of the same name would be
@@ -694,7 +774,6 @@ def _cross_check(cfg: Config) -> None:
         if name in _OWN_LABELS or name in NOVA_LABELS:
             raise ConfigError(f"external_labels.{name}", "clashes with a label the agent sets")
     _check_label_limits(cfg)
-    _check_transport(rw)
 
 
 def _check_label_limits(cfg: Config) -> None:
@@ -746,25 +825,25 @@ def _check_label_limits(cfg: Config) -> None:
         )
 
 
-def _check_transport(rw: RemoteWriteConfig) -> None:
-    """TLS and credential keys that only make sense together, and files that must load."""
-    _check_tls(rw.tls, rw.url)
-    _check_credentials(rw)
+def _check_transport(cfg: RemoteWriteConfig, rw: str = "remote_write") -> None:
+    """TLS and credential keys that only make sense together, and files that must load;
+    `rw` is the endpoint's key (`remote_write`, `remote_write[1]`)."""
+    _check_tls(cfg.tls, cfg.url, rw)
+    _check_credentials(cfg, rw)
 
 
-def _check_tls(tls: TLSConfig, url: str) -> None:
-    rw = "remote_write"
+def _check_tls(tls: TLSConfig, url: str, rw: str) -> None:
     ca, cert, key = tls.ca_file, tls.cert_file, tls.key_file
     tls_set = tls != TLSConfig()  # any key of it
     if tls_set and url and urlsplit(url).scheme != "https":
-        raise ConfigError(f"{rw}.tls", "applies to https:// URLs only; remote_write.url is not one")
+        raise ConfigError(f"{rw}.tls", f"applies to https:// URLs only; {rw}.url is not one")
     if cert and not key:
-        raise ConfigError(f"{rw}.tls.key_file", "required with remote_write.tls.cert_file")
+        raise ConfigError(f"{rw}.tls.key_file", f"required with {rw}.tls.cert_file")
     if key and not cert:
-        raise ConfigError(f"{rw}.tls.cert_file", "required with remote_write.tls.key_file")
+        raise ConfigError(f"{rw}.tls.cert_file", f"required with {rw}.tls.key_file")
     if ca and tls.insecure_skip_verify:
         raise ConfigError(
-            f"{rw}.tls.insecure_skip_verify", "contradicts remote_write.tls.ca_file; set one"
+            f"{rw}.tls.insecure_skip_verify", f"contradicts {rw}.tls.ca_file; set one"
         )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # only to try the files: no system CAs
     if ca:
@@ -773,12 +852,11 @@ def _check_tls(tls: TLSConfig, url: str) -> None:
         except (ssl.SSLError, OSError, ValueError):
             raise ConfigError(f"{rw}.tls.ca_file", f"{ca} holds no PEM certificate") from None
     if key:
-        _check_key_pair(ctx, cert, key)
+        _check_key_pair(ctx, cert, key, rw)
 
 
-def _check_key_pair(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+def _check_key_pair(ctx: ssl.SSLContext, cert: str, key: str, rw: str) -> None:
     """The client certificate and its key load, and the key needs no passphrase."""
-    rw = "remote_write"
     try:
         with open(key, "rb") as f:
             encrypted = b"ENCRYPTED" in f.read(MAX_SECRET_BYTES)
@@ -799,8 +877,7 @@ def _check_key_pair(ctx: ssl.SSLContext, cert: str, key: str) -> None:
         ) from None
 
 
-def _check_credentials(cfg: RemoteWriteConfig) -> None:
-    rw = "remote_write"
+def _check_credentials(cfg: RemoteWriteConfig, rw: str) -> None:
     user, password_file = cfg.basic_auth.username, cfg.basic_auth.password_file
     if user and not password_file:
         raise ConfigError(f"{rw}.basic_auth.password_file", "required with basic_auth.username")
@@ -810,7 +887,7 @@ def _check_credentials(cfg: RemoteWriteConfig) -> None:
     # an Authorization header.
     if password_file and cfg.bearer_token_file:
         raise ConfigError(
-            f"{rw}.bearer_token_file", "cannot be used together with remote_write.basic_auth"
+            f"{rw}.bearer_token_file", f"cannot be used together with {rw}.basic_auth"
         )
     from_files = bool(password_file or cfg.bearer_token_file)
     in_url = bool(cfg.url) and "@" in urlsplit(cfg.url).netloc

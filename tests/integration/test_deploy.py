@@ -59,6 +59,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": 
 
 ALERT_NAMES = {
     "LibvirtPusherNotDelivering",
+    "LibvirtPusherEndpointNotDelivering",
     "LibvirtPusherBacklogGrowing",
     "LibvirtPusherSamplesDropped",
     "LibvirtPusherRequestsRejected",

@@ -334,11 +334,11 @@ def test_data_refused_by_tls_stays_in_the_spool_and_is_counted(
     )  # fmt: skip
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
     collector = Collector(cfg.libvirt.uri, use_events=False)
-    agent = Agent(cfg, Sender(cfg.remote_write), spool, collector)
+    agent = Agent(cfg, [(Sender(cfg.remote_write), spool)], collector)
     agent.run_cycle()
     pending = spool.stats()[0]
     assert not agent.drain_once(time.monotonic() + 0.5)
-    assert agent.delivery.stats.responses["error"] >= 1
+    assert agent.endpoints[0].delivery.stats.responses["error"] >= 1
     assert spool.stats()[0] == pending >= 1  # 1.0: one request; 2.0: domains', agent's
     agent.shutdown(0)
 

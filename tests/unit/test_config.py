@@ -45,6 +45,7 @@ def test_empty_document_gives_the_documented_defaults() -> None:
     assert cfg.libvirt.uri == "qemu:///system"
     assert cfg.collect.interval == 15.0
     assert cfg.collect.timeout == 10.0
+    assert cfg.remote_write.name == "default"
     assert cfg.remote_write.url == ""
     assert cfg.remote_write.tenant == ""
     assert cfg.remote_write.timeout == 30.0
@@ -142,6 +143,7 @@ relabel_configs:
   - source_labels: [project_uuid]
     target_label: project_id
 remote_write:
+  name: regional
   url: https://mimir.example.com/api/v1/push
   tenant: edge-eu-1
   timeout: 20s
@@ -203,6 +205,7 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.libvirt.uri == "qemu+ssh://root@kvm-1/system"
     assert cfg.collect.interval == 60.0
     assert cfg.collect.timeout == 45.0
+    assert cfg.remote_write.name == "regional"
     assert cfg.remote_write.url == "https://mimir.example.com/api/v1/push"
     assert cfg.remote_write.tenant == "edge-eu-1"
     assert cfg.remote_write.timeout == 20.0
@@ -267,6 +270,107 @@ def test_repeated_series_labels_are_kept_once_in_order() -> None:
 def test_an_empty_remote_write_url_is_allowed_by_the_schema() -> None:
     # --check-config and the agent require it; --dry-run does not.
     assert parse("remote_write: {url: ''}").remote_write.url == ""
+
+
+# --- several endpoints: remote_write as a list ---------------------------------------------
+
+TWO_ENDPOINTS = """
+remote_write:
+  - name: regional
+    url: https://mimir.region.example/api/v1/push
+    tenant: edge
+    order: backfill
+  - name: central-1
+    url: http://prometheus.local:9090/api/v1/write
+    protocol: v1
+    max_samples_per_send: 500
+buffer:
+  path: /srv/spool
+"""
+
+
+def test_a_list_of_remote_write_sections_gives_one_endpoint_each() -> None:
+    cfg = parse(TWO_ENDPOINTS)
+    regional, central = cfg.endpoints
+    assert (regional.name, regional.tenant, regional.order) == ("regional", "edge", "backfill")
+    assert regional.protocol == "auto" and regional.max_samples_per_send == 2000
+    assert (central.name, central.tenant, central.protocol) == ("central-1", "", "v1")
+    assert central.url == "http://prometheus.local:9090/api/v1/write"
+    assert central.max_samples_per_send == 500
+    # Each endpoint's spool in a directory of its own.
+    assert cfg.spool_directory(regional) == "/srv/spool/endpoints/regional"
+    assert cfg.spool_directory(central) == "/srv/spool/endpoints/central-1"
+    with pytest.raises(ValueError, match=r"cfg\.endpoints"):
+        _ = cfg.remote_write
+
+
+def test_the_single_mapping_is_the_endpoint_named_default_spooled_in_buffer_path() -> None:
+    cfg = parse("remote_write: {url: http://m/push}\nbuffer: {path: /srv/spool}")
+    (only,) = cfg.endpoints
+    assert only is cfg.remote_write
+    assert only.name == "default"
+    assert cfg.spool_directory(only) == "/srv/spool"  # where it always was: an upgrade keeps it
+    # The spool follows the name: a listed endpoint named default keeps buffer.path too.
+    listed = parse("remote_write: [{name: default, url: http://m/push}, {name: b, url: http://n/}]")
+    assert listed.spool_directory(listed.endpoints[0]) == listed.buffer.path
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("remote_write: [{url: http://m/push}]", "remote_write[0].name", "required"),
+        ("remote_write: [{name: a, url: http://m/}, {name: a, url: http://n/}]",
+         "remote_write[1].name", "'a' is taken by remote_write[0]"),
+        ("remote_write: [{name: a, url: http://m/}, {name: B, url: http://n/}]",
+         "remote_write[1].name", "a-z, 0-9"),
+        ("remote_write: [{name: a/b, url: http://m/}]", "remote_write[0].name", "a-z, 0-9"),
+        ("remote_write: [{name: '', url: http://m/}]", "remote_write[0].name", "a-z, 0-9"),
+        ("remote_write: [{name: a}]", "remote_write[0].url", "required"),
+        ("remote_write: [{name: a, url: http://m/}, {name: b, url: 'ftp://x'}]",
+         "remote_write[1].url", "not an http"),
+        ("remote_write: [{name: a, url: http://m/, colour: red}]", "remote_write[0].colour",
+         "unknown key"),
+        ("remote_write: [{name: a, url: http://m/, tls: {cert_file: /etc/hostname}}]",
+         "remote_write[0].tls", "https:// URLs only; remote_write[0].url"),
+        ("remote_write: [{name: a, url: http://m/, min_backoff: 2s, max_backoff: 1s}]",
+         "remote_write[0].min_backoff", "remote_write[0].max_backoff"),
+        ("remote_write: [{name: a, url: http://m/}, [1]]", "remote_write[1]", "expected a map"),
+        ("remote_write: []", "remote_write", "empty list"),
+        ("remote_write: [{name: a, url: http://m/, tenant: '${UNSET_HERE}'}]",
+         "remote_write[0].tenant", "UNSET_HERE"),
+    ],
+)  # fmt: skip
+def test_errors_in_a_list_of_endpoints_name_the_entry_and_key(
+    text: str, key: str, words: str
+) -> None:
+    err = config_error(text)
+    assert err.key == key, err
+    assert str(err).startswith(f"{key}: ") and words in str(err), err
+
+
+def test_an_endpoint_name_in_the_single_mapping_names_its_metrics_and_spool() -> None:
+    cfg = parse("remote_write: {name: mimir, url: http://m/push}\nbuffer: {path: /srv/spool}")
+    assert cfg.remote_write.name == "mimir"
+    assert cfg.spool_directory(cfg.remote_write) == "/srv/spool/endpoints/mimir"
+    assert config_error("remote_write: {name: 'no spaces', url: http://m/}").key == (
+        "remote_write.name"
+    )
+
+
+def test_endpoint_is_a_label_the_agent_sets() -> None:
+    err = config_error("external_labels: {endpoint: x}")
+    assert err.key == "external_labels.endpoint"
+
+
+def test_cli_check_config_of_a_list_names_every_endpoint(tmp_path: Path) -> None:
+    result = run_cli("--check-config", "-c", write(tmp_path, TWO_ENDPOINTS))
+    assert result.returncode == 0, result.stderr
+    assert "regional: https://mimir.region.example/api/v1/push tenant edge" in result.stdout
+    assert "central-1: http://prometheus.local:9090/api/v1/write" in result.stdout
+    bad = TWO_ENDPOINTS.replace("name: central-1", "name: regional")
+    assert_one_line_config_error(
+        run_cli("--check-config", "-c", write(tmp_path, bad)), "remote_write[1].name"
+    )
 
 
 # --- durations and sizes -----------------------------------------------------------------
@@ -431,7 +535,7 @@ def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) 
         ("libvirt: {uri: qemu:///system, extra: {deep: 1}}", "libvirt.extra"),
         # a section that is not a map
         ("libvirt: qemu:///system", "libvirt"),
-        ("remote_write: [a, b]", "remote_write"),
+        ("remote_write: [a, b]", "remote_write[0]"),  # a list of endpoints: a is no map
         # wrong types
         ("libvirt: {uri: 5}", "libvirt.uri"),
         ("remote_write: {tenant: [a]}", "remote_write.tenant"),

@@ -301,7 +301,7 @@ def test_a_persistent_rejection_is_logged_once_then_summed_up_each_minute(
 
 def agent_with(spool: Spool, t: ScriptedTransport, cycles: int = 1, **rw: Any) -> Agent:
     snapshots = [[domain("u1", stats(), WEB)] for _ in range(cycles)]
-    return Agent(config(**rw), t, spool, FakeCollector(snapshots))  # type: ignore[arg-type]
+    return Agent(config(**rw), [(t, spool)], FakeCollector(snapshots))  # type: ignore[list-item]
 
 
 def _own(agent: Agent, name: str) -> float:
@@ -335,7 +335,7 @@ def test_every_collected_sample_ends_sent_or_dropped(spool: Spool) -> None:
     agent = agent_with(spool, t, protocol="v2", max_sample_age="0s")
     n = agent.run_cycle()
     assert agent.drain_once(time.monotonic() + 5)
-    stats = agent.delivery.stats
+    stats = agent.endpoints[0].delivery.stats
     assert stats.sent + sum(stats.dropped.values()) == n
 
 
@@ -345,12 +345,12 @@ def test_ended_series_leave_the_encoders_cache(spool: Spool) -> None:
         [domain("u1", stats(), WEB)],
         [domain("u1", stats(), WEB)],
     ])  # fmt: skip
-    agent = Agent(config(), ScriptedTransport(OK), spool, collector)  # type: ignore[arg-type]
+    agent = Agent(config(), [(ScriptedTransport(OK), spool)], collector)  # type: ignore[list-item]
     agent.run_cycle()
-    with_both = agent.encoder.cached_series()
+    with_both = agent.cached_series()
     agent.run_cycle()  # u2 gone: stale markers written, then forgotten
     agent.run_cycle()
-    assert agent.encoder.cached_series() <= with_both - 5  # u2 had 5 series
+    assert agent.cached_series() <= with_both - 5  # u2 had 5 series
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
@@ -372,10 +372,10 @@ def test_relabeled_cycles_are_sent_whole_with_their_stale_markers(
         [domain("u1", stats(), WEB)],
     ])  # fmt: skip
     t = ScriptedTransport(OK)
-    agent = Agent(cfg, t, spool, collector)  # type: ignore[arg-type]
+    agent = Agent(cfg, [(t, spool)], collector)  # type: ignore[list-item]
     collected = [agent.run_cycle() for _ in range(3)]
     assert agent.drain_once(time.monotonic() + 5)
-    assert agent.delivery.stats.sent == sum(collected)  # every sample the cycles had
+    assert agent.endpoints[0].delivery.stats.sent == sum(collected)  # every sample the cycles had
     series: list[dict[str, str]] = []
     stale: list[dict[str, str]] = []
     for body, _, proto in t.sent:
@@ -398,4 +398,4 @@ def test_relabeled_cycles_are_sent_whole_with_their_stale_markers(
     dropped = [s for s in series if s["__name__"] == "pusher_relabel_dropped_samples_total"]
     assert {s["reason"] for s in dropped} == {"rule", "invalid_name", "duplicate"}
     if protocol == "v1":  # it forgot the ended series by the keys it had cached them under
-        assert agent.encoder.cached_series() == collected[-1]
+        assert agent.cached_series() == collected[-1]

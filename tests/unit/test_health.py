@@ -21,17 +21,26 @@ NOW = 1_800_000_000.0
 ERROR = "cannot connect to qemu:///system?socket=/x: Failed to find user record for uid '10001'"
 
 
+ENDPOINT_KEYS = ("last_send_success", "spool_requests", "oldest_pending_ms")
+
+
 def state(**changes: object) -> dict[str, object]:
+    """The health file as the agent writes it, with one endpoint; `changes` to an endpoint's
+    keys apply to that endpoint."""
+    endpoint: dict[str, object] = {
+        "last_send_success": NOW - 1,
+        "spool_requests": 0,
+        "oldest_pending_ms": None,
+    }
+    endpoint |= {k: v for k, v in changes.items() if k in ENDPOINT_KEYS}
     base: dict[str, object] = {
         "cycle_at": NOW - 1,
         "interval": 15.0,
         "libvirt_up": 1,
-        "last_send_success": NOW - 1,
-        "spool_requests": 0,
-        "oldest_pending_ms": None,
+        "endpoints": {"default": endpoint},
         **LibvirtStreak().state(),
     }
-    return {**base, **changes}
+    return {**base, **{k: v for k, v in changes.items() if k not in ENDPOINT_KEYS}}
 
 
 def check(tmp_path: Path, **changes: object) -> tuple[bool, str]:
@@ -122,7 +131,25 @@ def test_a_backlog_being_sent_is_healthy(tmp_path: Path) -> None:
 
 
 def test_a_health_file_of_an_older_agent_is_read(tmp_path: Path) -> None:
-    old = {k: v for k, v in state().items() if not k.startswith("libvirt_")}
-    (tmp_path / HEALTH_FILE).write_text(json.dumps({**old, "libvirt_up": 1}))
+    # Before libvirt's streak and several endpoints: one endpoint's keys at the top.
+    old = {"cycle_at": NOW - 1, "interval": 15.0, "libvirt_up": 1, "last_send_success": NOW - 1,
+           "spool_requests": 0, "oldest_pending_ms": None}  # fmt: skip
+    (tmp_path / HEALTH_FILE).write_text(json.dumps(old))
     healthy, why = check_health(str(tmp_path), NOW)
     assert healthy, why
+    stuck = NOW - HEALTH_MAX_SEND_AGE - 30
+    old |= {"spool_requests": 2, "oldest_pending_ms": stuck * 1000, "last_send_success": stuck}
+    (tmp_path / HEALTH_FILE).write_text(json.dumps(old))
+    healthy, why = check_health(str(tmp_path), NOW)
+    assert not healthy and "2 request(s) unsent" in why, why
+
+
+def test_one_endpoint_that_has_not_sent_for_ten_minutes_is_named(tmp_path: Path) -> None:
+    old = NOW - HEALTH_MAX_SEND_AGE - 30
+    good = {"last_send_success": NOW - 1, "spool_requests": 1, "oldest_pending_ms": NOW * 1000}
+    down = {"last_send_success": old, "spool_requests": 9, "oldest_pending_ms": old * 1000}
+    healthy, why = check(tmp_path, endpoints={"regional": good, "central": down})
+    assert not healthy
+    assert why.startswith("endpoint central: 9 request(s) unsent; no successful send for 630s")
+    healthy, why = check(tmp_path, endpoints={"regional": good, "central": good})
+    assert healthy and "2 pending" in why, why

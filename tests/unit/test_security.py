@@ -816,14 +816,15 @@ def test_hostile_answers_are_counted_and_the_data_is_kept(
     """)
     spool = Spool(str(tmp_path / "spool"), 2**20, fsync=False)
     collector = Collector(cfg.libvirt.uri, use_events=False)
-    agent = Agent(cfg, Sender(cfg.remote_write), spool, collector)
+    agent = Agent(cfg, [(Sender(cfg.remote_write), spool)], collector)
     agent.run_cycle()
     pending = spool.stats()[0]
     delivered = agent.drain_once(time.monotonic() + 0.8)
     assert not delivered
-    assert agent.delivery.stats.responses[code] >= 1
+    stats = agent.endpoints[0].delivery.stats
+    assert stats.responses[code] >= 1
     assert spool.stats()[0] == pending  # nothing dropped
-    assert not agent.delivery.stats.dropped or not any(agent.delivery.stats.dropped.values())
+    assert not stats.dropped or not any(stats.dropped.values())
     agent.shutdown(0)
 
 
