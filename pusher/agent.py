@@ -20,7 +20,6 @@ from pusher.catalog import Reading, Reporter, Sample, reading
 from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config
 from pusher.delivery import Delivery, Lane, ProtocolMemory, Transport
-from pusher.encode import Encoder, EncoderV2, metadata_bytes
 from pusher.health import write_health
 from pusher.series import Cycle, Planner
 from pusher.spool import Spool
@@ -54,8 +53,6 @@ class Agent:
         self.delivery = Delivery(
             cfg.remote_write, cfg.collect.interval, spool, sender, self.protocol, clock
         )
-        n = cfg.remote_write.max_samples_per_send
-        self.encoders: dict[int, Encoder | EncoderV2] = {1: Encoder(n), 2: EncoderV2(n)}
         self.cycles = 0
         self.collected = 0
         self.libvirt_up = False
@@ -67,9 +64,10 @@ class Agent:
         ]  # fmt: skip
 
     @property
-    def encoder(self) -> Encoder | EncoderV2:
-        """The encoder new cycles are written with (the protocol may fall back to 1.0)."""
-        return self.encoders[self.protocol.current]
+    def encoder(self) -> Spool:
+        """What new cycles are encoded by: the spool keeps them as records, and builds
+        their requests when it hands them to delivery."""
+        return self.spool
 
     def readings(self) -> list[Reading]:
         return [
@@ -101,15 +99,15 @@ class Agent:
         cycle.samples.extend(self.self_samples())
         n = cycle.count()
         self.collected += n  # after the readings: the figure includes this cycle next time
-        metadata = b""
+        metadata = False  # 1.0 requests carry the metric metadata once a metadata_interval
         now = time.monotonic()
         interval = self.cfg.remote_write.metadata_interval
         if interval > 0 and now - self._last_metadata >= interval:
-            metadata = metadata_bytes(catalog.families_of(cycle.names()))
+            metadata = True
             self._last_metadata = now
-        encoder = self.encoder
-        self.spool.put(encoder.encode(cycle.samples, cycle.ts_ms, metadata, cycle.plans))
-        encoder.forget(cycle.ended)
+        rw = self.cfg.remote_write
+        self.spool.put_cycle(cycle.ts_ms, cycle.plans, cycle.samples, self.protocol.current,
+                             metadata, rw.max_samples_per_send)  # fmt: skip
         self.delivery.wake()
         self._write_health(cycle.ts_ms / 1000)
         return n
