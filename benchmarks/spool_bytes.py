@@ -84,7 +84,8 @@ def run(cycles: list[dict[str, Any]], protocol: str, bodies: bool, where: str) -
             n = cfg.remote_write.max_samples_per_send
             encoder = Encoder(n) if protocol == "v1" else EncoderV2(n)
             spool.put_cycle = lambda ts, plans, samples, *_: spool.put(  # type: ignore[method-assign]
-                encoder.encode(samples, ts, b"", plans))
+                encoder.encode(samples, ts, b"", plans)
+            )
         largest = {"db+wal": 0, "db+wal+shm": 0}
         after_first = 0
         for i, c in enumerate(cycles):

@@ -23,23 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import cycle_plans, snapshot
+from common import cycle_plans, moved, snapshot
 
-from pusher.catalog import DomainPlan
-from pusher.collect import DomainStats, Snapshot
 from pusher.encode import Encoder, EncoderV2
 from pusher.series import DomainSeries
 from pusher.spool import Spool
-
-
-def moved(snap: Snapshot, i: int, cache: dict[str, DomainSeries]) -> list[tuple[DomainPlan, list[float]]]:
-    """The snapshot's plans with every integer stat `i` higher, as counters move."""
-    domains = [
-        DomainStats(d.name, d.uuid, {k: v + i if isinstance(v, int) else v
-                                     for k, v in d.stats.items()}, d.info)
-        for d in snap.domains
-    ]  # fmt: skip
-    return cycle_plans(Snapshot(snap.ts_ms, domains, 0.0, 0), cache)
 
 
 def main() -> None:

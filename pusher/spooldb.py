@@ -247,28 +247,19 @@ def _row_columns(old: sqlite3.Connection) -> str:
 def _copy_entries(old: sqlite3.Connection, new: sqlite3.Connection) -> None:
     """The dictionary entries that can be read, with their ids (the rows refer to them)."""
     after = -1
-    while True:
+    bound = _max_id(old, "dictionary")
+    while after < bound:
         try:
             row = old.execute("SELECT id, chain, crc, entry FROM dictionary WHERE id > ? "
                               "ORDER BY id LIMIT 1", (after,)).fetchone()  # fmt: skip
         except sqlite3.DatabaseError:
-            after += 1  # step over what cannot be read (or a table that is not there)
-            if after > 1_000_000 or not _has_entries(old):
-                return
+            after += 1  # step over what cannot be read
             continue
         if row is None:
             return
         if _entry_intact(row[1], row[2], row[3]):
             new.execute("INSERT INTO dictionary (id, chain, crc, entry) VALUES (?, ?, ?, ?)", row)
         after = row[0]
-
-
-def _has_entries(old: sqlite3.Connection) -> bool:
-    try:
-        return old.execute("SELECT 1 FROM sqlite_master WHERE name = 'dictionary'").fetchone() \
-            is not None  # fmt: skip
-    except sqlite3.DatabaseError:
-        return False
 
 
 def _copy_rows(
@@ -306,10 +297,10 @@ def _copy_rows(
     return kept_samples, lost, unreadable
 
 
-def _max_id(db: sqlite3.Connection) -> int:
+def _max_id(db: sqlite3.Connection, table: str = "requests") -> int:
     for query in (
-        "SELECT seq FROM sqlite_sequence WHERE name = 'requests'",
-        "SELECT MAX(id) FROM requests",
+        f"SELECT seq FROM sqlite_sequence WHERE name = '{table}'",
+        f"SELECT MAX(id) FROM {table}",
     ):
         try:
             row = db.execute(query).fetchone()
