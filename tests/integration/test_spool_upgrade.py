@@ -52,7 +52,8 @@ def test_a_spool_of_the_previous_version_is_delivered_first_and_whole(
     )  # fmt: skip
     agent = AgentProcess(config, tmp_path / "agent.log")
     started = time.time()
-    wait_for(lambda: any(ts > started * 1000 for ts, _ in mimir.one("libvirt_up") or []),
+    wait_for(lambda: mimir.find("libvirt_up")
+             and any(ts > started * 1000 for ts, _ in mimir.one("libvirt_up")),
              30, "the new agent's own cycles")  # fmt: skip
     time.sleep(1.5)
     assert agent.stop() == 0, agent.log()
