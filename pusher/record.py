@@ -386,10 +386,27 @@ def _row(chain: _Chain, part: list[_Coded]) -> tuple[list[int], list[int], dict[
 # --- reading ------------------------------------------------------------------------------
 
 
+_Layout = tuple[list[DomainPlan], list[int], list[float]]  # groups, base codes, scales
+
+
 @dataclass
 class _ReadChain:
     plans: list[DomainPlan] = field(default_factory=list)
     base: list[list[int]] = field(default_factory=list)
+    # group indices of a record -> its groups, and their base codes and scales end to end:
+    # the records of a chain's cycles mostly share a few of these
+    layouts: dict[tuple[int, ...], _Layout] = field(default_factory=dict)
+
+    def layout(self, refs: Sequence[int]) -> _Layout:
+        key = tuple(refs)
+        hit = self.layouts.get(key)
+        if hit is None:
+            plans = [self.plans[r] for r in refs]
+            base = [c for r in refs for c in self.base[r]]
+            hit = (plans, base, [s for p in plans for s in p.scales])
+            if len(self.layouts) < 4096:
+                self.layouts[key] = hit
+        return hit
 
 
 class RecordReader:
@@ -423,10 +440,7 @@ class RecordReader:
     def decode(
         self, chain_id: int, refs: Sequence[int], escapes: dict[int, float], planes: bytes
     ) -> list[tuple[DomainPlan, list[float]]]:
-        chain = self._chains[chain_id]
-        plans = [chain.plans[r] for r in refs]
-        base = [c for r in refs for c in chain.base[r]]
-        scales = [s for p in plans for s in p.scales]
+        plans, base, scales = self._chains[chain_id].layout(refs)
         codes = map(operator.add, unpack_ints(planes, len(base)), base)
         values = list(map(operator.mul, codes, scales))
         for pos, value in escapes.items():
