@@ -96,8 +96,8 @@ def run(cycles: list[dict[str, Any]], protocol: str, bodies: bool, where: str) -
             largest["db+wal+shm"] = max(largest["db+wal+shm"], sum(s.values()))
             if i == 0:
                 after_first = s.get("db", 0) + s.get("wal", 0)
-                first_samples = spooled(Path(cfg.buffer.path))[0]
-        samples, stored = spooled(Path(cfg.buffer.path))
+                first_samples = spooled(spool)[0]
+        samples, stored = spooled(spool)
         live_end = sum(v for k, v in sizes(Path(cfg.buffer.path)).items() if k != "shm")
         spool.close()
         closed = sum(v for k, v in sizes(Path(cfg.buffer.path)).items() if k != "shm")
@@ -108,21 +108,19 @@ def run(cycles: list[dict[str, Any]], protocol: str, bodies: bool, where: str) -
         shutil.rmtree(work, ignore_errors=True)
 
 
-def spooled(directory: Path) -> tuple[int, int]:
-    """(samples, bytes of rows and dictionary) in the spool, read as another process would."""
-    db = sqlite3.connect(f"file:{directory / 'spool.db'}?mode=ro", uri=True)
+def spooled(spool: Spool) -> tuple[int, int]:
+    """(samples, bytes of rows and dictionary) in the spool, through its own connection (it
+    holds the file's lock: no other connection may read it while it is open)."""
+    db = spool._db
+    samples, rows = db.execute(
+        "SELECT COALESCE(SUM(samples), 0), COALESCE(SUM(LENGTH(body)), 0) FROM requests"
+    ).fetchone()
     try:
-        samples, rows = db.execute(
-            "SELECT COALESCE(SUM(samples), 0), COALESCE(SUM(LENGTH(body)), 0) FROM requests"
-        ).fetchone()
-        try:
-            (entries,) = db.execute("SELECT COALESCE(SUM(LENGTH(entry)), 0) FROM dictionary"
-                                    ).fetchone()  # fmt: skip
-        except sqlite3.OperationalError:  # an older agent's spool has no dictionary
-            entries = 0
-        return int(samples), int(rows) + int(entries)
-    finally:
-        db.close()
+        (entries,) = db.execute("SELECT COALESCE(SUM(LENGTH(entry)), 0) FROM dictionary"
+                                ).fetchone()  # fmt: skip
+    except sqlite3.OperationalError:  # an older agent's spool has no dictionary
+        entries = 0
+    return int(samples), int(rows) + int(entries)
 
 
 def main() -> None:

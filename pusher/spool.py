@@ -11,8 +11,9 @@ memory). Invariants:
   marks the acknowledged prefix, so nothing is read twice even while a delete cannot be made;
 - every row carries a CRC32: a row that does not match, or whose record cannot be decoded,
   is dropped and counted;
-- rows and dictionary add up to at most `max_bytes`: the oldest rows go first, counted as
-  `spool_full`;
+- the file's pages in use (rows, dictionary, SQLite's own) stay within `max_bytes`: the
+  oldest rows go first, counted as `spool_full`; between cycles the WAL counts too
+  (`spooldb.settle` checkpoints it);
 - with `fsync` on (the default), SQLite syncs the WAL at every commit (synchronous=FULL): a
   committed cycle survives `kill -9` and power loss, for one fsync per cycle.
 
@@ -159,18 +160,15 @@ class _Queue:
         self._records = RecordStore()
         spooldb.prepare_directory(self.directory)
         self._db = spooldb.open_db(self.path, self.fsync, self._drops)
+        self._settle()
         self._bytes, self._count, self._oldest_ts = self._totals()
 
     def _totals(self) -> tuple[int, int, int | None]:
-        total, count, oldest = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), MIN(ts_ms) FROM requests "
-            "WHERE id > ?",
-            (self._acked,),
+        """(bytes: the file's pages in use, what the cap holds; requests; oldest ts)."""
+        count, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(ts_ms) FROM requests WHERE id > ?", (self._acked,)
         ).fetchone()
-        (entries,) = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(entry)), 0) FROM dictionary"
-        ).fetchone()
-        return int(total) + int(entries), int(count), oldest
+        return spooldb.used_bytes(self._db), int(count), oldest
 
     def _flush_overflow(self) -> None:
         """Move bodies waiting in memory into the file, oldest first, in one transaction."""
@@ -179,18 +177,17 @@ class _Queue:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
-            dropped, short = self._make_room(self._overflow.bytes)
-            if short:  # the bodies alone are larger than the cap: keep as many as fit
-                for row in self._overflow.drop_oldest(self.max_bytes):
-                    self._drops["spool_full"] += row.samples
             self._db.executemany(spooldb.INSERT, [
                 (r.ts_ms, r.samples, spooldb.row_crc(r.ts_ms, r.samples, r.body, r.proto,
                  FORMAT_BODY, 0), r.body, r.proto, FORMAT_BODY, 0) for r in self._overflow
             ])  # fmt: skip
+            # The bodies alone may be larger than the cap: then the oldest of them go too.
+            dropped, _ = self._trim(2**63 - 1, None)
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
             self._write_failed(e)
             return
+        self._settle()
         self._count_full(dropped)
         self._overflow.clear()
         self._bytes, self._count, self._oldest_ts = self._totals()
@@ -209,14 +206,27 @@ class _Queue:
             self._drops["spool_full"] += dropped
             log.warning("spool full: dropped the oldest %d sample(s)", dropped)
 
-    def _make_room(self, incoming: int) -> tuple[int, bool]:
-        """Delete the oldest rows so `incoming` bytes fit; returns the samples that took,
-        and whether it still does not fit (the incoming alone is larger than the cap)."""
-        over = self._bytes + incoming - self.max_bytes
-        if over <= 0:
-            return 0, False
-        freed, dropped = spooldb.delete_oldest(self._db, self._acked, over)
-        return dropped, freed < over
+    def _trim(self, before: int, writing: int | None) -> tuple[int, bool]:
+        """Within the write transaction, after the insert: delete the oldest rows (those
+        with an id below `before`) and the dictionary chains they leave unused until the
+        file's pages in use fit the cap. Returns the samples that took, and whether it fits
+        (not: what was just written is alone larger than the cap). `writing`: the chain the
+        transaction writes to (None: the record writer's)."""
+        dropped = 0
+        while (over := spooldb.used_bytes(self._db) - self.max_bytes) > 0:
+            freed, n = spooldb.delete_oldest(self._db, self._acked, over, before)
+            if not freed:
+                return dropped, False
+            dropped += n
+            self._records.collect(self._db, writing)
+        return dropped, True
+
+    def _settle(self) -> None:
+        """After a commit: keep the WAL within its bound (a checkpoint now and then)."""
+        try:
+            spooldb.settle(self._db, self.path, self.max_bytes)
+        except sqlite3.Error as e:
+            log.warning("spool: cannot checkpoint %s: %s", self.path, e)
 
     def _cap_overflow(self) -> None:
         limit = min(MEMORY_OVERFLOW_BYTES, self.max_bytes)
@@ -251,15 +261,21 @@ class _Queue:
         self._done = {i for i in self._done if i > self._acked}
 
     def _delete_acked(self) -> None:
+        """Delete acknowledged rows, in one transaction (one fsync)."""
         try:
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
             # Acknowledged out of order (the backfill lanes): gone, but behind the front.
             self._db.executemany("DELETE FROM requests WHERE id = ?", [(i,) for i in self._done])
             self._records.collect(self._db)
+            self._db.execute("COMMIT")
         except sqlite3.Error as e:
             # A full disk can refuse even a delete; the watermark keeps the rows from being
             # sent again and the next removal tries once more.
+            self._rollback()
             log.warning("spool: cannot delete delivered rows yet: %s", e)
+            return
+        self._settle()
 
 
 class Spool(_Queue):
@@ -303,23 +319,25 @@ class Spool(_Queue):
         self, ts_ms: int, plans: Plans, samples: Sequence[Sample], proto: int, metadata: bool,
         max_samples: int,
     ) -> bool:  # fmt: skip
-        incoming, n = self._records.prepare(plans, samples, metadata, max_samples)
+        n = self._records.prepare(plans, samples, metadata, max_samples)
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
-            dropped, short = self._make_room(incoming)
-            if short:  # the cycle alone is larger than the cap: it is what goes
+            (newest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()
+            chain = self._records.insert(self._db, ts_ms, proto)
+            dropped, fits = self._trim(newest + 1, chain)
+            if not fits:  # the cycle alone is larger than the cap: it is what goes
                 self._rollback()
                 self._records.done(False)
                 self._drops["spool_full"] += n
                 return True
-            self._records.insert(self._db, ts_ms, proto)
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
             self._write_failed(e)
             self._records.done(False)
             return False
         self._records.done(True)
+        self._settle()
         self._count_full(dropped)
         self._bytes, self._count, self._oldest_ts = self._totals()
         return True

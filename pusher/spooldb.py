@@ -30,7 +30,16 @@ import zlib
 
 from pusher.record import FORMAT_BODY
 
-__all__ = ["DB_NAME", "SpoolError", "delete_oldest", "open_db", "prepare_directory", "row_crc"]
+__all__ = [
+    "DB_NAME",
+    "SpoolError",
+    "delete_oldest",
+    "open_db",
+    "prepare_directory",
+    "row_crc",
+    "settle",
+    "used_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,13 @@ _HEADER = struct.Struct("<BBqqq")
 # Small pages: a cycle's record is a few hundred bytes, and a commit rewrites whole pages.
 PAGE_SIZE = 1024
 _CHAIN = struct.Struct("<q")
+# The WAL between cycles: checkpointed into the file and truncated (`settle`) once it holds
+# more than a quarter of the file's bytes, at least WAL_MIN and at most WAL_MAX. A larger
+# WAL is fewer checkpoints (each one fsync more); a smaller one, less disk. Measured
+# trade-off in docs/spool-format.md.
+WAL_SHARE = 4
+WAL_MIN = 8 * 1024
+WAL_MAX = 4 * 1024 * 1024
 
 
 class SpoolError(Exception):
@@ -117,25 +133,50 @@ def prepare_directory(directory: str) -> None:
 
 
 def _connect(path: str, fsync: bool) -> sqlite3.Connection:
-    # Create the file 0600 before SQLite does: its -wal and -shm files take its mode.
+    # Create the file 0600 before SQLite does: its -wal file takes its mode.
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5)
+    try:
+        _configure(db, fsync)
+    except sqlite3.Error:
+        db.close()  # it may hold the file's lock: salvage reads the file next
+        raise
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
+    return db
+
+
+def _configure(db: sqlite3.Connection, fsync: bool) -> None:
     db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect on a new file only
-    # A rollback journal, truncated at every commit, rather than a write-ahead log: a WAL
-    # holds every page written since its last checkpoint a second time (up to 4 MB), and
-    # its -shm index takes 32 KiB more, several times what an hour of cycle records take.
-    # A spool an older agent left in WAL mode is checkpointed and switched here.
-    db.execute("PRAGMA journal_mode=TRUNCATE")
+    # One process owns the spool: in exclusive locking mode SQLite keeps the WAL's index in
+    # the process's memory instead of a 32 KiB -shm file, and a second agent started on the
+    # same directory gets "database is locked" instead of sharing it.
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+    # A write-ahead log: one fsync per commit (a rollback journal takes two), and a
+    # checkpoint now and then (`settle`); SQLite's own checkpoints only past WAL_MAX.
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA wal_autocheckpoint={WAL_MAX // PAGE_SIZE}")
+    db.execute(f"PRAGMA journal_size_limit={WAL_MAX}")
     db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     db.executescript(_SCHEMA)
     columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
     for name, decl in _COLUMNS:
         if name not in columns:  # a spool of an older agent: its rows keep their meaning
             db.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o600)
-    return db
+
+
+def settle(db: sqlite3.Connection, path: str, cap: int) -> None:
+    """After a commit: checkpoint the WAL into the file and truncate it once it outgrows
+    its share of the file (the directory stays within 1.25 times the file, + WAL_MIN), or
+    once it and the file's pages in use add up to more than the cap."""
+    try:
+        wal = os.path.getsize(path + "-wal")
+        size = os.path.getsize(path)
+    except OSError:
+        return
+    if wal > max(WAL_MIN, min(WAL_MAX, size // WAL_SHARE)) or used_bytes(db) + wal > cap:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def open_db(path: str, fsync: bool, drops: collections.Counter[str]) -> sqlite3.Connection:
@@ -314,27 +355,36 @@ def _max_id(db: sqlite3.Connection, table: str = "requests") -> int:
 # --- the file's rows
 
 
-def delete_oldest(db: sqlite3.Connection, acked: int, over: int) -> tuple[int, int]:
-    """Delete the oldest rows past the watermark `acked` until `over` bytes are freed, or
-    none are left; returns (bytes freed, samples dropped).
+def used_bytes(db: sqlite3.Connection) -> int:
+    """The bytes of the file's pages in use (its free pages are taken before it grows)."""
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    (size,) = db.execute("PRAGMA page_size").fetchone()
+    return int(pages - free) * int(size)
 
-    Apart from `Spool._make_room` so that the spool decides what the shortfall means (the
-    cycle itself is too big) and how the drop is counted; this only picks and deletes.
+
+def delete_oldest(db: sqlite3.Connection, acked: int, over: int, before: int) -> tuple[int, int]:
+    """Delete the oldest rows past the watermark `acked` and older than `before`, about
+    `over` bytes of them (at least one), or none when none are left; returns (bytes of the
+    rows deleted, samples dropped).
+
+    Apart from `Spool._trim`, which measures what the deletion freed and decides what a
+    shortfall means (the cycle itself is too big); this only picks and deletes.
     """
     freed = dropped = 0
     cur = db.execute(
-        "SELECT id, samples, LENGTH(body) FROM requests WHERE id > ? ORDER BY id",
-        (acked,),
+        "SELECT id, samples, LENGTH(body) FROM requests WHERE id > ? AND id < ? ORDER BY id",
+        (acked, before),
     )
     last_id = None
     for rid, samples, size in cur:
         if freed >= over:
             break
-        freed += size
-        dropped += samples
+        freed += samples_of(size) or 1
+        dropped += samples_of(samples)
         last_id = rid
     if last_id is not None:
-        db.execute("DELETE FROM requests WHERE id <= ?", (last_id,))
+        db.execute("DELETE FROM requests WHERE id > ? AND id <= ?", (acked, last_id))
     return freed, dropped
 
 

@@ -48,14 +48,14 @@ class RecordStore:
 
     def prepare(
         self, plans: Plans, samples: Sequence[Sample], metadata: bool, max_samples: int
-    ) -> tuple[int, int]:
-        """Make the cycle's records, to `insert`: returns their bytes and their samples."""
+    ) -> int:
+        """Make the cycle's records, to `insert`: returns their samples."""
         self._pending = self._writer.prepare(plans, samples, metadata, max_samples)
-        p = self._pending
-        return sum(len(b) for b, _ in p.rows) + len(p.entry or b""), sum(n for _, n in p.rows)
+        return sum(n for _, n in self._pending.rows)
 
-    def insert(self, db: sqlite3.Connection, ts_ms: int, proto: int) -> None:
-        """The prepared cycle into the file, within the caller's transaction; then `done`."""
+    def insert(self, db: sqlite3.Connection, ts_ms: int, proto: int) -> int:
+        """The prepared cycle into the file, within the caller's transaction; then `done`.
+        Returns the chain it went to."""
         p = self._pending
         assert p is not None, "insert without prepare"
         chain = p.chain_id
@@ -67,6 +67,7 @@ class RecordStore:
              FORMAT_CYCLE, chain) for body, n in p.rows
         ])  # fmt: skip
         self._chain = chain
+        return chain
 
     def done(self, stored: bool) -> None:
         """The transaction committed (`stored`) or not: in that case the next cycle starts a

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pusher import spooldb
 from pusher.catalog import DomainPlan, Sample
 from pusher.encode import STALE_NAN, Encoder, EncoderV2, decode_v2, decompress
 from pusher.pb.remote_write_pb2 import WriteRequest
@@ -164,12 +165,13 @@ def test_records_survive_reopen_in_order_after_older_bodies(tmp_path, opened) ->
     assert [b for _, _, b in v1_series(rows[-1].body)][:4] == [bits(v) for v in raw_values(9)]
     again.remove(rows)
     assert again.stats() == (0, again.stats()[1], None)
+    again.close()  # the spool holds the file's lock while it is open
     chains = sqlite3.connect(directory / DB_NAME).execute("SELECT COUNT(*) FROM dictionary")
     assert chains.fetchone() == (1,)  # the first chain went with its rows
 
 
 def test_the_cap_drops_the_oldest_cycles_and_counts_them(tmp_path, opened) -> None:
-    spool = open_spool(opened, tmp_path / "s", max_bytes=4_000)
+    spool = open_spool(opened, tmp_path / "s", max_bytes=16_000)  # the file's pages in use
     rng = random.Random(5)
     for i in range(60):
         values = [float(rng.getrandbits(48)) for _ in range(40)]  # noise: ~6 bytes a value
@@ -177,7 +179,21 @@ def test_the_cap_drops_the_oldest_cycles_and_counts_them(tmp_path, opened) -> No
     rows = spool.peek(10**6)
     assert rows[-1].ts_ms == 60_000 and rows[0].ts_ms > 1_000
     assert spool.take_drops() == {"spool_full": 40 * (60 - len(rows))}
-    assert spool.stats()[1] <= 4_000
+    assert spool.stats()[1] <= 16_000
+
+
+@pytest.mark.parametrize("cap", [10**7, 24_000])
+def test_between_cycles_the_wal_stays_within_its_bound_and_the_cap(tmp_path, opened, cap) -> None:
+    spool = open_spool(opened, tmp_path / "s", max_bytes=cap)
+    path = tmp_path / "s" / DB_NAME
+    rng = random.Random(3)
+    for i in range(120):
+        values = [float(rng.getrandbits(20)) for _ in range(60)]
+        spool.put_cycle(1_000 * (i + 1), [(plan("a", 60, 1.0), values)], [], 1)
+        wal = Path(f"{path}-wal").stat().st_size
+        assert wal <= max(spooldb.WAL_MIN, path.stat().st_size // spooldb.WAL_SHARE)
+        assert spool.stats()[1] + wal <= cap
+    assert not Path(f"{path}-shm").exists()  # the WAL's index is in the process's memory
 
 
 def test_a_damaged_record_or_dictionary_loses_its_rows_counted(tmp_path, opened) -> None:
@@ -193,6 +209,7 @@ def test_a_damaged_record_or_dictionary_loses_its_rows_counted(tmp_path, opened)
     again = open_spool(opened, directory)
     assert [r.ts_ms for r in again.peek(10**6)] == [1_000, 3_000]
     assert again.take_drops() == {"spool_corrupt": 6}
+    again.close()  # the spool holds the file's lock while it is open
     db = sqlite3.connect(directory / DB_NAME)
     with db:
         db.execute("UPDATE dictionary SET entry = X'0100'")
