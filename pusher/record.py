@@ -24,6 +24,7 @@ from those with the wire encoders.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
@@ -333,7 +334,7 @@ class RecordWriter:
             if idx is None:
                 idx = chain.add(_group_plan([(k, 1.0) for k in keys]), new)
             groups.append((idx, [v for _, v in samples]))
-        coded = [(i, *code_values(v, chain.plans[i].scales)) for i, v in groups]
+        coded = _code_groups(chain, groups)
         if not chain.id:  # a new chain: this cycle's codes are its base
             for i, codes, _ in coded:
                 chain.base[i] = codes
@@ -354,6 +355,23 @@ class RecordWriter:
 
 
 _Coded = tuple[int, list[int], dict[int, float]]  # group index, codes, escapes
+
+
+def _code_groups(chain: _Chain, groups: list[tuple[int, Sequence[float]]]) -> list[_Coded]:
+    """Every group's codes and escapes, found by one `code_values` over the whole cycle."""
+    flat = itertools.chain.from_iterable
+    codes, escapes = code_values(list(flat(v for _, v in groups)),
+                                 list(flat(chain.plans[i].scales for i, _ in groups)))  # fmt: skip
+    out: list[_Coded] = []
+    start = 0
+    odd = sorted(escapes)
+    for i, values in groups:
+        end = start + len(values)
+        esc = {p - start: escapes[p] for p in odd[bisect.bisect_left(odd, start):
+               bisect.bisect_left(odd, end)]}  # fmt: skip
+        out.append((i, codes[start:end], esc))
+        start = end
+    return out
 
 
 def _parts(coded: list[_Coded], max_samples: int) -> list[list[_Coded]]:
