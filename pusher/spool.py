@@ -14,8 +14,9 @@ memory). Invariants:
 - the file's pages in use (rows, dictionary, SQLite's own) stay within `max_bytes`: the
   oldest rows go first, counted as `spool_full`; between cycles the WAL counts too
   (`spooldb.settle` checkpoints it);
-- with `fsync` on (the default), SQLite syncs the WAL at every commit (synchronous=FULL): a
-  committed cycle survives `kill -9` and power loss, for one fsync per cycle.
+- with `fsync` on (the default), SQLite syncs the WAL at every cycle's commit
+  (synchronous=FULL): a committed cycle survives `kill -9` and power loss, for one fsync per
+  cycle (and a checkpoint now and then). Deleting delivered rows is not synced by itself.
 
 When the disk is full or the file cannot be written, new cycles wait in memory as request
 bodies (bounded; the oldest go first, counted as `spool_unwritable`) and move into the file
@@ -261,8 +262,11 @@ class _Queue:
         self._done = {i for i in self._done if i > self._acked}
 
     def _delete_acked(self) -> None:
-        """Delete acknowledged rows, in one transaction (one fsync)."""
+        """Delete acknowledged rows, in one transaction. Not synced: a power cut may bring
+        rows back that were delivered (sent again: receivers take an identical sample as a
+        duplicate), never lose one; the next cycle's commit syncs the WAL, deletions too."""
         try:
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
             # Acknowledged out of order (the backfill lanes): gone, but behind the front.
@@ -275,7 +279,13 @@ class _Queue:
             self._rollback()
             log.warning("spool: cannot delete delivered rows yet: %s", e)
             return
+        finally:
+            self._sync_mode()
         self._settle()
+
+    def _sync_mode(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
 
 
 class Spool(_Queue):

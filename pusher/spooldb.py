@@ -175,7 +175,8 @@ def settle(db: sqlite3.Connection, path: str, cap: int) -> None:
         size = os.path.getsize(path)
     except OSError:
         return
-    if wal > max(WAL_MIN, min(WAL_MAX, size // WAL_SHARE)) or used_bytes(db) + wal > cap:
+    over_cap = size + wal > cap and used_bytes(db) + wal > cap  # the file's size is >= used
+    if over_cap or wal > max(WAL_MIN, min(WAL_MAX, size // WAL_SHARE)):
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
