@@ -6,7 +6,10 @@ How a sample travels, one module per stage:
     secrets     credential files read and checked; secrets kept out of what is printed
     collect     one bulk getAllDomainStats call per cycle within collect.timeout, domain XML
                 fetched once per domain
+    host        the node's capacity (CPU by mode, memory, free huge pages), with
+                collect.host_stats: three calls a cycle
     nova        Nova's <nova:instance> metadata -> NovaInstance (pure, cached by UUID)
+    devices     the domain XML's NICs and disks -> info series and I/O limits (pure)
     filters     which domains are exported (pure)
     catalog     the table of every metric; libvirt stats -> plans in base units (pure)
     series      a snapshot -> one cycle's series and stale markers (pure)
@@ -17,6 +20,7 @@ How a sample travels, one module per stage:
     spool       SQLite queue of cycles, written before the first send
     delivery    lanes drain the spool: retry, hold, split, fall back, drop and count
     sender      one HTTP POST of one body; the result carries the retry decision
+    mimir       what Mimir's error answers say: its own error id, the limits it names (pure)
     health      the health file behind --health
     agent       ticks on interval boundaries, runs the sending threads, stops cleanly
     cli         the command line

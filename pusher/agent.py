@@ -20,11 +20,11 @@ from pusher.catalog import Reading, Reporter, Sample, reading
 from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config
 from pusher.delivery import Delivery, Lane, ProtocolMemory, Transport
-from pusher.health import write_health
+from pusher.health import LibvirtStreak, write_health
 from pusher.series import Cycle, Planner
 from pusher.spool import Spool
 
-__all__ = ["Agent", "own_samples"]
+__all__ = ["Agent", "BuildInfo", "own_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 def own_samples(reporters: Iterable[Reporter], external: catalog.LabelPairs) -> list[Sample]:
     """The agent's own numbers as samples: every reporter's readings, external labels on."""
     return [((name, own, external), value) for r in reporters for name, own, value in r.readings()]
+
+
+class BuildInfo:
+    """`pusher_build_info`: which version runs (in a dry run too)."""
+
+    def readings(self) -> list[Reading]:
+        return [reading("pusher_build_info", 1, (("version", __version__),))]
 
 
 class Agent:
@@ -50,18 +57,27 @@ class Agent:
         collector = collector or Collector.from_config(cfg)
         self.collection = DeadlineCollector(collector, cfg.collect.timeout)
         self.protocol = ProtocolMemory(cfg.remote_write.protocol, spool.directory)
+        self._learned: dict[str, int] = {}  # tenant limits Mimir named, for the next cycle
+        self._learned_lock = threading.Lock()
         self.delivery = Delivery(
-            cfg.remote_write, cfg.collect.interval, spool, sender, self.protocol, clock
-        )
+            cfg.remote_write, cfg.collect.interval, spool, sender, self.protocol, clock,
+            on_limit=self._learn_limit,
+        )  # fmt: skip
         self.cycles = 0
         self.collected = 0
-        self.libvirt_up = False
+        self.libvirt_streak = LibvirtStreak()  # failed reads in a row, for --health
         self._last_metadata = float("-inf")
         self.stop_event = threading.Event()  # stop collecting
         self._lanes: list[threading.Thread] = []
         self.reporters: list[Reporter] = [
-            self, self.collection, self.spool, self.delivery.stats, self.planner.limits
+            BuildInfo(), self, self.collection, self.spool, self.delivery.stats,
+            self.planner.limits,
         ]  # fmt: skip
+
+    @property
+    def libvirt_up(self) -> bool:
+        """Whether the last cycle read libvirt."""
+        return self.libvirt_streak.failures == 0
 
     @property
     def encoder(self) -> Spool:
@@ -71,7 +87,6 @@ class Agent:
 
     def readings(self) -> list[Reading]:
         return [
-            reading("pusher_build_info", 1, (("version", __version__),)),
             reading("pusher_cycles_total", self.cycles),
             reading("pusher_samples_collected_total", self.collected),
             reading("pusher_cached_series", self.encoder.cached_series()),
@@ -79,12 +94,22 @@ class Agent:
 
     # --- collecting
 
+    def _learn_limit(self, mimir_id: str, value: int) -> None:
+        """From a sending lane: a rejection named a tenant limit (applied by the next cycle)."""
+        with self._learned_lock:
+            self._learned[mimir_id] = min(value, self._learned.get(mimir_id, value))
+
     def collect_cycle(self) -> Cycle:
         """One collection with its stale markers, without the agent's own metrics.
         libvirt being unreachable is not an error here: `libvirt_up` says it."""
+        with self._learned_lock:
+            learned, self._learned = self._learned, {}
+        for mimir_id, value in learned.items():
+            self.planner.adopt_limit(mimir_id, value)
         snapshot = self.collection.collect()
-        self.libvirt_up = snapshot is not None
-        now_ms = int(self.clock() * 1000)
+        now = self.clock()
+        self.libvirt_streak.record(snapshot is not None, now, self.collection.last_error)
+        now_ms = int(now * 1000)
         return self.planner.cycle(snapshot, frozenset(self.collection.stuck), now_ms)
 
     def self_samples(self) -> list[Sample]:
@@ -99,7 +124,7 @@ class Agent:
         cycle.samples.extend(self.self_samples())
         n = cycle.count()
         self.collected += n  # after the readings: the figure includes this cycle next time
-        metadata = False  # 1.0 requests carry the metric metadata once a metadata_interval
+        metadata = False  # requests carry the metric metadata once a metadata_interval
         now = time.monotonic()
         interval = self.cfg.remote_write.metadata_interval
         if interval > 0 and now - self._last_metadata >= interval:
@@ -122,6 +147,7 @@ class Agent:
             "last_send_success": self.delivery.stats.last_success,
             "spool_requests": requests,
             "oldest_pending_ms": oldest,
+            **self.libvirt_streak.state(),
         }
         write_health(self.spool.directory, state)
 

@@ -19,9 +19,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from pusher.devices import IOTUNE
+
 __all__ = [
     "CATALOG",
+    "DERIVED_KEYS",
     "DEVICE_PREFIXES",
+    "XML_DETAIL_LABELS",
+    "XML_SERIES",
     "DomainPlan",
     "LabelLimits",
     "LabelPairs",
@@ -30,6 +35,7 @@ __all__ = [
     "Reporter",
     "Sample",
     "SeriesKey",
+    "add_derived",
     "by_name",
     "domain_samples",
     "label_pairs",
@@ -133,6 +139,22 @@ def _m(
     return Metric(name, type_, unit, help_, labels, source, scale, scope)  # type: ignore[arg-type]
 
 
+def _iotune_help(element: str) -> str:
+    """The help of the gauge of an `<iotune>` element."""
+    if element == "size_iops_sec":
+        return "Size of one I/O operation as the disk's IOPS limits count it: a larger one counts as several (iotune size_iops_sec)."
+    op, _, rest = element.partition("_")
+    what = {"total": "reads and writes together", "read": "reads", "write": "writes"}[op]
+    unit = "bytes per second" if rest.startswith("bytes") else "I/O operations per second"
+    if rest.endswith("_max_length"):
+        return f"Longest time the disk's {what} may run at their burst limit in {unit}, in seconds (iotune {element})."
+    if rest.endswith("_max"):
+        return f"Burst limit of the disk's {what}, in {unit} (iotune {element})."
+    return (
+        f"Limit of the disk's {what}, in {unit} (iotune {element}); compare with the measured rate."
+    )
+
+
 _D = "libvirt_domain_"
 _B = "libvirt_domain_block_stats_"
 _I = "libvirt_domain_interface_stats_"
@@ -147,6 +169,13 @@ CATALOG: tuple[Metric, ...] = (
     _m("libvirt_node_cpus", "gauge", "", "Logical CPUs of the host, as libvirt reports them.", scope="host"),
     _m("libvirt_node_memory_bytes", "gauge", "bytes", "Physical memory of the host.", scope="host"),
     _m("libvirt_node_cpu_frequency_hertz", "gauge", "hertz", "Nominal CPU frequency of the host.", scope="host"),
+    # --- host capacity (collect.host_stats: three node calls per cycle)
+    _m("libvirt_node_cpu_seconds_total", "counter", "seconds", "CPU time of all the host's CPUs together, by mode as libvirt names it (kernel, user, idle, iowait).", labels=("mode",), scope="host"),
+    _m("libvirt_node_memory_total_bytes", "gauge", "bytes", "Memory of the host usable by the kernel (MemTotal).", scope="host"),
+    _m("libvirt_node_memory_free_bytes", "gauge", "bytes", "Memory of the host left unused (MemFree).", scope="host"),
+    _m("libvirt_node_memory_buffers_bytes", "gauge", "bytes", "Memory of the host in block device buffers (Buffers).", scope="host"),
+    _m("libvirt_node_memory_cached_bytes", "gauge", "bytes", "Memory of the host in the page cache (Cached).", scope="host"),
+    _m("libvirt_node_hugepages_free", "gauge", "", "Free huge pages of this size on this NUMA node of the host.", labels=("numa_node", "page_size_bytes"), scope="host"),
     _m("libvirt_versions_info", "gauge", "", "Versions of libvirt and of the hypervisor; the value is always 1.", labels=("libvirt_version", "hypervisor", "hypervisor_version"), scope="host"),
     # --- state
     _m(f"{_D}state_code", "gauge", "", "Domain state as libvirt's virDomainState number (1 running, 3 paused, 5 shut off).", "state.state"),
@@ -174,6 +203,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_M}unused_bytes", "gauge", "bytes", "Memory the guest leaves completely unused.", "balloon.unused", KIB),
     _m(f"{_M}available_bytes", "gauge", "bytes", "Memory the guest's operating system can use.", "balloon.available", KIB),
     _m(f"{_M}usable_bytes", "gauge", "bytes", "Memory the guest can reclaim without swapping.", "balloon.usable", KIB),
+    _m(f"{_M}used_bytes", "gauge", "bytes", "Memory the guest's operating system uses, page cache included: available minus unused, when the guest's balloon driver reports both.", "balloon.used", KIB),
     _m(f"{_M}rss_bytes", "gauge", "bytes", "Resident memory of the guest's process on the host.", "balloon.rss", KIB),
     _m(f"{_M}disk_cache_bytes", "gauge", "bytes", "Guest memory holding disk caches that can be reclaimed.", "balloon.disk_caches", KIB),
     _m(f"{_M}last_update_timestamp_seconds", "gauge", "seconds", "When the guest last updated its memory statistics.", "balloon.last-update"),
@@ -188,6 +218,7 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_D}vcpu_delay_seconds_total", "counter", "seconds", "Time the virtual CPU was runnable but waited for a host CPU (steal time).", "vcpu.<n>.delay", NS),
     _m(f"{_D}vcpu_halted", "gauge", "", "Whether the virtual CPU is halted (1) or not (0).", "vcpu.<n>.halted"),
     # --- interface
+    _m(f"{_D}interface_info", "gauge", "", "A network interface as the domain XML describes it (join on uuid and target_device); the value is always 1.", labels=("target_device", "interface_mac", "interface_model", "interface_type", "interface_source", "interface_mtu", "port_id")),
     _m(f"{_D}interfaces", "gauge", "", "Number of network interfaces of the domain.", "net.count"),
     _m(f"{_I}receive_bytes_total", "counter", "bytes", "Bytes received on the interface.", "net.<n>.rx.bytes"),
     _m(f"{_I}receive_packets_total", "counter", "", "Packets received on the interface.", "net.<n>.rx.pkts"),
@@ -198,6 +229,8 @@ CATALOG: tuple[Metric, ...] = (
     _m(f"{_I}transmit_errors_total", "counter", "", "Transmit errors on the interface.", "net.<n>.tx.errs"),
     _m(f"{_I}transmit_drops_total", "counter", "", "Transmitted packets dropped on the interface.", "net.<n>.tx.drop"),
     # --- block
+    _m(f"{_D}block_info", "gauge", "", "A disk as the domain XML describes it (join on uuid and target_device); the value is always 1.", labels=("target_device", "disk_device", "disk_bus", "disk_driver_type", "disk_cache", "disk_discard", "disk_io", "disk_serial", "volume_id", "disk_source_type", "disk_iotune_group")),
+    *(_m(name, "gauge", unit_of(name), _iotune_help(element), labels=("target_device",)) for element, name in IOTUNE.items()),
     _m(f"{_D}block_devices", "gauge", "", "Number of block devices of the domain.", "block.count"),
     _m(f"{_B}read_requests_total", "counter", "", "Read requests completed on the block device.", "block.<n>.rd.reqs"),
     _m(f"{_B}read_bytes_total", "counter", "bytes", "Bytes read from the block device.", "block.<n>.rd.bytes"),
@@ -280,8 +313,12 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_samples_collected_total", "counter", "", "Samples collected and written to the spool.", scope="agent"),
     _m("pusher_samples_sent_total", "counter", "", "Samples the receiver acknowledged with a 2xx answer.", scope="agent"),
     _m("pusher_samples_retried_total", "counter", "", "Samples sent again after a failed attempt.", scope="agent"),
-    _m("pusher_samples_dropped_total", "counter", "", "Samples given up, by reason.", labels=("reason",), scope="agent"),
+    _m("pusher_samples_dropped_total", "counter", "", "Samples the agent gave up without sending them, by reason (too_old, spool_full, spool_corrupt, spool_unwritable, too_large, not_written).", labels=("reason",), scope="agent"),
     _m("pusher_requests_total", "counter", "", 'Remote-write requests answered, by HTTP status code ("error" when none came).', labels=("code",), scope="agent"),
+    _m("pusher_requests_rejected_total", "counter", "", "Requests the receiver rejected (400 and other 4xx), by Mimir's error id or http_<code>; never sent again.", labels=("reason",), scope="agent"),
+    _m("pusher_rejected_request_samples_total", "counter", "", "Samples in requests the receiver rejected, by reason; Mimir keeps the valid series of such a request, so these are an upper bound of what was lost.", labels=("reason",), scope="agent"),
+    _m("pusher_request_bytes_total", "counter", "bytes", "Bytes on the wire (compressed bodies) of the requests the receiver accepted.", scope="agent"),
+    _m("pusher_label_limit", "gauge", "", "The label limits the agent keeps to: its limits.* setting, or the tenant's lower limit once Mimir named it in a rejection.", labels=("limit",), scope="agent"),
     _m("pusher_send_duration_seconds_total", "counter", "seconds", "Wall time spent in remote-write requests.", scope="agent"),
     _m("pusher_last_send_success_timestamp_seconds", "gauge", "seconds", "When the receiver last acknowledged a request.", scope="agent"),
     _m("pusher_spool_bytes", "gauge", "bytes", "Bytes the spool takes: its file's pages in use, and bodies waiting in memory.", scope="agent"),
@@ -296,6 +333,15 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_nova_metadata_errors_total", "counter", "", "Domain XML documents whose Nova metadata could not be read.", scope="agent"),
 )
 # fmt: on
+
+# Series read off the cached domain XML (`pusher.devices`), not from a stats key.
+XML_SERIES = frozenset({"libvirt_domain_interface_info", "libvirt_domain_block_info",
+                        *IOTUNE.values()})  # fmt: skip
+# Labels of the XML series that only add detail: `labels.drop` may name them, and a series
+# that would carry too many label names loses them first.
+XML_DETAIL_LABELS = tuple(dict.fromkeys(
+    x for m in CATALOG if m.name in XML_SERIES for x in m.labels if x != "target_device"
+))  # fmt: skip
 
 _BY_NAME = {m.name: m for m in CATALOG}
 if len(_BY_NAME) != len(CATALOG):
@@ -327,6 +373,22 @@ def group_of(name: str) -> str:
 
 
 # --- from libvirt stats to samples -------------------------------------------------------
+
+# Keys the agent adds to a record, worked out from two keys libvirt gives in the same record
+# (so from the same balloon update): key -> (minuend, subtrahend).
+DERIVED_KEYS: dict[str, tuple[str, str]] = {
+    "balloon.used": ("balloon.available", "balloon.unused"),
+}
+
+
+def add_derived(stats: dict[str, object]) -> None:
+    """Add the DERIVED_KEYS a record has the parts of, in place. A difference below zero
+    (a guest reporting more unused memory than available) is no figure and is left out."""
+    for key, (minuend, subtrahend) in DERIVED_KEYS.items():
+        a, b = _number(stats.get(minuend)), _number(stats.get(subtrahend))
+        if a is not None and b is not None and a >= b:
+            stats[key] = a - b
+
 
 DEVICE_PREFIXES = tuple(_DEVICE_LABEL_NAMES)
 # "cpu.time" -> metrics; "block.<n>.rd.bytes" -> metrics
@@ -387,7 +449,13 @@ class LabelLimits:
         return [
             reading("pusher_labels_truncated_total", self.truncated),
             reading("pusher_labels_dropped_total", self.dropped),
-        ]
+            reading("pusher_label_limit", self.max_names,
+                    (("limit", "max_label_names_per_series"),)),
+            reading("pusher_label_limit", self.max_name_length,
+                    (("limit", "max_label_name_length"),)),
+            reading("pusher_label_limit", self.max_value_bytes,
+                    (("limit", "max_label_value_length"),)),
+        ]  # fmt: skip
 
 
 def truncate_label_value(value: str, limits: LabelLimits | None = None) -> str:
@@ -577,16 +645,23 @@ DEVICE_EXTRAS = ("volume_id", "port_id", "source_file")
 
 
 def max_label_names(
-    external: Iterable[str], series_labels: Iterable[str], drop: Iterable[str] = ()
+    external: Iterable[str],
+    series_labels: Iterable[str],
+    drop: Iterable[str] = (),
+    fitted: Iterable[str] = (),
 ) -> int:
     """The most label names, `__name__` included, that any series the agent sends can carry
-    with these external labels, Nova series labels and dropped labels."""
+    with these external labels, Nova series labels and dropped labels. Of the metrics named
+    in `fitted` only the first own label counts: the others are left off when they do not fit
+    (`fit_own_labels`)."""
     dropped = set(drop)
     ext = set(external)
+    cut = set(fitted)
     domain = {*ext, "domain", "uuid", *(set(series_labels) - dropped)}
     worst = 0
     for m in CATALOG:
-        names = (domain if m.scope == "domain" else ext) | (set(m.labels) - dropped)
+        own = m.labels[:1] if m.name in cut else m.labels
+        names = (domain if m.scope == "domain" else ext) | (set(own) - dropped)
         worst = max(worst, 1 + len(names))
     return worst
 
@@ -673,12 +748,25 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "groups listed in `collect.groups`; the default groups are state, cpu_total, balloon,",
         "vcpu, interface and block.",
         "",
+        "The host capacity series (`libvirt_node_cpu_seconds_total`, the total, free, buffers",
+        "and cached `libvirt_node_memory_*_bytes`, `libvirt_node_hugepages_free`) come only",
+        "with `collect.host_stats: true`: off by default, as its three libvirt calls cost",
+        "libvirtd about 0.7 ms of CPU per cycle.",
+        "",
+        'The series whose key reads "domain XML" come from the domain XML the agent caches',
+        "(read when a domain appears or libvirt reports a change): no libvirt call per cycle.",
+        "Join them to the stats series on `uuid` and `target_device`.",
+        "",
         "| name | type | unit | labels | libvirt key | help |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for m in metrics:
         labels = ", ".join(f"`{x}`" for x in m.labels) or "—"
         source = f"`{m.source}`" if m.source else m.scope
+        if m.name in XML_SERIES:
+            source = "domain XML"
+        if m.source in DERIVED_KEYS:
+            source = " minus ".join(f"`{k}`" for k in DERIVED_KEYS[m.source])
         lines.append(
             f"| `{m.name}` | {m.type} | {m.unit or '—'} | {labels} | {source} | {m.help} |"
         )

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from pusher import __version__, config
-from pusher.agent import Agent, own_samples
-from pusher.catalog import reading
+from pusher.agent import Agent, BuildInfo, own_samples
 from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config, ConfigError
 from pusher.encode import exposition
@@ -118,11 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(agent, cfg)
 
 
-class _BuildInfo:
-    def readings(self) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
-        return [reading("pusher_build_info", 1, (("version", __version__),))]
-
-
 def _dry_run(cfg: Config) -> int:
     """One cycle from the collector and the planner, printed; no spool, nothing sent."""
     collection = DeadlineCollector(
@@ -132,7 +126,7 @@ def _dry_run(cfg: Config) -> int:
     try:
         snapshot = collection.collect()
         cycle = planner.cycle(snapshot, frozenset(collection.stuck), int(time.time() * 1000))
-        own = own_samples([_BuildInfo(), collection, planner.limits], planner.external)
+        own = own_samples([BuildInfo(), collection, planner.limits], planner.external)
         samples = cycle.all_samples() + own
     finally:
         collection.close()
@@ -146,12 +140,13 @@ def _once(agent: Agent, cfg: Config) -> int:
     delivered = agent.drain_once(deadline)
     agent.shutdown(0)
     stats = agent.delivery.stats
-    rejected = {r: n for r, n in stats.dropped.items() if n}
+    dropped = {r: n for r, n in stats.dropped.items() if n}
+    rejected = {r: n for r, n in stats.rejected_samples.items() if n}
     if not delivered:
         log.error("delivery did not finish; the rest stays in the spool")
         return 1
-    if rejected:
-        log.error("samples dropped: %s", rejected)
+    if dropped or rejected:
+        log.error("samples dropped: %s; samples in rejected requests: %s", dropped, rejected)
         return 1
     if not agent.libvirt_up:
         return 1

@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from pusher.catalog import Reading, reading
+from pusher.catalog import Reading, add_derived, reading
 from pusher.config import DEFAULT_STATS_GROUPS, Config
 from pusher.filters import DomainFilter
+from pusher.host import HostLayout, HostStats, read_host_stats, read_layout
 from pusher.nova import DomainInfo, NovaInstance, parse_domain_xml
 
 __all__ = [
@@ -229,6 +230,7 @@ class Snapshot:
     duration: float  # seconds the bulk call took
     xml_fetches: int  # domain XML documents read this cycle
     host: HostInfo | None = None
+    host_stats: HostStats | None = None  # `collect.host_stats`: None when off or not read
 
 
 _event_loop_lock = threading.Lock()
@@ -264,7 +266,8 @@ class DomainInfoCache:
         self._dirty: set[str] = set()  # uuids whose XML changed since it was read
         self._lock = threading.Lock()
 
-    def on_metadata(self, _conn: Any, dom: Any, *_args: Any) -> None:
+    def on_xml_change(self, _conn: Any, dom: Any, *_args: Any) -> None:
+        """Any event after which the domain XML reads differently: read it again."""
         with self._lock:
             self._dirty.add(dom.UUIDString())
 
@@ -279,6 +282,9 @@ class DomainInfoCache:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def readings(self) -> list[Reading]:
+        return [reading("pusher_nova_metadata_errors_total", self.metadata_errors)]
 
     def cached(self, uuid: str) -> DomainInfo | None:
         """What was read of the domain's XML, without reading it."""
@@ -339,6 +345,16 @@ class FollowUpCalls:
         self._jobs: dict[str, dict[str, Any]] = {}  # uuid -> its last job.<key> stats
         self._each_pool: DaemonPool | None = None
         self._job_pool: DaemonPool | None = None
+
+    def readings(self, job_info: bool) -> list[Reading]:
+        """`job_info`: whether job info is asked for at all (its error count only then)."""
+        out = [
+            reading("pusher_partial_records_total", self.partial_records),
+            reading("pusher_partial_records_kept_total", self.partial_kept),
+        ]
+        if job_info:
+            out.append(reading("pusher_job_info_errors_total", self.job_errors))
+        return out
 
     def stats_pool(self) -> DaemonPool:
         """The pool for per-domain stats calls; `Collector.collect_each` shares it, so all
@@ -490,8 +506,11 @@ class Collector:
         groups: Iterable[str] = DEFAULT_STATS_GROUPS,
         job_info: bool = False,
         exported: Callable[[str, NovaInstance | None], bool] | None = None,
+        host_stats: bool = False,
     ) -> None:
         self.job_info = job_info  # `collect.job_info`: a jobStats call per live domain
+        self.host_stats = host_stats  # `collect.host_stats`: three node calls per cycle
+        self.layout = HostLayout()  # the host's huge page sizes and NUMA nodes
         self.groups = tuple(groups)  # the stats groups asked for (`collect.groups`)
         self.flags = stats_flags(self.groups)
         self.partial_wait = partial_wait
@@ -519,38 +538,12 @@ class Collector:
             groups=cfg.collect.groups,
             job_info=cfg.collect.job_info,
             exported=domain_filter.admits if domain_filter else None,
+            host_stats=cfg.collect.host_stats,
         )
 
-    # Kept by the parts that own them; read here, where callers have always read them.
-    @property
-    def refresh_interval(self) -> float:
-        return self._domains.refresh_interval
-
-    @property
-    def metadata_errors(self) -> int:
-        return self._domains.metadata_errors
-
-    @property
-    def partial_records(self) -> int:
-        return self._follow_ups.partial_records
-
-    @property
-    def partial_kept(self) -> int:
-        return self._follow_ups.partial_kept
-
-    @property
-    def job_errors(self) -> int:
-        return self._follow_ups.job_errors
-
     def readings(self) -> list[Reading]:
-        out = [
-            reading("pusher_nova_metadata_errors_total", self.metadata_errors),
-            reading("pusher_partial_records_total", self.partial_records),
-            reading("pusher_partial_records_kept_total", self.partial_kept),
-        ]
-        if self.job_info:
-            out.append(reading("pusher_job_info_errors_total", self.job_errors))
-        return out
+        """The numbers of its parts: the XML cache's and the follow-up calls'."""
+        return [*self._domains.readings(), *self._follow_ups.readings(self.job_info)]
 
     # --- connection
 
@@ -574,6 +567,8 @@ class Collector:
         if self.use_events:
             self._subscribe(conn)
         self.host = read_host_info(conn)
+        if self.host_stats:
+            self.layout = read_layout(conn)
         self._conn = conn
         # Anything may have changed while we were away: read every domain's XML again.
         self._domains.clear()
@@ -584,9 +579,14 @@ class Collector:
         # Drivers without a daemon (test:///) have no keepalive.
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
+        # The XML changes with the metadata, a redefinition, a device hot-plugged or
+        # unplugged, and live tuning (a disk's I/O limits set with blkdeviotune).
         events = (
-            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._domains.on_metadata),
+            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._domains.on_xml_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._domains.on_lifecycle),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._domains.on_xml_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._domains.on_xml_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE, self._domains.on_xml_change),
         )
         for event_id, callback in events:
             try:
@@ -641,10 +641,12 @@ class Collector:
             seen.add(uuid)
             info, fetched = self._domains.info(dom, uuid, now)
             fetches += fetched
+            add_derived(stats)
             domains.append(DomainStats(dom.name(), uuid, stats, info))
         self._domains.retain(seen)
         self._follow_ups.retain(seen)
-        return Snapshot(ts_ms, domains, duration, fetches, self.host)
+        host = read_host_stats(conn, self.layout) if self.host_stats else None
+        return Snapshot(ts_ms, domains, duration, fetches, self.host, host)
 
     def _is_exported(self, dom: Any) -> bool:
         """Whether the filters export this domain, judged on the Nova data already read
@@ -693,6 +695,7 @@ class Collector:
                 fetches += fetched
                 if self.job_info:  # no job calls here: the last answer stands
                     stats = self._follow_ups.with_job(uuid, stats)
+                add_derived(stats)
                 domains.append(DomainStats(dom.name(), uuid, stats, info))
         return Snapshot(ts_ms, domains, time.monotonic() - start, fetches, self.host), stuck
 
@@ -720,6 +723,7 @@ class DeadlineCollector:
         self.timeout = timeout
         self.stuck: set[str] = set()  # uuids whose stats calls hang
         self.errors = 0
+        self.last_error = ""  # why the last collection failed; "" when it succeeded
         self.duration = 0.0  # seconds the last collection took
         self._pool = DaemonPool(MAX_PENDING_CALLS, "libvirt")
         self._pending: list[concurrent.futures.Future[Snapshot]] = []
@@ -728,11 +732,15 @@ class DeadlineCollector:
         """This cycle's snapshot; None when libvirt cannot be read (logged and counted)."""
         start = time.monotonic()
         try:
-            return self._collect()
+            snapshot = self._collect()
         except LibvirtUnavailable as e:
             self.errors += 1
+            self.last_error = str(e)
             log.error("%s", e)
             return None
+        else:
+            self.last_error = ""
+            return snapshot
         finally:
             self.duration = time.monotonic() - start
 
@@ -766,6 +774,11 @@ class DeadlineCollector:
             *self.collector.readings(),
         ]
 
-    def close(self) -> None:
+    def close(self, wait: float = 1.0) -> None:
+        """Give up the pending calls and close the connection, waiting at most `wait`
+        seconds: closing talks to libvirtd (event deregistrations), which a stuck guest's
+        calls can keep busy, and an agent that is stopping must not wait on that."""
         self._pool.shutdown()
-        self.collector.close()
+        closing = threading.Thread(target=self.collector.close, name="libvirt-close", daemon=True)
+        closing.start()
+        closing.join(wait)

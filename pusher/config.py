@@ -94,7 +94,9 @@ STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block", "
 DEFAULT_STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
 # Labels `labels.drop` may leave off every series: the device details and the Nova labels.
 # domain and uuid identify a domain's series and the device names its devices': never.
-DROPPABLE_LABELS = (*catalog.DEVICE_EXTRAS, *NOVA_LABELS)
+DROPPABLE_LABELS = tuple(
+    dict.fromkeys((*catalog.DEVICE_EXTRAS, *NOVA_LABELS, *catalog.XML_DETAIL_LABELS))
+)
 # Label names the agent itself puts on series besides the Nova labels: a domain's identity and
 # every device or agent label of the catalog.
 _OWN_LABELS = frozenset({"domain", "uuid", *(x for m in catalog.CATALOG for x in m.labels)})
@@ -448,6 +450,7 @@ class CollectConfig:
     timeout: float = _key(10.0, _positive_duration)
     groups: tuple[str, ...] = _key(DEFAULT_STATS_GROUPS, _stats_groups)
     job_info: bool = _key(False, _bool)
+    host_stats: bool = _key(False, _bool)
 
 
 @dataclass(frozen=True)
@@ -481,7 +484,7 @@ class RemoteWriteConfig:
     max_sample_age: float = _key(3600.0, _duration)
     metadata_interval: float = _key(60.0, _duration)
     order: str = _key("fifo", _order)
-    protocol: str = _key("v1", _protocol)
+    protocol: str = _key("auto", _protocol)
     tls: TLSConfig = field(default_factory=TLSConfig)
     basic_auth: BasicAuth = field(default_factory=BasicAuth)
     bearer_token_file: str = _key("", _token_file)
@@ -719,7 +722,11 @@ def _check_label_limits(cfg: Config) -> None:
             f"{len(cfg.external_labels)} external labels leave some series with {least} label "
             f"names, more than {lim}.max_label_names_per_series ({limit})",
         )
-    need = catalog.max_label_names(cfg.external_labels, cfg.nova.series_labels, cfg.labels.drop)
+    # The devices' info series take what room is left: their detail labels that do not fit
+    # are left off (and counted), so they never make a configuration fail.
+    need = catalog.max_label_names(
+        cfg.external_labels, cfg.nova.series_labels, cfg.labels.drop, catalog.XML_SERIES
+    )
     if need > limit:
         raise ConfigError(
             f"{lim}.max_label_names_per_series",

@@ -7,15 +7,18 @@ A lane drains spool rows one batch at a time (`Delivery.drain`) and delivers eac
     retry        the same request again after a backoff (30 ms doubling to 5 s, jittered),
                  or after the receiver's Retry-After when it asks for a positive delay
     hold         credentials or URL refused: keep everything, probe every 10 s to 5 min
-    too_large    413: the request is cut in halves, recursively
-    reject       the receiver kept what was valid: never resent, the samples counted
+    too_large    413, or Mimir's 400 for a body over its max_recv_msg_size: the request is
+                 cut in halves, recursively
+    reject       the receiver kept what was valid: never resent; the request and the samples
+                 in it counted as rejected (not dropped: Mimir stored its valid series), and
+                 a tenant limit Mimir names is handed to `on_limit`
     unsupported  the receiver takes only 1.0: with `protocol: auto`, fall back for good
                  (remembered in the spool directory) and send the same request as 1.0
 
 Rows older than `remote_write.max_sample_age` are dropped before sending (`too_old`): the
 receiver would refuse them. In `backfill` order two lanes run: `fresh` sends the last two
 cycles at once, `backlog` the older rows behind them. Every sample ends counted once: sent,
-or dropped with its reason.
+dropped with its reason, or in a rejected request with the receiver's reason.
 """
 
 from __future__ import annotations
@@ -77,7 +80,12 @@ class DeliveryStats:
     lock: threading.Lock = field(default_factory=threading.Lock)
     sent: int = 0
     retried: int = 0
+    sent_bytes: int = 0
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Requests the receiver rejected, and the samples in them: Mimir keeps the valid series of
+    # a request it answers 400, so these samples are not all lost, and not counted as dropped.
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    rejected_samples: collections.Counter[str] = field(default_factory=collections.Counter)
     responses: collections.Counter[str] = field(default_factory=collections.Counter)
     send_seconds: float = 0.0
     last_success: float = 0.0
@@ -86,11 +94,17 @@ class DeliveryStats:
         with self.lock:
             self.dropped[reason] += samples
 
+    def reject(self, reason: str, samples: int) -> None:
+        with self.lock:
+            self.rejected[reason] += 1
+            self.rejected_samples[reason] += samples
+
     def readings(self) -> list[Reading]:
         with self.lock:
             out = [
                 reading("pusher_samples_sent_total", self.sent),
                 reading("pusher_samples_retried_total", self.retried),
+                reading("pusher_request_bytes_total", self.sent_bytes),
                 reading("pusher_send_duration_seconds_total", self.send_seconds),
                 reading("pusher_last_send_success_timestamp_seconds", self.last_success),
             ]
@@ -99,6 +113,11 @@ class DeliveryStats:
                                    (("reason", why),)))  # fmt: skip
             for code, n in sorted(self.responses.items()):
                 out.append(reading("pusher_requests_total", n, (("code", code),)))
+            for why, n in sorted(self.rejected.items()):
+                by = (("reason", why),)
+                out.append(reading("pusher_requests_rejected_total", n, by))
+                out.append(reading("pusher_rejected_request_samples_total",
+                                   self.rejected_samples[why], by))  # fmt: skip
         return out
 
 
@@ -197,13 +216,16 @@ class Delivery:
         transport: Transport,
         protocol: ProtocolMemory,
         clock: Callable[[], float] = time.time,
+        on_limit: Callable[[str, int], None] | None = None,
     ) -> None:
+        """`on_limit(mimir_id, value)`: a rejection named one of the tenant's label limits."""
         self.rw = rw
         self.interval = interval  # collect.interval: the last two cycles are fresh
         self.spool = spool
         self.transport = transport
         self.protocol = protocol
         self.clock = clock
+        self.on_limit = on_limit
         self.stats = DeliveryStats()
         self.stopping = threading.Event()  # no new rows will come: return once empty
         self.deadline = float("inf")  # monotonic: give up sending then (the shutdown grace)
@@ -322,10 +344,12 @@ class Delivery:
     def _settle(self, part: Request, outcome: Outcome) -> list[Request]:
         """What replaces a part the receiver answered for good: nothing, or its halves."""
         if outcome.kind == "too_large":
-            return self._split(part)
+            return self._split(part, outcome.code)
         if outcome.kind == "reject":
-            self.stats.drop(outcome.reason, part.samples)
+            self.stats.reject(outcome.reason, part.samples)
             self._rejections.rejected(outcome.reason, part.samples, outcome.code, outcome.message)
+            if outcome.limit is not None and self.on_limit is not None:
+                self.on_limit(outcome.reason, outcome.limit)
             return []
         # ok. A 2.0 receiver says how many it wrote: the rest were dropped, not sent.
         sent = part.samples
@@ -337,6 +361,7 @@ class Delivery:
             self._failing = 0
         with self.stats.lock:
             self.stats.sent += sent
+            self.stats.sent_bytes += len(part.body)
             self.stats.last_success = self.clock()
         return []
 
@@ -363,13 +388,14 @@ class Delivery:
             self.stopping.wait(seconds)
         return True
 
-    def _split(self, part: Request) -> list[Request]:
+    def _split(self, part: Request, code: str) -> list[Request]:
         halves = split_body(part.body, part.proto)
         if halves is None:
             self.stats.drop("too_large", part.samples)
             log.error("a single series is larger than the receiver accepts; dropped")
             return []
-        log.warning("receiver answered 413; splitting a request of %d sample(s)", part.samples)
+        log.warning("receiver answered %s; splitting a request of %d sample(s)", code,
+                    part.samples)  # fmt: skip
         return list(halves)
 
     def _log_retry(self, outcome: Outcome, delay: float) -> None:

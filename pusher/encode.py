@@ -245,17 +245,49 @@ class EncoderV2:
 
     def __init__(self, max_samples: int) -> None:
         self.max_samples = max_samples
+        # Skeletons without the series' metadata (most cycles) and with it (once a
+        # `remote_write.metadata_interval`), each kept while the plans stay the same.
         self._layout: tuple[tuple[DomainPlan, ...], int] | None = None
         self._skeletons: list[tuple[bytes, list[bytes]]] = []
+        self._meta_layout: tuple[tuple[DomainPlan, ...], int] | None = None
+        self._meta_skeletons: list[tuple[bytes, list[bytes]]] = []
 
     def cached_series(self) -> int:
-        return sum(len(heads) for _, heads in self._skeletons)
+        """Series in the skeletons of the current plans (kept twice: with and without the
+        metadata; counted once)."""
+        counts = [sum(len(h) for _, h in sk) for sk in (self._skeletons, self._meta_skeletons)]
+        return max(counts)
+
+    def _plan_skeletons(
+        self,
+        plans: Sequence[tuple[DomainPlan, Sequence[float]]],
+        sample_len: int,
+        with_metadata: bool,
+    ) -> list[tuple[bytes, list[bytes]]]:
+        layout = (tuple(p for p, _ in plans), sample_len)
+        if layout == (self._meta_layout if with_metadata else self._layout):
+            return self._meta_skeletons if with_metadata else self._skeletons
+        series = [k for p, _ in plans for k in p.series]
+        skeletons = [
+            self._skeleton(series[i : i + self.max_samples], sample_len, with_metadata)
+            for i in range(0, len(series), self.max_samples)
+        ]
+        # The other variant was built for other plans: it goes, with the plans it holds.
+        self._layout, self._skeletons = None, []
+        self._meta_layout, self._meta_skeletons = None, []
+        if with_metadata:
+            self._meta_layout, self._meta_skeletons = layout, skeletons
+        else:
+            self._layout, self._skeletons = layout, skeletons
+        return skeletons
 
     def forget(self, keys: Iterable[SeriesKey]) -> None:
         """Nothing to do: skeletons are rebuilt whenever the plans change."""
 
     @staticmethod
-    def _skeleton(series: Sequence[SeriesKey], sample_len: int) -> tuple[bytes, list[bytes]]:
+    def _skeleton(
+        series: Sequence[SeriesKey], sample_len: int, with_metadata: bool = True
+    ) -> tuple[bytes, list[bytes]]:
         symbols: dict[str, int] = {"": 0}
 
         def ref(s: str) -> bytes:
@@ -268,7 +300,7 @@ class EncoderV2:
         sample_field = b"\x12" + _varint(sample_len)
         for key in series:
             refs = b"".join(ref(n) + ref(v) for n, v in series_labels(key))
-            metric = _BY_NAME.get(key[0])
+            metric = _BY_NAME.get(key[0]) if with_metadata else None
             meta = b""
             if metric is not None:
                 meta = b"\x08" + _varint(_TYPE_NUMBER[metric.type])
@@ -276,7 +308,8 @@ class EncoderV2:
                 if metric.unit:
                     meta += b"\x20" + ref(metric.unit)
             inner = b"\x0a" + _varint(len(refs)) + refs
-            inner += b"\x2a" + _varint(len(meta)) + meta
+            if meta:
+                inner += b"\x2a" + _varint(len(meta)) + meta
             total = len(inner) + len(sample_field) + sample_len
             heads.append(b"\x2a" + _varint(total) + inner + sample_field)
         table = b"".join(_field_bytes(0x22, s.encode()) for s in symbols)
@@ -289,31 +322,27 @@ class EncoderV2:
         metadata: bytes = b"",
         plans: Sequence[tuple[DomainPlan, Sequence[float]]] = (),
     ) -> list[Request]:
-        """One cycle -> compressed 2.0 request bodies, in order. Metadata always rides
-        along (per series, interned), so `metadata` is not used."""
+        """One cycle -> compressed 2.0 request bodies, in order. Each series carries its
+        metadata (type, and help and unit interned) in the cycles where `metadata` is given
+        (the 1.0 metadata's bytes, due once a `remote_write.metadata_interval`): help texts
+        are long, and would otherwise dominate a small node's requests."""
         ts_value = (b"\x10" + _varint(ts_ms) if ts_ms else b"") + b"\x09"
         sample_len = len(ts_value) + 8
-        layout = (tuple(p for p, _ in plans), sample_len)
-        if layout != self._layout:
-            series = [k for p, _ in plans for k in p.series]
-            self._skeletons = [
-                self._skeleton(series[i : i + self.max_samples], sample_len)
-                for i in range(0, len(series), self.max_samples)
-            ]
-            self._layout = layout
+        with_metadata = bool(metadata)
+        skeletons = self._plan_skeletons(plans, sample_len, with_metadata)
         values: list[float] = []
         for _, plan_values in plans:
             values += plan_values
         requests: list[Request] = []
         start = 0
-        for table, heads in self._skeletons:
+        for table, heads in skeletons:
             n = len(heads)
             parts = _splice(heads, ts_value, values[start : start + n])
             requests.append(Request(compress(table + b"".join(parts)), n, ts_ms, 2))
             start += n
         for i in range(0, len(samples), self.max_samples):
             chunk = samples[i : i + self.max_samples]
-            table, heads = self._skeleton([k for k, _ in chunk], sample_len)
+            table, heads = self._skeleton([k for k, _ in chunk], sample_len, with_metadata)
             parts = _splice(heads, ts_value, [v for _, v in chunk])
             requests.append(Request(compress(table + b"".join(parts)), len(chunk), ts_ms, 2))
         return requests
@@ -321,8 +350,7 @@ class EncoderV2:
 
 # --- taking requests apart and putting them together (delivery's 413 split and merging) -----
 
-_SERIES_TAG = {1: b"\x0a", 2: b"\x2a"}  # WriteRequest.timeseries = 1; v2 Request.timeseries = 5
-_V2_SYMBOL_TAG = b"\x22"  # v2 Request.symbols = 4
+_V1_SERIES_TAG = b"\x0a"  # WriteRequest.timeseries = 1
 
 
 def split_request(raw: bytes) -> list[bytes]:
@@ -345,27 +373,54 @@ def split_request(raw: bytes) -> list[bytes]:
     return fields
 
 
-def count_series(fields: Sequence[bytes], proto: int = 1) -> int:
-    """Samples in these top-level fields: every series this agent writes holds one."""
-    tag = _SERIES_TAG[proto]
-    return sum(1 for f in fields if f[:1] == tag)
+def count_series(fields: Sequence[bytes]) -> int:
+    """Samples in these top-level fields of a 1.0 request: every series this agent writes
+    holds one."""
+    return sum(1 for f in fields if f[:1] == _V1_SERIES_TAG)
 
 
 def split_body(body: bytes, proto: int = 1) -> tuple[Request, Request] | None:
-    """A compressed request cut in two halves of its series (a 2.0 request's halves each
-    keep the whole symbol table its series refer to); None when it holds one series or
-    less. The halves' `ts_ms` is 0: they are parts, not cycles."""
+    """A compressed request cut in two halves of its series; None when it holds one series
+    or less. A 2.0 request's halves each get a symbol table of only the strings their own
+    series use, so a half is about half the size. The halves' `ts_ms` is 0: they are parts,
+    not cycles."""
+    if proto == 2:
+        return _split_v2(body)
     fields = split_request(decompress(body))
-    common = [f for f in fields if proto == 2 and f[:1] == _V2_SYMBOL_TAG]
-    rest = [f for f in fields if not (proto == 2 and f[:1] == _V2_SYMBOL_TAG)]
-    if len(rest) < 2:
+    if len(fields) < 2:
         return None
-    mid = len(rest) // 2
-    first, second = common + rest[:mid], common + rest[mid:]
+    mid = len(fields) // 2
+    first, second = fields[:mid], fields[mid:]
     return (
-        Request(compress(b"".join(first)), count_series(first, proto), 0, proto),
-        Request(compress(b"".join(second)), count_series(second, proto), 0, proto),
+        Request(compress(b"".join(first)), count_series(first), 0),
+        Request(compress(b"".join(second)), count_series(second), 0),
     )
+
+
+def _split_v2(body: bytes) -> tuple[Request, Request] | None:
+    from pusher.pb import remote_write_v2_pb2 as v2
+
+    req = v2.Request.FromString(decompress(body))
+    if len(req.timeseries) < 2:
+        return None
+    mid = len(req.timeseries) // 2
+    halves = []
+    for part in (req.timeseries[:mid], req.timeseries[mid:]):
+        table: dict[int, int] = {0: 0}  # old symbol index -> new; "" stays first
+        out = v2.Request()
+        for ts in part:
+            new = out.timeseries.add()
+            new.CopyFrom(ts)
+            new.labels_refs[:] = [table.setdefault(r, len(table)) for r in ts.labels_refs]
+            meta = new.metadata
+            if meta.help_ref:
+                meta.help_ref = table.setdefault(meta.help_ref, len(table))
+            if meta.unit_ref:
+                meta.unit_ref = table.setdefault(meta.unit_ref, len(table))
+        out.symbols.extend(req.symbols[old] for old in sorted(table, key=table.__getitem__))
+        samples = sum(len(ts.samples) for ts in part)
+        halves.append(Request(compress(out.SerializeToString()), samples, 0, 2))
+    return halves[0], halves[1]
 
 
 def merge_bodies(bodies: Iterable[bytes]) -> bytes:

@@ -12,6 +12,8 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from pusher.devices import DeviceSeries, device_series
+
 __all__ = ["NOVA_NS_PREFIX", "DomainInfo", "NovaInstance", "parse_domain_xml"]
 
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
@@ -73,6 +75,8 @@ class DomainInfo:
     # target device -> extra labels for its series: the Neutron port of a tap device
     # (`port_id`), the Cinder volume behind a disk (`volume_id`, from the disk's serial).
     device_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    # The series read off the XML's devices (`pusher.devices`): NIC and disk info.
+    devices: tuple[DeviceSeries, ...] = ()
 
     def labels_for(self, target: str) -> tuple[tuple[str, str], ...]:
         for dev, labels in self.device_labels:
@@ -176,7 +180,9 @@ def parse_domain_xml(xml: str) -> DomainInfo:
         return DomainInfo(problems=("domain XML nested too deeply",))
     found = find_instance(root)
     nova = _parse_instance(*found) if found is not None else None
-    return DomainInfo(nova=nova, device_labels=_device_labels(root, nova))
+    labels = _device_labels(root, nova)
+    devices = device_series(root, {dev: dict(pairs) for dev, pairs in labels})
+    return DomainInfo(nova=nova, device_labels=labels, devices=devices)
 
 
 def _device_labels(
@@ -192,8 +198,13 @@ def _device_labels(
     for iface in root.iterfind("devices/interface"):
         target = iface.find("target")
         dev = target.get("dev", "") if target is not None else ""
-        # Nova names a port's tap device "tap" + the first 11 characters of the port id.
-        if dev.startswith("tap") and len(dev) > 3:
+        # Nova plugs an Open vSwitch port with the Neutron port's id as its interface id.
+        params = iface.find("virtualport/parameters")
+        interface_id = (params.get("interfaceid") or "").strip() if params is not None else ""
+        if dev and interface_id:
+            out.append((dev, (("port_id", interface_id[:256]),)))
+        # Otherwise: Nova names a port's tap device "tap" + the first 11 characters of its id.
+        elif dev.startswith("tap") and len(dev) > 3:
             match = [p for p in ports if p.startswith(dev[3:])]
             if len(match) == 1:
                 out.append((dev, (("port_id", match[0]),)))

@@ -60,7 +60,7 @@ FORMAT_BODY = 0  # a row holding a request body as it goes on the wire (every ol
 FORMAT_CYCLE = 1  # a row holding a cycle record (this module)
 RECORD_VERSION = 1  # the first byte of every record and dictionary entry
 CHAIN_CYCLES = 64  # cycles per chain: a base entry every 64 cycles (16 min at 15 s)
-FLAG_METADATA = 1  # the record's 1.0 request carries the metric metadata
+FLAG_METADATA = 1  # the record's request carries the metric metadata
 _CODE_LIMIT = 2**62  # codes beyond this are escaped, so that differences fit in 64 bits
 _DOUBLE = struct.Struct("<d")
 _ONES = itertools.repeat(1.0)
@@ -491,7 +491,8 @@ class Bodies:
                 if len(self._v2) >= 64:
                     self._v2.clear()
                 encoder = self._v2[key] = EncoderV2(2**31)
-            (request,) = encoder.encode((), ts_ms, b"", groups)
+            due = b"\x01" if flags & FLAG_METADATA else b""  # 2.0 interns it per series
+            (request,) = encoder.encode((), ts_ms, due, groups)
             return request.body
         metadata = b""
         if flags & FLAG_METADATA:

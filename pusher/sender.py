@@ -1,7 +1,7 @@
 """The HTTP edge: one remote-write POST of one compressed body.
 
 The sender sees bytes, never samples. Its `Outcome` carries the decision the remote-write
-specification and Mimir's behaviour call for; the loop acts on it:
+specification and Mimir's behaviour call for; delivery acts on it:
 
     ok          2xx: delivered
     retry       network error, TLS failure, timeout, 5xx, 429, or an answer that makes no
@@ -9,9 +9,11 @@ specification and Mimir's behaviour call for; the loop acts on it:
                 (`retry_after` when the receiver said how long, capped at 10 minutes)
     hold        401, 403, 3xx: the credentials or the URL are wrong; keep everything and
                 probe slowly
-    too_large   413: split the request and send the halves
+    too_large   413, or Mimir's 400 `distributor-max-write-message-size`: split the request
+                and send the halves
     reject      any other 4xx (400 above all): the receiver kept what was valid; never resend,
-                count the samples under `reason` (Mimir's `err-mimir-…` id when it gave one)
+                count the request under `reason` (Mimir's own error id when it gave one,
+                `pusher.mimir`), with the tenant limit it names in `limit`
     unsupported a Remote-Write 2.0 request answered 415, or 2xx without the
                 `X-Prometheus-Remote-Write-Samples-Written` header (a 1.x receiver that
                 decoded nothing): send it again as 1.0
@@ -33,7 +35,6 @@ import http.client
 import http.cookiejar
 import logging
 import math
-import re
 import time
 import warnings
 from collections.abc import Generator, Mapping
@@ -46,11 +47,11 @@ import requests.adapters
 import requests.auth
 import urllib3
 
-from pusher import __version__
+from pusher import __version__, mimir
 from pusher.config import RemoteWriteConfig, TLSConfig
 from pusher.secrets import FileSecret, Redactor
 
-__all__ = ["Outcome", "Sender", "mimir_reason", "parse_retry_after"]
+__all__ = ["Outcome", "Sender", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ MAX_RETRY_AFTER = 600.0
 # Exception text kept in an Outcome's message.
 MAX_ERROR_TEXT = 300
 # Mimir's ids are short; a longer one is not Mimir's and would make a long label value.
-_MIMIR_ID = re.compile(r"err-mimir-([a-z0-9-]{1,64})(?![a-z0-9-])")
 
 Kind = Literal["ok", "retry", "hold", "too_large", "reject", "unsupported"]
 # Remote-Write 2.0: the request headers that differ from 1.0, and the receiver's answer.
@@ -92,7 +92,8 @@ class Outcome:
     retry_after: float | None = None
     reason: str = ""
     message: str = ""
-    written: int | None = None  # samples a 2.0 receiver says it wrote
+    written: int | None = None  # samples a 2.0 receiver says it wrote (on a 2xx only)
+    limit: int | None = None  # the tenant's limit a rejection named (`mimir.LIMIT_KEYS`)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -119,12 +120,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not math.isfinite(delay) or delay <= 0:
         return None
     return min(delay, MAX_RETRY_AFTER)
-
-
-def mimir_reason(body: str, code: int) -> str:
-    """The Mimir error id in a body (`sample-out-of-order`), else `http_<code>`."""
-    m = _MIMIR_ID.search(body)
-    return m.group(1) if m else f"http_{code}"
 
 
 def _limit(text: str) -> str:
@@ -369,7 +364,7 @@ class Sender:
             # A redirect means a wrong URL: keep everything, as for refused credentials.
             where = self.redact(_limit(resp.headers.get("Location", "")), cut=True)
             return Outcome("hold", str(code), message=f"redirect to {where!r} refused")
-        text = self._read_body(resp)
+        text, complete = self._read_text(resp)
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         if code >= 500 or code == 429:
             return Outcome("retry", str(code), retry_after, message=text)
@@ -378,14 +373,23 @@ class Sender:
         if code == 413:
             return Outcome("too_large", str(code), message=text)
         if 400 <= code < 500:
-            return Outcome("reject", str(code), reason=mimir_reason(text, code), message=text)
+            why = mimir.reason(text, code, complete)
+            if why == mimir.TOO_LARGE:  # Mimir's answer to a body over its max_recv_msg_size
+                return Outcome("too_large", str(code), reason=why, message=text)
+            limit = mimir.learned_limit(text, why)
+            return Outcome("reject", str(code), reason=why, message=text, limit=limit)
         # 1xx, or a number no receiver should answer: not a verdict on the data.
         return Outcome("retry", str(code), retry_after, message=f"unexpected status: {text}")
 
     def _read_body(self, resp: requests.Response) -> str:
+        return self._read_text(resp)[0]
+
+    def _read_text(self, resp: requests.Response) -> tuple[str, bool]:
         """Up to MAX_ERROR_BODY bytes of the body, within ERROR_BODY_SECONDS however slowly
-        the receiver sends; undecoded (the request asked for no compression). A body read to
-        its end leaves the connection open for the next request; any other is closed."""
+        the receiver sends; undecoded (the request asked for no compression); and whether it
+        was read to its end. A body read to its end leaves the connection open for the next
+        request; any other is closed."""
+        complete = False
         deadline = time.monotonic() + min(self.timeout, ERROR_BODY_SECONDS)
         conn = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
         sock = getattr(conn, "sock", None)
@@ -404,6 +408,7 @@ class Sender:
                 else:
                     chunk = resp.raw.read(min(want, 64), decode_content=False)
                 if not chunk:
+                    complete = True
                     break
                 raw += chunk
         except Exception:  # a body that breaks off is still an answer; its code decides
@@ -413,7 +418,7 @@ class Sender:
                 with contextlib.suppress(OSError):
                     sock.settimeout(self.timeout)
         text = bytes(raw[:MAX_ERROR_BODY]).decode("utf-8", "replace")
-        return self.redact(text, cut=len(raw) >= MAX_ERROR_BODY)
+        return self.redact(text, cut=len(raw) >= MAX_ERROR_BODY), complete
 
     def close(self) -> None:
         self.session.close()

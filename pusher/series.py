@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pusher import catalog
+from pusher import catalog, mimir
 from pusher.catalog import LabelLimits, LabelPairs, Sample, SeriesKey
 from pusher.collect import VIR_DOMAIN_RUNNING, DomainStats, HostInfo, Snapshot
 from pusher.config import Config
 from pusher.encode import STALE_NAN
 from pusher.filters import DomainFilter
+from pusher.host import HostStats
 from pusher.nova import NovaInstance
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "StaleTracker",
     "build_samples",
     "host_samples",
+    "host_stats_samples",
     "identity_labels",
     "plan_samples",
     "plan_snapshot",
@@ -37,6 +39,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TIMEOUTS_METRIC = "libvirt_domain_stats_timeouts_total"
+# Mimir's id of a rejection naming a label limit -> the LabelLimits field that keeps to it.
+_LIMIT_ATTRIBUTES = {
+    "label-value-too-long": "max_value_bytes",
+    "label-name-too-long": "max_name_length",
+    "max-label-names-per-series": "max_names",
+}
 Admits = Callable[[str, NovaInstance | None], bool]  # (domain name, Nova data) -> exported
 
 
@@ -73,12 +81,17 @@ class DomainSeries:
     name: str
     info: object  # the DomainInfo it was built from (compared by identity: it is cached)
     plan: catalog.DomainPlan
-    extra: tuple[SeriesKey, ...]  # the Nova info series, when there is Nova data
+    # The series read off the domain XML, with their values: the Nova info series (when there
+    # is Nova data), the devices' info series.
+    extra: tuple[Sample, ...]
     running: bool = True
     devices: frozenset[LabelPairs] = frozenset()  # the devices the record names
 
+    def extra_keys(self) -> set[SeriesKey]:
+        return {key for key, _ in self.extra}
+
     def keys(self) -> set[SeriesKey]:
-        return {*self.plan.series, *self.extra}
+        return {*self.plan.series, *self.extra_keys()}
 
 
 def _reusable(cached: DomainSeries | None, d: DomainStats) -> bool:
@@ -105,16 +118,26 @@ def _domain_series(
     plan, device_drop = catalog.plan_within_limits(
         d.stats, shared, series_labels, unknown, d.info.labels_for, drop, limits
     )
-    extra: tuple[SeriesKey, ...] = ()
-    if d.info.nova is not None:
-        nova = {k: v for k, v in d.info.nova.labels().items() if k not in drop}
-        info = catalog.by_name(catalog.INFO_METRIC)
-        pairs = catalog.label_pairs(nova, limits)
-        own = catalog.fit_own_labels(pairs, plan.shared, info.labels, limits)
-        extra = ((info.name, own, plan.shared),)
     running = d.stats.get("state.state") == VIR_DOMAIN_RUNNING
     devices = catalog.devices(d.stats, d.info.labels_for, device_drop, limits)
+    extra = _xml_series(d, plan.shared, drop, limits)
     return DomainSeries(d.name, d.info, plan, extra, running, devices)
+
+
+def _xml_series(
+    d: DomainStats, shared: LabelPairs, drop: frozenset[str], limits: LabelLimits
+) -> tuple[Sample, ...]:
+    """The series read off the domain XML: the Nova info series and the devices' info
+    series, their labels in `drop` left off and the rest fitted to the label limits."""
+    found = list(d.info.devices)
+    if d.info.nova is not None:
+        found.insert(0, (catalog.INFO_METRIC, tuple(d.info.nova.labels().items()), 1.0))
+    out: list[Sample] = []
+    for name, labels, value in found:
+        pairs = catalog.label_pairs({k: v for k, v in labels if k not in drop}, limits)
+        own = catalog.fit_own_labels(pairs, shared, catalog.by_name(name).labels, limits)
+        out.append(((name, own, shared), value))
+    return tuple(out)
 
 
 def plan_snapshot(
@@ -162,6 +185,24 @@ def host_samples(
     ]
 
 
+def host_stats_samples(stats: HostStats | None, external: LabelPairs) -> list[Sample]:
+    """The node's capacity (`collect.host_stats`) in base units."""
+    if stats is None:
+        return []
+    out: list[Sample] = [
+        (("libvirt_node_cpu_seconds_total", (("mode", mode),), external), ns * catalog.NS)
+        for mode, ns in stats.cpu_ns
+    ]
+    out += [
+        ((f"libvirt_node_memory_{kind}_bytes", (), external), kib * catalog.KIB)
+        for kind, kib in stats.memory_kib
+    ]
+    for cell, size, count in stats.free_huge_pages:
+        own = (("numa_node", str(cell)), ("page_size_bytes", str(size * 1024)))
+        out.append((("libvirt_node_hugepages_free", own, external), float(count)))
+    return out
+
+
 def build_samples(
     snapshot: Snapshot,
     series_labels: Sequence[str],
@@ -173,7 +214,7 @@ def build_samples(
     stats = {d.uuid: d.stats for d in snapshot.domains}
     for uuid, ds in plan_snapshot(snapshot, series_labels, external, {}, unknown).items():
         out.extend(plan_samples(ds.plan, ds.plan.values(stats[uuid])))
-        out.extend((key, 1.0) for key in ds.extra)
+        out.extend(ds.extra)
     return out
 
 
@@ -255,13 +296,15 @@ def _vanished(old: DomainSeries, new: DomainSeries) -> set[SeriesKey]:
     vanished = old.keys() - new.keys()
     if not (vanished and new.running and new.plan.shared == old.plan.shared):
         return vanished
+    # A series read off the XML is gone only when the XML changed: it ends.
+    from_xml = old.extra_keys() - new.extra_keys()
     # Still running, same labels: a series missing from the record is a partial record
     # (another client held the domain's job), unless its device is gone: no longer named
     # in a group the record has; or unless it is a job series and the record has the
     # domain's job info (its job ended).
     groups = {k.partition(".")[0] for k in new.plan.signature}
     has_job = "job.type" in new.plan.signature
-    return {
+    return from_xml | {
         k for k in vanished
         if (k[1] and k[1] not in new.devices and catalog.group_of(k[0]) in groups)
         or (has_job and catalog.group_of(k[0]) == "job")
@@ -282,6 +325,7 @@ class Planner:
     ) -> None:
         self.series_labels = tuple(series_labels)
         self.external = external
+        self._replan = False  # plan every domain afresh next cycle (the limits changed)
         self.drop = frozenset(drop)
         self.limits = limits or LabelLimits()
         self.admits = admits
@@ -322,6 +366,7 @@ class Planner:
             n = float(len(snapshot.domains))
             cycle.samples.append((("libvirt_domains", (), self.external), n))
             cycle.samples.extend(host_samples(snapshot.host, self.external, self.limits))
+            cycle.samples.extend(host_stats_samples(snapshot.host_stats, self.external))
         return cycle
 
     def _domain_series(self, cycle: Cycle, snapshot: Snapshot, stuck: frozenset[str]) -> None:
@@ -329,21 +374,40 @@ class Planner:
             d for d in snapshot.domains
             if d.uuid not in stuck and (self.admits is None or self.admits(d.name, d.info.nova))
         ]  # fmt: skip
+        cache = {} if self._replan else self.tracker.domains
+        self._replan = False
         domains = plan_snapshot(
             Snapshot(snapshot.ts_ms, answered, snapshot.duration, snapshot.xml_fetches),
-            self.series_labels, self.external, self.tracker.domains,
+            self.series_labels, self.external, cache,
             self.unknown_keys, self.drop, self.limits,
         )  # fmt: skip
         for d in answered:
             ds = domains[d.uuid]
             cycle.plans.append((ds.plan, ds.plan.values(d.stats)))
-            cycle.samples.extend((key, 1.0) for key in ds.extra)
+            cycle.samples.extend(ds.extra)
         self.tracker.keep_stuck(domains, stuck)
         timeouts, timeouts_ended = self.tracker.timeouts(domains)
         cycle.samples.extend(timeouts)
         cycle.ended = self.tracker.ended(domains) | timeouts_ended
         cycle.samples.extend((key, STALE_NAN) for key in cycle.ended)
         self._log_unknown_keys()
+
+    def adopt_limit(self, mimir_id: str, value: int) -> bool:
+        """Keep to a tenant limit Mimir named in a rejection, when it is lower than ours:
+        from the next cycle on, labels are cut or shed instead of the series rejected.
+        Returns whether anything changed."""
+        attribute = _LIMIT_ATTRIBUTES.get(mimir_id)
+        if attribute is None or value < 1 or value >= getattr(self.limits, attribute):
+            return False
+        log.warning(
+            "Mimir's limit for this tenant is %d (%s), lower than %s (%d): keeping to %d from "
+            "now on; set %s: %d to start with it", value, mimir_id, mimir.LIMIT_KEYS[mimir_id],
+            getattr(self.limits, attribute), value, mimir.LIMIT_KEYS[mimir_id], value,
+        )  # fmt: skip
+        setattr(self.limits, attribute, value)
+        self.external = catalog.label_pairs(dict(self.external), self.limits)
+        self._replan = True
+        return True
 
     def _log_unknown_keys(self) -> None:
         new = self.unknown_keys - self._logged_unknown

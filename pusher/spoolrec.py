@@ -116,7 +116,7 @@ def as_requests(
     """A cycle as request bodies (to wait in memory), as its records would give them."""
     encoder = EncoderV2(max_samples) if proto == 2 else Encoder(max_samples)
     meta = b""
-    if metadata and proto == 1:
+    if metadata:
         names = {n for p, _ in plans for n in p.names} | {k[0] for k, _ in samples}
         meta = metadata_bytes(families_of(names))
     return encoder.encode(samples, ts_ms, meta, plans)

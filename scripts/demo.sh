@@ -31,6 +31,7 @@ collect:
 remote_write:
   url: $receiver/api/v1/write
   tenant: openstack
+  protocol: v1  # Debian's Prometheus 2.42 takes Remote-Write 1.0 only (auto would find out)
 external_labels:
   cluster: demo
 buffer:

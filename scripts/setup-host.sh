@@ -22,8 +22,11 @@ quietly() {
 }
 
 # --- Debian packages -------------------------------------------------------------------------
+# docker.io and mmdebstrap: the worker stack's image, built and run (tests/integration/
+# test_deploy.py starts dockerd itself and stops it); dbus and polkitd: the compute-node-like
+# libvirtd that test runs beside the host's (tests/integration/hostlibvirt.py).
 packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config
-          gcc prometheus docker-compose systemd)
+          gcc prometheus docker-compose systemd docker.io mmdebstrap dbus polkitd)
 venv_stale() { [[ ! -e .venv/.installed || pyproject.toml -nt .venv/.installed ]]; }
 if venv_stale; then
     # Debian's own python3 needs these for `-m venv` and to build libvirt-python (sdist only on
@@ -68,6 +71,23 @@ done
 if [[ ! -S "$RO_SOCKET" ]]; then
     echo "setup-host: libvirtd runs but its read-only socket $RO_SOCKET is missing" >&2
     exit 1
+fi
+
+# --- a Linux kernel for a guest with a balloon driver -----------------------------------------
+# The test guests have no OS, so their balloon reports no guest memory figures. One test guest
+# boots Debian's cloud kernel with an initramfs that only loads virtio_balloon (built by the
+# tests from these files): the kernel package and busybox, unpacked, never installed.
+TEST_KERNEL_DIR=/var/cache/libvirt-pusher-tests/kernel
+if [[ ! -e "$TEST_KERNEL_DIR/.ready" ]]; then
+    echo "setup-host: fetching a kernel and busybox for the balloon test guest"
+    kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    fetch_dir=$(mktemp -d)
+    (cd "$fetch_dir" && quietly apt-download apt-get download "$kernel_pkg" busybox-static)
+    rm -rf "$TEST_KERNEL_DIR"
+    mkdir -p "$TEST_KERNEL_DIR"
+    for deb in "$fetch_dir"/*.deb; do dpkg-deb -x "$deb" "$TEST_KERNEL_DIR"; done
+    rm -rf "$fetch_dir"
+    touch "$TEST_KERNEL_DIR/.ready"
 fi
 
 # --- Python venv -----------------------------------------------------------------------------

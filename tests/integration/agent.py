@@ -91,6 +91,15 @@ class AgentProcess:
             agent.proc.wait()
 
 
+def stop_cleanly(agent: AgentProcess) -> str:
+    """SIGTERM; the agent must exit 0 without a traceback. Returns its log."""
+    status = agent.stop()
+    log = agent.log()
+    assert status == 0, log
+    assert "Traceback" not in log, log
+    return log
+
+
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
     """Poll until `predicate()` is truthy; return its value or fail saying `what`."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from agent import AgentProcess
-from guests import Guest, create_guests, destroy_guests, domstats
+from guests import DOMAIN_BASE, Guest, create_booted_guest, create_guests, destroy_guests, domstats
 from receiver import Receiver
 
 LIBVIRT_URI = "qemu:///system"
@@ -74,6 +74,29 @@ def guests(libvirt_uri: str) -> Iterator[list[Guest]]:
         yield created
     finally:
         destroy_guests(libvirt_uri, names)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def booted_guest(libvirt_uri: str) -> Iterator[tuple[str, str]]:
+    """(domain name, uuid) of a guest that boots a Linux kernel whose balloon driver reports
+    the guest's memory (available, unused, usable), unlike the other guests, which have no OS."""
+    workdir = Path(tempfile.mkdtemp(prefix="pusher-booted-"))
+    name = f"instance-{DOMAIN_BASE + 0xFF:08x}"
+    try:
+        uuid = create_booted_guest(libvirt_uri, workdir, name)
+    except FileNotFoundError as e:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.fail(str(e))
+    try:
+        deadline = time.monotonic() + 60
+        while "balloon.available" not in domstats(libvirt_uri, [name]).get(name, {}):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name}'s balloon driver reported nothing within 60 s")
+            time.sleep(0.5)
+        yield name, uuid
+    finally:
+        destroy_guests(libvirt_uri, [name])
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -6,7 +6,9 @@ vcpu, block, net and balloon stats (REFERENCE.md §8). TCG (`type='qemu'`), so K
 
 from __future__ import annotations
 
+import gzip
 import os
+import stat
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
@@ -25,6 +27,14 @@ NOVA_NS = NOVA_NS_PREFIX + "1.1"
 GUEST_OFFSET = int(os.environ.get("PUSHER_TEST_GUEST_OFFSET", "0"), 0)
 DOMAIN_BASE = 0xA000 + GUEST_OFFSET  # instance-0000a001, … keep clear of real Nova ids
 IMAGE_SIZE = "64M"
+# Debian's cloud kernel and busybox, unpacked by scripts/setup-host.sh, for the one guest that
+# boots (`create_booted_guest`).
+KERNEL_DIR = Path(
+    os.environ.get("PUSHER_TEST_KERNEL_DIR", "/var/cache/libvirt-pusher-tests/kernel")
+)
+# virtio_balloon and what it needs, in load order.
+BALLOON_MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
+                   "virtio_pci", "virtio_balloon")  # fmt: skip
 
 # libvirt-python prints every error to stderr besides raising it; the exception is enough.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -254,9 +264,11 @@ def _remove_domain(conn: libvirt.virConnect, name: str) -> None:
     disks = [
         src.get("file", "") for src in ET.fromstring(dom.XMLDesc()).iterfind("devices/disk/source")
     ]
+    persistent = dom.isPersistent()  # a transient guest is gone once destroyed
     if dom.isActive():
         dom.destroy()
-    dom.undefine()
+    if persistent:
+        dom.undefine()
     for path in disks:
         if path and os.path.exists(path):
             os.unlink(path)
@@ -281,3 +293,82 @@ def domstats(conn_uri: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
             key, _, value = line.partition("=")
             current[key] = value
     return stats
+
+
+# --- a guest that boots: a kernel whose balloon driver reports the guest's memory ----------------
+
+
+def newc_archive(files: dict[str, tuple[int, bytes]]) -> bytes:
+    """A cpio archive in the "newc" format the kernel unpacks as initramfs: path -> (mode, data);
+    directories (mode with S_IFDIR) come before what they hold."""
+    out = bytearray()
+    entries = [*files.items(), ("TRAILER!!!", (0, b""))]
+    for ino, (path, (mode, data)) in enumerate(entries, start=1):
+        name = path.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name), 0)
+        out += b"070701" + "".join(f"{v:08x}" for v in fields).encode() + name
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+BALLOON_INIT = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+for m in {modules}; do /bin/busybox insmod /mod/$m.ko; done
+while true; do /bin/busybox sleep 3600; done
+"""
+
+
+def balloon_boot_files(workdir: Path) -> tuple[Path, Path]:
+    """The kernel and an initramfs (written to `workdir`) that loads the balloon driver and
+    idles: the guest's memory figures come from a real Linux."""
+    kernels = sorted(KERNEL_DIR.glob("boot/vmlinuz-*"))
+    modules = sorted(KERNEL_DIR.glob("lib/modules/*/kernel/drivers/virtio"))
+    if not (kernels and modules and (KERNEL_DIR / "bin" / "busybox").exists()):
+        raise FileNotFoundError(f"no kernel and busybox in {KERNEL_DIR}: run scripts/setup-host.sh")
+    directory = stat.S_IFDIR | 0o755
+    files: dict[str, tuple[int, bytes]] = {d: (directory, b"") for d in ("bin", "mod", "proc")}
+    files["bin/busybox"] = (stat.S_IFREG | 0o755, (KERNEL_DIR / "bin" / "busybox").read_bytes())
+    for name in BALLOON_MODULES:
+        files[f"mod/{name}.ko"] = (stat.S_IFREG | 0o644, (modules[-1] / f"{name}.ko").read_bytes())
+    init = BALLOON_INIT.format(modules=" ".join(BALLOON_MODULES))
+    files["init"] = (stat.S_IFREG | 0o755, init.encode())
+    kernel, initrd = workdir / "vmlinuz", workdir / "initrd.img"
+    kernel.write_bytes(kernels[-1].read_bytes())
+    initrd.write_bytes(gzip.compress(newc_archive(files), 1))
+    for path in (kernel, initrd):
+        path.chmod(0o644)
+    return kernel, initrd
+
+
+def create_booted_guest(conn_uri: str, workdir: Path, name: str) -> str:
+    """Starts a transient guest (no disk, no NIC) that boots `balloon_boot_files` with a
+    balloon stats period of 1 s; returns its UUID. A same-named leftover is removed first."""
+    destroy_guests(conn_uri, [name])
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o755)
+    kernel, initrd = balloon_boot_files(workdir)
+    instance_uuid = uuid_str()
+    nova = nova_metadata_xml(
+        f"{name}-booted", instance_uuid, "demo", "alice", "m1.tiny",
+        project_uuid=uuid_str(), user_uuid=uuid_str(), memory_mib=128,
+    )  # fmt: skip
+    xml = f"""<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{instance_uuid}</uuid>
+  <metadata>{nova}</metadata>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd><cmdline>console=ttyS0 quiet</cmdline></os>
+  <devices>
+    <serial type='pty'/>
+    <memballoon model='virtio'><stats period='1'/></memballoon>
+  </devices>
+</domain>"""
+    conn = libvirt.open(conn_uri)
+    try:
+        conn.createXML(xml, 0)
+    finally:
+        conn.close()
+    return instance_uuid

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from services import became_ready
 
 RECEIVER_START_S = 30.0
 PROMETHEUS_CONFIG = "global:\n  scrape_interval: 15s\n"  # no scrape configs: it only receives
@@ -51,17 +51,8 @@ class Receiver:
             raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + RECEIVER_START_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            try:
-                if requests.get(f"{self.base_url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"prometheus did not become ready:\n{self.log()}")
+        if not became_ready(self._proc, f"{self.base_url}/-/ready", RECEIVER_START_S):
+            pytest.fail(f"prometheus did not become ready:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

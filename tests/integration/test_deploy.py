@@ -3,7 +3,9 @@ the systemd unit.
 
 Checked with the real tools (Debian's docker-compose, promtool, systemd-analyze): a missing tool
 fails the test with the package to install, it never skips (scripts/setup-host.sh installs them).
-No Docker engine is needed: `docker-compose config` validates and resolves a file offline.
+`docker-compose config` validates and resolves the compose files offline; the worker stack is
+then built and run for real on a Docker engine the tests start (dockerhost.py) against a
+libvirtd set up as a compute node's (hostlibvirt.py).
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from dockerhost import DockerEngine, docker
+from guests import DOMAIN_BASE, Guest, create_guests, destroy_guests
+from hostlibvirt import HostLibvirtd
+from mimir import Mimir
 
 from pusher import config as pusher_config
 from pusher.catalog import CATALOG
@@ -53,6 +61,7 @@ ALERT_NAMES = {
     "LibvirtPusherNotDelivering",
     "LibvirtPusherBacklogGrowing",
     "LibvirtPusherSamplesDropped",
+    "LibvirtPusherRequestsRejected",
     "LibvirtDown",
     "LibvirtGuestCrashed",
     "LibvirtGuestStuckPaused",
@@ -166,8 +175,10 @@ def test_worker_runs_confined(worker: dict[str, Any]) -> None:
     assert "cap_add" not in pusher
     assert "no-new-privileges:true" in pusher["security_opt"]
     assert not pusher.get("privileged", False)
-    assert pusher["user"].split(":")[0] not in ("0", "root")
-    assert pusher["group_add"] == ["42473"]  # Kolla's libvirt group unless LIBVIRT_GID says
+    # Root without a capability: the id every libvirtd's user database names, and the one
+    # client polkit is not asked about (docs/operations.md, "Why root").
+    assert pusher["user"] == "0:0"
+    assert "group_add" not in pusher
     assert pusher["restart"] in ("unless-stopped", "always")
     assert pusher["logging"]["driver"] == "json-file"
     assert {"max-size", "max-file"} <= set(pusher["logging"]["options"])
@@ -440,3 +451,349 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     result = run([analyze, "verify", str(unit)])
     problems = [line for line in result.stderr.splitlines() if UNIT.name in line]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+# --- the worker stack, built and run ------------------------------------------------------------
+#
+# The image is built from compose/Dockerfile on a stand-in base (scripts/build-base-image.sh:
+# no registry is reachable here) and compose/worker.yml runs as shipped against a libvirtd set
+# up as a compute node's (hostlibvirt.py), with one override for this machine: host networking,
+# to reach the real Mimir on loopback (the data checked under tenant openstack), and a 2 s
+# healthcheck interval, so that the three failed probes that make a container unhealthy take
+# seconds instead of minutes.
+
+BASE_IMAGE = "libvirt-pusher-base:bookworm"
+INTERVAL_S = 2.0
+TEST_HOST = "compute-ci-7"
+OVERRIDE = """
+services:
+  pusher:
+    network_mode: host
+    healthcheck:
+      interval: 2s
+      start_period: 10s
+"""
+
+
+def step(what: str, started: float) -> float:
+    now = time.monotonic()
+    print(f"worker stack: {what}: {now - started:.2f} s")
+    return now
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, why: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout:.0f} s: {why()}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    engine = DockerEngine(tmp_path_factory.mktemp("dockerd"))
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def build_image(tag: str, epoch: int) -> float:
+    started = time.monotonic()
+    args = ["-f", "compose/Dockerfile", "-t", tag, "--build-arg", f"PYTHON_IMAGE={BASE_IMAGE}"]
+    args += ["--build-arg", f"SOURCE_DATE_EPOCH={epoch}"]
+    result = docker("build", *args, str(ROOT), timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def pusher_image(docker_engine: DockerEngine) -> str:
+    started = time.monotonic()
+    result = run([str(ROOT / "scripts" / "build-base-image.sh"), BASE_IMAGE])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    started = step("base image", started)
+    epoch = int(run(["git", "log", "-1", "--format=%ct"]).stdout.strip() or "315532800")
+    print(f"worker stack: image build: {build_image('libvirt-pusher:ci-1', epoch):.2f} s")
+    return "libvirt-pusher:ci-1"
+
+
+class Stack:
+    """compose/worker.yml under a project of its own, with the test override."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.project = f"pushertest{os.getpid()}"
+        self.override = workdir / "override.yml"
+        self.override.write_text(OVERRIDE)
+        self.env_file = workdir / "worker.env"
+        self.env = env
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+
+    def compose(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **self.env}
+        files = ["-f", str(WORKER), "-f", str(self.override)]
+        base = [tool("docker-compose", "docker-compose"), "--project-name", self.project]
+        base += ["--env-file", str(self.env_file), *files]
+        return subprocess.run(
+            [*base, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+        )
+
+    def up(self, *args: str) -> None:
+        result = self.compose("up", "-d", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def container(self) -> str:
+        return self.compose("ps", "-q", "pusher").stdout.strip()
+
+    def inspect(self, template: str) -> str:
+        return docker("inspect", "-f", template, self.container()).stdout.strip()
+
+    def health(self) -> str:
+        return self.inspect("{{.State.Health.Status}}")
+
+    def health_log(self) -> str:
+        return self.inspect("{{range .State.Health.Log}}{{.Output}}{{end}}")
+
+    def logs(self) -> str:
+        result = docker("logs", self.container())
+        return result.stdout + result.stderr
+
+    def exec_python(self, code: str) -> subprocess.CompletedProcess[str]:
+        return docker("exec", self.container(), "python3", "-c", code)
+
+    def spool_requests(self, image: str, what: str = "COUNT(*)") -> int:
+        """Requests in the spool volume (`what`: another aggregate of its rows)."""
+        code = (
+            "import sqlite3; print(sqlite3.connect('/spool/spool.db')"
+            f".execute('SELECT {what} FROM requests').fetchone()[0])"
+        )
+        result = docker(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            f"{self.project}_spool:/spool",
+            "--entrypoint",
+            "python3",
+            image,
+            "-c",
+            code,
+        )
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout)
+
+
+# What the agent, inside the container, may see of libvirt and of its own privileges.
+ISOLATION_PROBE = """
+import json, os, stat, libvirt
+libvirt.registerErrorHandler(lambda *a: None, None)
+lines = open("/proc/self/status").read().splitlines()
+status = dict(line.split(":\\t", 1) for line in lines if ":\\t" in line)
+sockets = []
+for d, _, files in os.walk("/"):
+    if d.startswith(("/proc", "/sys")):
+        continue
+    for f in files:
+        path = os.path.join(d, f)
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            sockets.append(path)
+try:
+    open("/written", "w")
+    rootfs = "writable"
+except OSError as e:
+    rootfs = e.strerror
+conn = libvirt.open("qemu:///system?socket=/var/run/libvirt/libvirt-sock-ro")
+dom = conn.listAllDomains()[0]
+try:
+    dom.suspend()
+    write = "allowed"
+except libvirt.libvirtError as e:
+    write = str(e)
+mounted = os.path.realpath("/var/run/libvirt/libvirt-sock-ro")
+print(json.dumps({"sockets": sockets, "mounted": mounted, "cap_eff": status["CapEff"].strip(),
+                  "no_new_privs": status["NoNewPrivs"].strip(), "uid": os.getuid(),
+                  "rootfs": rootfs, "write": write}))
+"""
+
+
+class TenantView:
+    """The queries of one tenant of the real Mimir (what Grafana sees for that tenant)."""
+
+    def __init__(self, mimir: Mimir, tenant: str) -> None:
+        self.mimir = mimir
+        self.tenant = tenant
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        return self.mimir.query(promql, self.tenant)
+
+
+def cycle_runs(receiver: TenantView) -> list[list[int]]:
+    """pusher_cycles_total of the test host, split where a new process started counting."""
+    result = receiver.query(f'pusher_cycles_total{{host="{TEST_HOST}"}}[15m]')
+    assert len(result) == 1, result
+    runs: list[list[int]] = []
+    for _, value in result[0]["values"]:
+        n = int(float(value))
+        if not runs or n <= runs[-1][-1]:
+            runs.append([])
+        runs[-1].append(n)
+    return runs
+
+
+def test_worker_stack_runs_as_shipped(
+    pusher_image: str, docker_engine: DockerEngine, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    node = HostLibvirtd(Path(tempfile.mkdtemp(prefix="pusher-node-")), "debian")
+    guest_dir = Path(tempfile.mkdtemp(prefix="pusher-node-guests-"))
+    guests: list[Guest] = []
+    mimir = Mimir(tmp_path / "mimir")
+    receiver = TenantView(mimir, "openstack")  # the tenant compose/config.yaml sets
+    stack = Stack(
+        tmp_path,
+        {
+            "MIMIR_URL": mimir.push_url,
+            "PUSHER_HOST": TEST_HOST,
+            "PUSHER_CLUSTER": "ci",
+            "PUSHER_INTERVAL": f"{INTERVAL_S:g}s",
+            "PUSHER_IMAGE": pusher_image,
+            "LIBVIRT_SOCKET_RO": str(node.ro_socket),
+        },
+    )
+    try:
+        base = DOMAIN_BASE + 0x100
+        guests = create_guests(node.uri, guest_dir, 2, prefix="docker-test", base=base)
+        started = step("host-like libvirtd with 2 guests", started)
+        stack.up()
+
+        # Every guest's series, under the node's name.
+        uuids = {g["uuid"] for g in guests}
+
+        def arrived() -> set[str]:
+            info = receiver.query(f'libvirt_domain_openstack_info{{host="{TEST_HOST}"}}')
+            return {s["metric"]["uuid"] for s in info}
+
+        wait_for(
+            "every guest's series",
+            lambda: arrived() == uuids,
+            60,
+            lambda: f"{arrived()} != {uuids}\n{stack.logs()[-3000:]}",
+        )
+        up = receiver.query(f'libvirt_up{{host="{TEST_HOST}", cluster="ci"}}')
+        assert [s["value"][1] for s in up] == ["1"]
+        cpu = receiver.query(f'libvirt_domain_info_cpu_time_seconds_total{{host="{TEST_HOST}"}}')
+        assert {s["metric"]["uuid"] for s in cpu} == uuids
+        assert TenantView(mimir, "another-tenant").query("libvirt_up") == []
+        started = step("series of every guest arrived", started)
+        wait_for("healthy", lambda: stack.health() == "healthy", 60, stack.health_log)
+        started = step("healthy", started)
+
+        # The read-only socket is all it reaches, and through it libvirt refuses writes.
+        probe = stack.exec_python(ISOLATION_PROBE)
+        assert probe.returncode == 0, probe.stderr
+        seen = json.loads(probe.stdout)
+        # /var/run is a link to /run in the image: the socket is found under its real path.
+        assert seen["sockets"] == [seen["mounted"]], seen
+        assert seen["mounted"].endswith("/run/libvirt/libvirt-sock-ro"), seen
+        assert seen["uid"] == 0 and seen["cap_eff"] == "0000000000000000", seen
+        assert seen["no_new_privs"] == "1", seen
+        assert seen["rootfs"] == "Read-only file system", seen
+        assert "read only access prevents" in seen["write"], seen
+
+        # docker stop during an outage: within the grace period, the backlog kept.
+        mimir.stop()
+        time.sleep(4 * INTERVAL_S)
+        stop_started = time.monotonic()
+        result = stack.compose("stop")
+        took = time.monotonic() - stop_started
+        assert result.returncode == 0, result.stderr
+        print(f"worker stack: docker stop with the receiver down: {took:.2f} s")
+        assert took < pusher_config.parse_duration("30s")
+        assert stack.inspect("{{.State.ExitCode}}") == "0"
+        spooled = stack.spool_requests(pusher_image)
+        assert spooled >= 3, f"{spooled} request(s) in the spool after 4 cycles without receiver"
+        # A cycle may take more than one request (2.0: the domains', the agent's own).
+        spooled_cycles = stack.spool_requests(pusher_image, "COUNT(DISTINCT ts_ms)")
+
+        # An upgrade: a rebuilt image, the container re-created on the same spool volume.
+        new_image = "libvirt-pusher:ci-2"
+        epoch = int(run(["git", "log", "-1", "--format=%ct"]).stdout.strip()) + 1
+        print(f"worker stack: image rebuild: {build_image(new_image, epoch):.2f} s")
+        assert (
+            docker("image", "inspect", "-f", "{{.Id}}", new_image).stdout
+            != docker("image", "inspect", "-f", "{{.Id}}", pusher_image).stdout
+        )
+        mimir.start()  # on the same ports and data
+        stack.env["PUSHER_IMAGE"] = new_image
+        stack.env_file.write_text("".join(f"{k}={v}\n" for k, v in stack.env.items()))
+        stack.up("--force-recreate")
+        assert stack.inspect("{{.Config.Image}}") == new_image
+        wait_for(
+            "the spooled backlog delivered",
+            lambda: len(cycle_runs(receiver)) == 2 and stack.spool_requests(new_image) == 0,
+            60,
+            lambda: f"{cycle_runs(receiver)}",
+        )
+        first, second = cycle_runs(receiver)
+        # Every cycle of the first container arrived, those it spooled during the outage too.
+        assert first == list(range(1, len(first) + 1)), first
+        assert second == list(range(1, len(second) + 1)), second
+        assert len(first) >= spooled_cycles
+        started = step("upgrade delivered the spooled cycles", started)
+
+        # libvirtd stopped: unhealthy, and both the healthcheck and the log say why.
+        destroy_guests(node.uri, [g["name"] for g in guests])
+        guests = []
+        node.stop_libvirtd()
+        wait_for("unhealthy", lambda: stack.health() == "unhealthy", 60, stack.health_log)
+        assert "libvirt unreadable for" in stack.health_log()
+        assert "cannot connect to qemu:///system" in stack.logs()
+        step("unhealthy with libvirtd stopped", started)
+    finally:
+        down = stack.compose("down", "--volumes", "--timeout", "30")
+        mimir.stop()
+        if guests:
+            destroy_guests(node.uri, [g["name"] for g in guests])
+        node.stop()
+        shutil.rmtree(guest_dir, ignore_errors=True)
+        shutil.rmtree(node.workdir, ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("", "libvirt_up"),  # as shipped: root without capabilities
+        ("65534:65534", "Unable to get system bus connection"),  # nobody: polkit unreachable
+        ("10001:10001", "Failed to find user record for uid '10001'"),  # the old image's uid
+    ],
+)
+def test_only_the_shipped_identity_reads_a_kolla_libvirtd(
+    pusher_image: str, tmp_path: Path, user: str, expected: str
+) -> None:
+    node = HostLibvirtd(Path(tempfile.mkdtemp(prefix="pusher-kolla-")), "kolla")
+    stack = Stack(
+        tmp_path,
+        {
+            "MIMIR_URL": "http://127.0.0.1:9/api/v1/push",
+            "PUSHER_HOST": TEST_HOST,
+            "PUSHER_CLUSTER": "ci",
+            "PUSHER_IMAGE": pusher_image,
+            "LIBVIRT_SOCKET_RO": str(node.ro_socket),
+        },
+    )
+    try:
+        as_user = ["--user", user] if user else []
+        result = stack.compose(
+            "run", "--rm", "--no-deps", *as_user, "pusher", "-c", CONFIG_IN_CONTAINER, "--dry-run"
+        )
+        up = [line for line in result.stdout.splitlines() if line.startswith("libvirt_up{")]
+        assert len(up) == 1, result.stdout[-2000:] + result.stderr[-2000:]
+        assert up[0].endswith(" 1" if not user else " 0"), up
+        assert expected in (result.stdout + result.stderr)
+    finally:
+        stack.compose("down", "--volumes")
+        node.stop()
+        shutil.rmtree(node.workdir, ignore_errors=True)

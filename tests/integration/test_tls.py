@@ -339,7 +339,7 @@ def test_data_refused_by_tls_stays_in_the_spool_and_is_counted(
     pending = spool.stats()[0]
     assert not agent.drain_once(time.monotonic() + 0.5)
     assert agent.delivery.stats.responses["error"] >= 1
-    assert spool.stats()[0] == pending == 1
+    assert spool.stats()[0] == pending >= 1  # 1.0: one request; 2.0: domains', agent's
     agent.shutdown(0)
 
 

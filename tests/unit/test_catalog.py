@@ -119,7 +119,7 @@ PERCENT_KEYS = {"job.auto_converge_throttle"}
 MIB_KEYS = {"dirtyrate.megabytes_per_second", "dirtyrate.vcpu.<n>.megabytes_per_second"}
 KIB_KEYS = {"balloon.current", "balloon.maximum", "balloon.swap_in", "balloon.swap_out",
             "balloon.unused", "balloon.available", "balloon.usable", "balloon.rss",
-            "balloon.disk_caches"}  # fmt: skip
+            "balloon.disk_caches", "balloon.used"}  # fmt: skip
 
 SHARED = (("domain", "instance-0000002a"), ("host", "kvm-1"), ("uuid", UUID))
 
@@ -614,15 +614,21 @@ def test_the_value_limit_is_configurable() -> None:
 
 def test_max_label_names_counts_the_widest_series() -> None:
     ext = ("host", "cluster")
-    # openstack_info: __name__, 2 external, domain, uuid and the 10 Nova labels.
-    assert catalog.max_label_names(ext, ("instance_name",)) == 15
-    assert catalog.max_label_names(ext, ("instance_name",), ("image_uuid", "root_uuid")) == 13
+    # block_info: __name__, 2 external, domain, uuid, instance_name and its 11 own labels.
+    assert catalog.max_label_names(ext, ("instance_name",)) == 17
+    # ... unless the info series are fitted to what is left: openstack_info is the widest,
+    # __name__, 2 external, domain, uuid and the 10 Nova labels.
+    assert catalog.max_label_names(ext, ("instance_name",), (), catalog.XML_SERIES) == 15
+    fitted = catalog.XML_SERIES
+    assert (
+        catalog.max_label_names(ext, ("instance_name",), ("image_uuid", "root_uuid"), fitted) == 13
+    )
     # With every Nova label dropped: a block series with its three device labels.
     from pusher.config import NOVA_LABELS
 
-    assert catalog.max_label_names(ext, (), NOVA_LABELS) == 8
+    assert catalog.max_label_names(ext, (), NOVA_LABELS, fitted) == 8
     # ... and then the memory bandwidth series: monitor and memory_node.
-    assert catalog.max_label_names(ext, (), (*NOVA_LABELS, *catalog.DEVICE_EXTRAS)) == 7
+    assert catalog.max_label_names(ext, (), (*NOVA_LABELS, *catalog.DEVICE_EXTRAS), fitted) == 7
 
 
 def test_fit_own_labels_keeps_the_first_in_order() -> None:
@@ -658,3 +664,37 @@ def test_job_info_keys_become_job_series_in_base_units() -> None:
     assert {m.source for m in CATALOG if m.name.startswith("libvirt_domain_job_")} >= {
         f"job.{k}" for k in ("type", "operation", "time_elapsed", "data_total", "memory_bps")
     }
+
+
+# --- derived keys ---------------------------------------------------------------------------
+
+
+def test_guest_memory_in_use_is_available_minus_unused_in_bytes() -> None:
+    stats: dict[str, object] = dict(STATS)
+    catalog.add_derived(stats)
+    assert stats["balloon.used"] == 2_034_284 - 1_523_712
+    s = samples_by_name(domain_samples(stats, SHARED))
+    assert s["libvirt_domain_memory_stats_used_bytes"][()] == (2_034_284 - 1_523_712) * 1024.0
+    assert s["libvirt_domain_memory_stats_usable_bytes"][()] == 1_700_084 * 1024.0
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"balloon.current": 131072, "balloon.rss": 200660},  # no balloon driver in the guest
+        {"balloon.available": 94928},  # one of the two
+        {"balloon.available": 1000, "balloon.unused": 1001},  # more unused than available
+        {"balloon.available": "94928", "balloon.unused": 68696},  # not a number
+    ],
+)
+def test_no_memory_in_use_without_both_figures(record: dict[str, object]) -> None:
+    stats = dict(record)
+    catalog.add_derived(stats)
+    assert "balloon.used" not in stats
+    names = {name for (name, _, _), _ in domain_samples(stats, SHARED)}
+    assert "libvirt_domain_memory_stats_used_bytes" not in names
+
+
+def test_docs_name_the_keys_a_derived_series_comes_from() -> None:
+    line = next(x for x in catalog.markdown().splitlines() if "memory_stats_used_bytes" in x)
+    assert "`balloon.available` minus `balloon.unused`" in line

@@ -92,7 +92,8 @@ def test_refusals_are_not_errors_but_failures_are_counted(collector: Collector) 
     broken = Dom("u2", refusal(libvirt.VIR_ERR_INTERNAL_ERROR))
     out = cycle(collector, [(incoming, dict(RUNNING)), (broken, dict(RUNNING))])
     assert out == [RUNNING, RUNNING]
-    assert collector.job_errors == 1
+    counts = {name: value for name, _, value in collector.readings()}
+    assert counts["pusher_job_info_errors_total"] == 1
 
 
 def test_domains_the_filters_leave_out_get_no_job_calls(collector: Collector) -> None:

@@ -72,6 +72,7 @@ def test_empty_document_gives_the_documented_defaults() -> None:
     assert cfg.nova.refresh_interval == 600.0
     assert cfg.collect.groups == ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
     assert cfg.collect.job_info is False
+    assert cfg.collect.host_stats is False
     assert cfg.filter.projects.include == cfg.filter.projects.exclude == ()
     assert cfg.filter.domains.include == cfg.filter.domains.exclude == ()
     assert cfg.labels.drop == ()
@@ -119,6 +120,7 @@ collect:
   timeout: 45s
   groups: [state, cpu_total, perf, iothread, memory, dirtyrate]
   job_info: true
+  host_stats: true
 filter:
   projects:
     include: [demo, 9f1c4e8a-0000-4000-8000-000000000001]
@@ -221,6 +223,7 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.nova.refresh_interval == 5400.0
     assert cfg.collect.groups == ("state", "cpu_total", "perf", "iothread", "memory", "dirtyrate")
     assert cfg.collect.job_info is True
+    assert cfg.collect.host_stats is True
     assert cfg.filter.projects.include == ("demo", "9f1c4e8a-0000-4000-8000-000000000001")
     assert cfg.filter.projects.exclude == ("scratch",)
     assert cfg.filter.domains.include == ("instance-[0-9a-f]{8}",)
@@ -490,6 +493,8 @@ def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) 
         ("labels: {drop: [target_device]}", "labels.drop"),
         ("labels: {drop: [host]}", "labels.drop"),
         ("labels: {drop: source_file}", "labels.drop"),
+        ("labels: {drop: [bus]}", "labels.drop"),  # the info series' label is disk_bus
+        ("labels: {drop: [mac]}", "labels.drop"),  # ... and interface_mac
         ("limits: {max_label_names_per_series: 0}", "limits.max_label_names_per_series"),
         ("limits: {max_label_names_per_series: 13}", "limits.max_label_names_per_series"),
         ("limits: {max_label_name_length: 10}", "limits.max_label_name_length"),
@@ -532,9 +537,23 @@ def test_external_label_clashing_with_an_agent_label_names_the_label(name: str) 
     assert config_error(f"external_labels: {{{name}: x}}").key == f"external_labels.{name}"
 
 
-@pytest.mark.parametrize("name", ["iothread", "monitor", "memory_node", "port_id", "volume_id"])
+@pytest.mark.parametrize(
+    "name",
+    ["iothread", "monitor", "memory_node", "port_id", "volume_id", "interface_mac", "disk_bus"],
+)
 def test_external_label_clashing_with_a_device_label_is_refused(name: str) -> None:
     assert config_error(f"external_labels: {{{name}: x}}").key == f"external_labels.{name}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["type", "model", "source", "mac", "mtu", "device", "bus", "cache", "io", "serial",
+     "driver_type", "source_type", "discard", "iotune_group"],
+)  # fmt: skip
+def test_generic_external_labels_do_not_clash_with_the_device_info_labels(name: str) -> None:
+    # The devices' info series prefix their labels (interface_*, disk_*): a node whose
+    # operator labels it with e.g. type or source keeps starting after an upgrade.
+    assert dict(parse(f"external_labels: {{{name}: x}}").external_labels)[name] == "x"
 
 
 # --- filters, stats groups, dropped labels and label limits -------------------------------

@@ -176,14 +176,39 @@ def test_a_2_0_request_splits_with_its_symbols(spool: Spool) -> None:
     assert d.stats.sent == 6
 
 
-def test_reject_drops_once_with_the_receivers_reason(spool: Spool) -> None:
-    # Mimir 3.0.3 sets the -Written headers on a 400 too: they count nothing stored.
+def test_reject_is_counted_once_as_a_rejected_request_never_resent(spool: Spool) -> None:
+    # Mimir 3.0.3 sets the -Written headers on a 400 too: they count nothing stored. Mimir
+    # kept the request's valid series: its samples are "in a rejected request", not dropped.
     t = ScriptedTransport(Outcome("reject", "400", reason="sample-out-of-order", written=7))
     d = delivery(spool, t)
     put(spool)
     drain(d)
     assert len(t.sent) == 1 and spool.stats()[0] == 0
-    assert d.stats.sent == 0 and dict(d.stats.dropped) == {"sample-out-of-order": 10}
+    assert d.stats.sent == 0 and not d.stats.dropped
+    assert dict(d.stats.rejected) == {"sample-out-of-order": 1}
+    assert dict(d.stats.rejected_samples) == {"sample-out-of-order": 10}
+    counts = {(n, lab): v for n, lab, v in d.stats.readings()}
+    assert counts[("pusher_requests_rejected_total", (("reason", "sample-out-of-order"),))] == 1
+    assert counts[("pusher_rejected_request_samples_total",
+                   (("reason", "sample-out-of-order"),))] == 10  # fmt: skip
+
+
+def test_a_rejection_naming_a_tenant_limit_hands_it_on(spool: Spool) -> None:
+    learned: list[tuple[str, int]] = []
+    t = ScriptedTransport(Outcome("reject", "400", reason="label-value-too-long", limit=200))
+    d = delivery(spool, t)
+    d.on_limit = lambda mimir_id, value: learned.append((mimir_id, value))
+    put(spool)
+    drain(d)
+    assert learned == [("label-value-too-long", 200)]
+
+
+def test_accepted_bytes_are_counted(spool: Spool) -> None:
+    t = ScriptedTransport(OK)
+    d = delivery(spool, t)
+    put(spool)
+    drain(d)
+    assert d.stats.sent_bytes == len(t.sent[0][0]) > 0
 
 
 def test_a_partial_2_0_write_counts_each_sample_once(spool: Spool) -> None:
@@ -293,7 +318,7 @@ def test_cached_series_counts_the_encoder_in_use(spool: Spool, protocol: str) ->
 
 def test_metadata_is_sent_for_the_families_sent_only(spool: Spool) -> None:
     t = ScriptedTransport(OK)
-    agent = agent_with(spool, t, max_samples_per_send=100000, max_sample_age="0s")
+    agent = agent_with(spool, t, max_samples_per_send=100000, max_sample_age="0s", protocol="v1")
     agent.run_cycle()
     assert agent.drain_once(time.monotonic() + 5)
     request = WriteRequest.FromString(decompress(t.sent[0][0]))

@@ -24,10 +24,12 @@ from pusher.catalog import label_pairs, series_labels
 from pusher.collect import DomainStats, Snapshot
 from pusher.config import ConfigError, RemoteWriteConfig, from_mapping
 from pusher.encode import Encoder, decompress
+from pusher.host import parse_layout
+from pusher.mimir import reason as mimir_reason
 from pusher.nova import NOVA_NS_PREFIX, parse_domain_xml
 from pusher.pb import remote_write_pb2
 from pusher.secrets import Redactor
-from pusher.sender import MAX_ERROR_BODY, Sender, mimir_reason, parse_retry_after
+from pusher.sender import MAX_ERROR_BODY, Sender, parse_retry_after
 from pusher.series import build_samples
 
 # Mimir's limits (defaults): label name 1024 bytes, label value 2048 bytes.
@@ -112,9 +114,18 @@ def nova_domain_with_devices(draw: st.DrawFn) -> tuple[str, str, str]:
         inst += inst.replace(quoteattr(ns), quoteattr(draw(NAMESPACE)), 1)
     nesting = draw(st.integers(0, 50))
     inner = "<x>" * nesting + inst + "</x>" * nesting
+    # Every attribute the devices' info series read is hostile too; the disk's target is
+    # named twice (a series must not repeat), the NIC's interface id may name its port.
+    interface_id = f"<virtualport><parameters interfaceid={a()}/></virtualport>"
     devices = (
-        f"<devices><disk type='file'><target dev={quoteattr(disk)}/><serial>{v()}</serial>"
-        f"</disk><interface type='ethernet'><target dev={quoteattr(tap)}/></interface></devices>"
+        f"<devices><disk type={a()} device={a()}><driver type={a()} cache={a()} "
+        f"discard={a()} io={a()}/><target dev={quoteattr(disk)} bus={a()}/>"
+        f"<serial>{v()}</serial><iotune><total_bytes_sec>{v()}</total_bytes_sec>"
+        f"<read_iops_sec_max>{v()}</read_iops_sec_max><group_name>{v()}</group_name></iotune>"
+        f"</disk><disk type='file'><target dev={quoteattr(disk)}/></disk>"
+        f"<interface type={a()}><mac address={a()}/><source bridge={a()} network={a()}/>"
+        f"<model type={a()}/><mtu size={a()}/>{interface_id if draw(st.booleans()) else ''}"
+        f"<target dev={quoteattr(tap)}/></interface></devices>"
     )
     xml = f"<domain type='kvm'><name>i</name><metadata>{inner}</metadata>{devices}</domain>"
     return xml, disk, tap
@@ -179,6 +190,8 @@ def test_huge_documents_never_raise(size: int) -> None:
 def test_arbitrary_text_never_raises(xml: str) -> None:
     info = parse_domain_xml(xml)
     assert info.nova is None or isinstance(info.nova.name, str)
+    layout = parse_layout(xml)  # the host's capabilities XML, read the same way
+    assert all(size > 0 for size in layout.huge_page_kib)
 
 
 @settings(max_examples=100, **FAST)
@@ -188,6 +201,15 @@ def test_hostile_nova_metadata_never_raises(xml: str) -> None:
     if info.nova is not None:
         for value in info.nova.labels().values():
             assert value == value.strip() and value
+    targets = set()
+    for name, labels, value in info.devices:
+        assert value == 1.0 if name.endswith("_info") else 0 < value < 2**63
+        # What is read off the device is cut to 256 characters (a port id from the Nova
+        # metadata is cut by the label limits, as on the stats series).
+        assert all(v and v == v.strip() for _, v in labels), labels
+        assert all(len(v) <= 256 for k, v in labels if k != "port_id"), labels
+        targets.add((name, dict(labels)["target_device"]))
+    assert len(targets) == len(info.devices)  # no series twice
 
 
 # --- labels on the wire -------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 from pusher import spooldb
 from pusher.catalog import DomainPlan, Sample
 from pusher.encode import STALE_NAN, Encoder, EncoderV2, decode_v2, decompress
+from pusher.pb import remote_write_v2_pb2 as v2
 from pusher.pb.remote_write_pb2 import WriteRequest
 from pusher.record import (
     RecordReader,
@@ -148,6 +149,24 @@ def test_requests_built_from_records_are_those_the_encoders_make(tmp_path, opene
     got = decode_v2(decompress(v2.body))
     assert sorted(got) == sorted(s for b in want2 for s in decode_v2(decompress(b)))
     assert (v1.proto, v2.proto, v1.samples, v2.samples) == (1, 2, 10, 10)
+
+
+def test_a_records_2_0_request_carries_metadata_only_when_it_was_due(tmp_path, opened) -> None:
+    spool = open_spool(opened, tmp_path / "s")
+    cycle = [(plan("a"), raw_values(10**12))]
+    spool.put_cycle(1_000, cycle, misc(), 2, True)
+    spool.put_cycle(2_000, cycle, misc(), 2, False)
+    due, plain = spool.peek(10**6)
+
+    def meta(body: bytes) -> list[tuple[int, str, str]]:
+        req = v2.Request.FromString(decompress(body))
+        m = [ts.metadata for ts in req.timeseries]
+        return [(x.type, req.symbols[x.help_ref], req.symbols[x.unit_ref]) for x in m]
+
+    want = EncoderV2(2000).encode(misc(), 1_000, b"\x01", cycle)
+    assert meta(due.body) == [t for r in want for t in meta(r.body)]
+    assert any(t[0] for t in meta(due.body))  # the catalog's series (libvirt_up) are typed
+    assert meta(plain.body) == [(0, "", "")] * 6
 
 
 def test_records_survive_reopen_in_order_after_older_bodies(tmp_path, opened) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from pusher import __version__
 from pusher.config import RemoteWriteConfig
-from pusher.sender import MAX_ERROR_BODY, Outcome, Sender, mimir_reason, parse_retry_after
+from pusher.mimir import reason as mimir_reason
+from pusher.sender import MAX_ERROR_BODY, Outcome, Sender, parse_retry_after
 
 BODY = b"\x1f\x00snappy-compressed-bytes"
 OUT_OF_ORDER = (

@@ -36,9 +36,6 @@ class FakeCollector:
 
     def __init__(self, snapshots: list[list[DomainStats]]) -> None:
         self.snapshots = snapshots
-        self.metadata_errors = 0
-        self.partial_records = 0
-        self.partial_kept = 0
         self.ts = 1_000_000
 
     def collect(self) -> Snapshot:
@@ -361,12 +358,12 @@ def test_too_many_labels_drop_nova_series_labels_then_device_extras() -> None:
     assert {k for k, _ in ds.plan.shared} == {"cluster", "host", "domain", "uuid"}
     block = [own for name, own, _ in ds.plan.series if "block" in name]
     assert block == [(("target_device", "vda"),)]  # volume_id and source_file went too
-    for name, own, shared in [*ds.plan.series, *ds.extra]:
+    for name, own, shared in [*ds.plan.series, *ds.extra_keys()]:
         assert 1 + len({k for k, _ in own} | {k for k, _ in shared}) <= 6, name
     # flavor, project_name, instance_name; volume_id, source_file (no NIC: no port_id);
     # and three of the info series' own Nova labels: instance_name stays, the first of them.
     assert limits.dropped == before + 2 + 5 + 3
-    assert [dict(own) for _, own, _ in ds.extra] == [{"instance_name": "web-1"}]
+    assert [dict(own) for (_, own, _), _ in ds.extra] == [{"instance_name": "web-1"}]
     # Never the identity, the external labels or a device's name, even when nothing fits.
     limits.max_names = 2
     ds = plan_snapshot(snap, series_labels, EXT, {}, limits=limits)["u1"]
@@ -436,3 +433,25 @@ def test_the_collector_asks_libvirt_for_the_configured_groups() -> None:
             | libvirt.VIR_DOMAIN_STATS_DIRTYRATE)  # fmt: skip
     assert asked[-1] == want
     assert collector.groups == ("state", "perf", "iothread", "memory", "dirtyrate")
+
+
+def test_a_tenant_limit_mimir_named_cuts_labels_from_the_next_cycle() -> None:
+    long = DomainInfo(nova=NovaInstance(name="x" * 500, project_name="demo"))
+    agent = agent_with({}, [[domain("u1", stats(), long)] for _ in range(3)])
+    first = agent.collect_cycle()
+    assert any(len(lab.get("instance_name", "")) == 500 for _, lab in _series(first))
+    assert not agent.planner.adopt_limit("label-value-too-long", 4096)  # not lower: ignored
+    assert not agent.planner.adopt_limit("sample-out-of-order", 10)  # names no limit
+    assert agent.planner.adopt_limit("label-value-too-long", 200)
+    second = agent.collect_cycle()
+    for (name, own, shared), value in second.all_samples():
+        if not is_stale(value):
+            labels = {**dict(shared), **dict(own)}
+            assert all(len(v.encode()) <= 200 for v in labels.values()), name
+    # The series with the long name ended: a stale marker each, once.
+    stale = [lab for (n, own, shared), v in second.samples if is_stale(v)
+             for lab in [{**dict(shared), **dict(own)}]]  # fmt: skip
+    assert stale and all(len(s["instance_name"]) == 500 for s in stale)
+    assert not [v for _, v in agent.collect_cycle().samples if is_stale(v)]
+    readings = {(n, lab): v for n, lab, v in agent.planner.limits.readings()}
+    assert readings[("pusher_label_limit", (("limit", "max_label_value_length"),))] == 200
