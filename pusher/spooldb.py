@@ -149,10 +149,9 @@ def _connect(path: str, fsync: bool) -> sqlite3.Connection:
 
 def _configure(db: sqlite3.Connection, fsync: bool) -> None:
     db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect on a new file only
-    # One process owns the spool: in exclusive locking mode SQLite keeps the WAL's index in
-    # the process's memory instead of a 32 KiB -shm file, and a second agent started on the
-    # same directory gets "database is locked" instead of sharing it.
-    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+    # Normal locking: other processes (an operator's sqlite3, a monitoring probe) can read
+    # the spool while the agent runs. SQLite keeps the WAL's index in a -shm file beside
+    # it, created with the database file's mode (0600).
     # A write-ahead log: one fsync per commit (a rollback journal takes two), and a
     # checkpoint now and then (`settle`); SQLite's own checkpoints only past WAL_MAX.
     db.execute("PRAGMA journal_mode=WAL")
@@ -177,7 +176,14 @@ def settle(db: sqlite3.Connection, path: str, cap: int) -> None:
         return
     over_cap = size + wal > cap and used_bytes(db) + wal > cap  # the file's size is >= used
     if over_cap or wal > max(WAL_MIN, min(WAL_MAX, size // WAL_SHARE)):
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Without waiting: a reader in another process may hold a snapshot the checkpoint
+        # needs; then the WAL stays (still bounded by WAL_MAX) and the next commit tries again.
+        (timeout,) = db.execute("PRAGMA busy_timeout").fetchone()
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            db.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
 
 def open_db(path: str, fsync: bool, drops: collections.Counter[str]) -> sqlite3.Connection:

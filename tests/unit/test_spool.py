@@ -7,6 +7,9 @@ import random
 import re
 import sqlite3
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 
 from pusher.encode import Request
 from pusher.spool import DB_NAME, Spool, SpoolError
-from pusher.spooldb import PAGE_SIZE
+from pusher.spooldb import PAGE_SIZE, WAL_MIN, WAL_SHARE
 
 
 def req(samples: int, ts_ms: int | None = None, size: int = 100) -> Request:
@@ -201,12 +204,45 @@ def test_a_dropped_corrupt_row_is_counted_only_once(spool_dir, opened) -> None:
     assert third.take_drops() == {}
 
 
+def test_another_process_reads_the_spool_while_it_is_open(spool_dir, opened) -> None:
+    spool = open_spool(opened, spool_dir)
+    spool.put([req(10), req(20)])
+    code = (
+        "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], timeout=0);"
+        "print(*db.execute('SELECT COUNT(*), SUM(samples) FROM requests').fetchone())"
+    )
+    path = os.path.join(spool_dir, DB_NAME)
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
+    assert (out.returncode, out.stdout.split()) == (0, ["2", "30"]), out.stderr
+    spool.put([req(5)])  # and the agent goes on writing afterwards
+    assert [r.samples for r in spool.peek(100)] == [10, 20, 5]
+
+
+def test_a_reader_holding_a_snapshot_neither_blocks_nor_breaks_writes(spool_dir, opened) -> None:
+    spool = open_spool(opened, spool_dir, max_bytes=10**7)
+    reader = sqlite3.connect(os.path.join(spool_dir, DB_NAME), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM requests").fetchone()  # holds a read snapshot
+        started = time.monotonic()
+        for i in range(40):  # the WAL outgrows its share: checkpoints are tried, and wait not
+            spool.put([req(1 + i, size=4_000)])
+        assert time.monotonic() - started < 2
+        assert reader.execute("SELECT COUNT(*) FROM requests").fetchone() == (0,)
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert len(spool.peek(10**6)) == 40
+    spool.put([req(99)])  # the next commit's checkpoint goes through
+    wal = os.path.getsize(os.path.join(spool_dir, DB_NAME + "-wal"))
+    assert wal <= max(WAL_MIN, os.path.getsize(os.path.join(spool_dir, DB_NAME)) // WAL_SHARE)
+
+
 def test_row_altered_while_open_is_dropped_by_peek_and_counted(spool_dir, opened) -> None:
     spool = open_spool(opened, spool_dir)
     spool.put([req(10), req(20), req(30)])
     ids = [r.id for r in spool.peek(100)]
-    # Through the spool's own connection: it holds the file's lock while open.
-    spool._db.execute("UPDATE requests SET body = ? WHERE id = ?", (b"tampered" * 10, ids[0]))
+    tamper(spool_dir, ids[0])
     assert [r.samples for r in spool.peek(100)] == [20, 30]
     assert spool.take_drops() == {"spool_corrupt": 10}
 
@@ -351,7 +387,7 @@ def test_every_spool_file_is_0600(spool_dir, opened) -> None:
     finally:
         os.umask(old)
     names = sorted(os.listdir(spool_dir))
-    assert DB_NAME + "-wal" in names  # (no -shm: the WAL's index is in the process's memory)
+    assert {DB_NAME + "-wal", DB_NAME + "-shm"} <= set(names)
     modes = {n: oct(stat.S_IMODE(os.stat(os.path.join(spool_dir, n)).st_mode)) for n in names}
     assert modes == dict.fromkeys(names, oct(0o600))
 
