@@ -137,7 +137,7 @@ def main() -> None:
                          args.bodies)  # fmt: skip
             fill_s = time.perf_counter() - t0
             requests, body_bytes, _ = spool.stats()
-            # as they stand: the spool holds the file's lock (and a WAL of bounded size)
+            # as they stand: the file and its WAL (bounded), not checkpointed
             file_bytes = sum(p.stat().st_size for p in Path(cfg.buffer.path).glob("spool.db*"))
             agent = Agent(cfg, Sender(cfg.remote_write), spool)
             cpu0, wall0 = time.process_time(), time.perf_counter()

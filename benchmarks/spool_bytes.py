@@ -109,8 +109,7 @@ def run(cycles: list[dict[str, Any]], protocol: str, bodies: bool, where: str) -
 
 
 def spooled(spool: Spool) -> tuple[int, int]:
-    """(samples, bytes of rows and dictionary) in the spool, through its own connection (it
-    holds the file's lock: no other connection may read it while it is open)."""
+    """(samples, bytes of rows and dictionary) in the spool, through its own connection."""
     db = spool._db
     samples, rows = db.execute(
         "SELECT COALESCE(SUM(samples), 0), COALESCE(SUM(LENGTH(body)), 0) FROM requests"

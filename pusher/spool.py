@@ -222,10 +222,10 @@ class _Queue:
             self._records.collect(self._db, writing)
         return dropped, True
 
-    def _settle(self) -> None:
+    def _settle(self, share: bool = True) -> None:
         """After a commit: keep the WAL within its bound (a checkpoint now and then)."""
         try:
-            spooldb.settle(self._db, self.path, self.max_bytes)
+            spooldb.settle(self._db, self.path, self.max_bytes, share)
         except sqlite3.Error as e:
             log.warning("spool: cannot checkpoint %s: %s", self.path, e)
 
@@ -281,7 +281,7 @@ class _Queue:
             return
         finally:
             self._sync_mode()
-        self._settle()
+        self._settle(share=False)
 
     def _sync_mode(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -165,17 +165,23 @@ def _configure(db: sqlite3.Connection, fsync: bool) -> None:
             db.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
 
 
-def settle(db: sqlite3.Connection, path: str, cap: int) -> None:
+def settle(db: sqlite3.Connection, path: str, cap: int, share: bool = True) -> None:
     """After a commit: checkpoint the WAL into the file and truncate it once it outgrows
     its share of the file (the directory stays within 1.25 times the file, + WAL_MIN), or
-    once it and the file's pages in use add up to more than the cap."""
+    once it and the file's pages in use add up to more than the cap.
+
+    Without `share` (after deleting delivered rows), only the cap counts: a drain's many
+    small commits would otherwise checkpoint, two fsyncs each, every few requests; the next
+    cycle's commit brings the WAL back within its share, and SQLite's own checkpoint keeps
+    it under WAL_MAX meanwhile."""
     try:
         wal = os.path.getsize(path + "-wal")
         size = os.path.getsize(path)
     except OSError:
         return
     over_cap = size + wal > cap and used_bytes(db) + wal > cap  # the file's size is >= used
-    if over_cap or wal > max(WAL_MIN, min(WAL_MAX, size // WAL_SHARE)):
+    over_share = share and wal > max(WAL_MIN, min(WAL_MAX, size // WAL_SHARE))
+    if over_cap or over_share:
         # Without waiting: a reader in another process may hold a snapshot the checkpoint
         # needs; then the WAL stays (still bounded by WAL_MAX) and the next commit tries again.
         (timeout,) = db.execute("PRAGMA busy_timeout").fetchone()

@@ -127,6 +127,19 @@ def test_cycles_decode_exactly_across_new_groups_and_chains() -> None:
     assert len(entries[1]) == 2  # base, then b's addendum
 
 
+def test_a_group_the_next_chain_has_again_is_read_as_the_same_plan() -> None:
+    """So that the encoders' per-plan caches (the series' bytes) last across chains."""
+    writer, reader, entries = RecordWriter(chain_cycles=2), RecordReader(), {}
+    a = plan("a")
+    seen = []
+    for i in range(6):
+        cycle = [(a, raw_values(i)), (plan("b", scale=float(i // 2 + 1)), raw_values(i))]
+        seen.append([g for g, _ in roundtrip(writer, reader, entries, cycle, [])])
+    assert len(entries) == 3
+    assert all(s[0] is seen[0][0] for s in seen)  # a: the same series and scales throughout
+    assert seen[0][1] is seen[1][1] and seen[1][1] is not seen[2][1]  # b's scales changed
+
+
 def test_a_cycle_is_cut_into_records_of_at_most_max_samples_whole_groups() -> None:
     writer = RecordWriter()
     cycle = [(plan(str(i), n=4), raw_values(i)) for i in range(5)]
