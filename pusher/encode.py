@@ -272,13 +272,16 @@ class EncoderV2:
             self._skeleton(series[i : i + self.max_samples], sample_len, with_metadata)
             for i in range(0, len(series), self.max_samples)
         ]
-        # The other variant was built for other plans: it goes, with the plans it holds.
-        self._layout, self._skeletons = None, []
-        self._meta_layout, self._meta_skeletons = None, []
+        # The other variant stays if it was built for these plans (metadata comes and goes
+        # on the same plans); built for others, it goes, with the plans it holds.
         if with_metadata:
             self._meta_layout, self._meta_skeletons = layout, skeletons
+            if self._layout != layout:
+                self._layout, self._skeletons = None, []
         else:
             self._layout, self._skeletons = layout, skeletons
+            if self._meta_layout != layout:
+                self._meta_layout, self._meta_skeletons = None, []
         return skeletons
 
     def forget(self, keys: Iterable[SeriesKey]) -> None:
