@@ -57,3 +57,17 @@ def scaled_domains(count: int) -> list[DomainStats]:
 
 def snapshot(count: int, ts_ms: int) -> Snapshot:
     return Snapshot(ts_ms, scaled_domains(count), 0.0, 0)
+
+
+def moved(
+    snap: Snapshot, i: int, cache: dict[str, DomainSeries]
+) -> list[tuple[DomainPlan, list[float]]]:
+    """The snapshot's (plan, values) with every integer stat `i` higher, as counters move
+    from one cycle to the next (the values are the catalog's conversions of integers, as
+    the agent's are)."""
+    domains = [
+        DomainStats(d.name, d.uuid, {k: v + i if isinstance(v, int) else v
+                                     for k, v in d.stats.items()}, d.info)
+        for d in snap.domains
+    ]  # fmt: skip
+    return cycle_plans(Snapshot(snap.ts_ms, domains, 0.0, 0), cache)

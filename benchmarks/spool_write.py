@@ -1,11 +1,14 @@
 """What `buffer.fsync` costs: one cycle's requests written to the spool, with and without it.
 
     python benchmarks/spool_write.py [--guests 20] [--cycles 40] [--dir /var/lib/...]
+                                     [--protocol v1|v2] [--bodies]
 
-Encodes `cycles` cycles of `guests` guests (the recorded snapshot, scaled) with the agent's
-encoder, then writes them cycle by cycle with `Spool.put`, as the agent does before it sends,
-into a fresh spool with fsync on and into another with it off. Reports the median cycle's
-wall and CPU time. Run it on the file system the spool will live on (`--dir`).
+Writes `cycles` cycles of `guests` guests (the recorded snapshot, scaled, every counter a
+little higher each cycle) cycle by cycle with `Spool.put_cycle`, as the agent does before it
+sends, into a fresh spool with fsync on and into another with it off. Reports the median
+cycle's wall and CPU time: the cycle's record made and stored. `--bodies` times what agents
+did before the record format: the cycle encoded into request bodies, and those stored
+(`Spool.put`). Run it on the file system the spool will live on (`--dir`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import cycle_plans, snapshot
+from common import cycle_plans, moved, snapshot
 
-from pusher.encode import Encoder, Request
+from pusher.encode import Encoder, EncoderV2
+from pusher.series import DomainSeries
 from pusher.spool import Spool
 
 
@@ -31,24 +35,30 @@ def main() -> None:
     ap.add_argument("--guests", type=int, default=20)
     ap.add_argument("--cycles", type=int, default=40)
     ap.add_argument("--dir", default="/var/tmp", help="where the spools go (default /var/tmp)")
+    ap.add_argument("--protocol", choices=["v1", "v2"], default="v1")
+    ap.add_argument("--bodies", action="store_true", help="encode and store request bodies")
     args = ap.parse_args()
     snap = snapshot(args.guests, 1_795_459_495_000)
     plans = cycle_plans(snap, {})
-    encoder = Encoder(2000)
-    cycles: list[list[Request]] = [
-        encoder.encode([], snap.ts_ms + i * 15_000, b"", plans) for i in range(args.cycles)
-    ]
-    samples = sum(r.samples for r in cycles[0])
-    print(f"{args.guests} guests: {samples:,} samples in {len(cycles[0])} request(s) per cycle, "
-          f"{args.cycles} cycles, spools under {args.dir}")  # fmt: skip
+    proto = 2 if args.protocol == "v2" else 1
+    encoder = EncoderV2(2000) if proto == 2 else Encoder(2000)
+    cache: dict[str, DomainSeries] = {}
+    cycles = [(snap.ts_ms + i * 15_000, moved(snap, i, cache)) for i in range(args.cycles)]
+    samples = sum(len(v) for _, v in plans)
+    print(f"{args.guests} guests: {samples:,} samples per cycle, {args.cycles} cycles, "
+          f"protocol {args.protocol}, {'request bodies' if args.bodies else 'cycle records'}, "
+          f"spools under {args.dir}")  # fmt: skip
     for fsync in (True, False):
         work = tempfile.mkdtemp(dir=args.dir)
         try:
             spool = Spool(str(Path(work) / "spool"), 2**30, fsync)
             wall, cpu = [], []
-            for requests in cycles:
+            for ts_ms, cycle in cycles:
                 t, c = time.perf_counter(), time.process_time()
-                spool.put(requests)
+                if args.bodies:
+                    spool.put(encoder.encode([], ts_ms, b"", cycle))
+                else:
+                    spool.put_cycle(ts_ms, cycle, [], proto)
                 wall.append(time.perf_counter() - t)
                 cpu.append(time.process_time() - c)
             spool.close()

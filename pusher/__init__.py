@@ -17,7 +17,10 @@ How a sample travels, one module per stage:
     catalog     the table of every metric; libvirt stats -> plans in base units (pure)
     series      a snapshot -> one cycle's series and stale markers (pure)
     encode      samples -> snappy remote-write 1.0 / 2.0 bodies; text exposition (pure)
-    spool       SQLite queue of request bodies, written before the first send
+    record      a cycle as a record: series once per chain, values as integer differences (pure)
+    spooldb     the spool's SQLite file: schema, checks, salvage
+    spoolrec    records in that file; a record read back as its request
+    spool       SQLite queue of cycles, written before the first send
     delivery    lanes drain the spool: retry, hold, split, fall back, drop and count
     sender      one HTTP POST of one body; the result carries the retry decision
     mimir       what Mimir's error answers say: its own error id, the limits it names (pure)

@@ -2,14 +2,11 @@
 
 Two kinds of thread. The collecting thread (the caller of `run`) ticks on multiples of
 `collect.interval`: it collects (`DeadlineCollector`), plans the cycle's series
-(`Planner`), adds the agent's own numbers, encodes the cycle and spools it for every
-endpoint (`Endpoint.put`), and writes the health file. Each endpoint's sending lanes
+(`Planner`), adds the agent's own numbers, spools the cycle for every endpoint
+(`Endpoint.put_cycle`: each spool keeps it as records and builds the requests when they are
+read), and writes the health file. Each endpoint's sending lanes
 (`Delivery.drain`, one thread each) drain its spool oldest first. On stop the lanes get
 `shutdown_grace` to send what is left; the rest stays in the spools for the next start.
-
-A cycle is encoded once per distinct (protocol, max_samples_per_send, metadata) among the
-endpoints: endpoints that agree share the bodies, and the encoders (with their per-series
-caches) are kept per (protocol, max_samples_per_send).
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from pusher.catalog import Reading, Reporter, Sample, reading
 from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config
 from pusher.delivery import Transport
-from pusher.encode import Encoder, EncoderV2, Request, metadata_bytes
 from pusher.endpoint import Endpoint
 from pusher.health import LibvirtStreak, write_health
 from pusher.series import Cycle, Planner
@@ -48,7 +44,6 @@ class BuildInfo:
 
 
 Output = tuple[Transport, Spool]  # an endpoint's sender and spool, opened by the caller
-EncoderKey = tuple[int, int]  # (remote-write version, max_samples_per_send)
 
 
 class Agent:
@@ -73,7 +68,6 @@ class Agent:
             Endpoint(rw, cfg.collect.interval, spool, sender, clock, on_limit=self._learn_limit)
             for rw, (sender, spool) in zip(cfg.endpoints, outputs, strict=True)
         )
-        self.encoders: dict[EncoderKey, Encoder | EncoderV2] = {}
         self.cycles = 0
         self.collected = 0
         self.libvirt_streak = LibvirtStreak()  # failed reads in a row, for --health
@@ -89,22 +83,9 @@ class Agent:
         """Whether the last cycle read libvirt."""
         return self.libvirt_streak.failures == 0
 
-    def encoder(self, key: EncoderKey) -> Encoder | EncoderV2:
-        """The encoder of a (protocol, max_samples_per_send): endpoints that have the same
-        share one, and its caches."""
-        encoder = self.encoders.get(key)
-        if encoder is None:
-            encoder = self.encoders[key] = (Encoder if key[0] == 1 else EncoderV2)(key[1])
-        return encoder
-
-    def _encoder_key(self, endpoint: Endpoint) -> EncoderKey:
-        """What an endpoint's new cycles are written with (its protocol may fall back)."""
-        return endpoint.protocol.current, endpoint.rw.max_samples_per_send
-
     def cached_series(self) -> int:
-        """Series the encoders in use keep."""
-        in_use = {self._encoder_key(e) for e in self.endpoints}
-        return sum(self.encoder(key).cached_series() for key in in_use)
+        """Series the spools' record writers keep (one per endpoint)."""
+        return sum(e.spool.cached_series() for e in self.endpoints)
 
     def readings(self) -> list[Reading]:
         return [
@@ -139,7 +120,7 @@ class Agent:
         return own_samples(self.reporters, self.planner.external)
 
     def run_cycle(self) -> int:
-        """Collect, add the agent's metrics, encode and spool one cycle for every endpoint;
+        """Collect, add the agent's metrics and spool one cycle for every endpoint;
         returns the cycle's samples."""
         cycle = self.collect_cycle()
         self.cycles += 1
@@ -147,20 +128,8 @@ class Agent:
         n = cycle.count()
         self.collected += n  # after the readings: the figure includes this cycle next time
         now = time.monotonic()
-        metadata = b""
-        bodies: dict[tuple[int, int, bool], list[Request]] = {}
         for endpoint in self.endpoints:
-            proto, size = self._encoder_key(endpoint)
-            due = endpoint.metadata_due(now)
-            if due and not metadata:
-                metadata = metadata_bytes(catalog.families_of(cycle.names()))
-            if (proto, size, due) not in bodies:
-                encoder, meta = self.encoder((proto, size)), metadata if due else b""
-                encoded = encoder.encode(cycle.samples, cycle.ts_ms, meta, cycle.plans)
-                bodies[proto, size, due] = encoded
-            endpoint.put(bodies[proto, size, due])
-        for encoder in self.encoders.values():
-            encoder.forget(cycle.ended)
+            endpoint.put_cycle(cycle, endpoint.metadata_due(now))
         self._write_health(cycle.ts_ms / 1000)
         return n
 

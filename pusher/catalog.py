@@ -410,7 +410,7 @@ CATALOG: tuple[Metric, ...] = (
     _m("pusher_label_limit", "gauge", "", "The label limits the agent keeps to: its limits.* setting, or the tenant's lower limit once Mimir named it in a rejection.", labels=("limit",), scope="agent"),
     _m("pusher_send_duration_seconds_total", "counter", "seconds", "Wall time spent in remote-write requests.", labels=("endpoint",), scope="agent"),
     _m("pusher_last_send_success_timestamp_seconds", "gauge", "seconds", "When the receiver last acknowledged a request.", labels=("endpoint",), scope="agent"),
-    _m("pusher_spool_bytes", "gauge", "bytes", "Bytes of request bodies waiting in the spool.", labels=("endpoint",), scope="agent"),
+    _m("pusher_spool_bytes", "gauge", "bytes", "Bytes the spool takes: its file's pages in use, and bodies waiting in memory.", labels=("endpoint",), scope="agent"),
     _m("pusher_spool_requests", "gauge", "", "Requests waiting in the spool.", labels=("endpoint",), scope="agent"),
     _m("pusher_spool_oldest_sample_age_seconds", "gauge", "seconds", "Age of the oldest sample waiting in the spool (0 when empty).", labels=("endpoint",), scope="agent"),
     _m("pusher_partial_records_total", "counter", "", "Running domains whose stats came back partial because another client held the domain's job; each is asked again, waiting for the job.", scope="agent"),

@@ -10,6 +10,7 @@ a receiver turns out to take only 1.0.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import weakref
@@ -50,7 +51,12 @@ def is_stale(value: float) -> bool:
     return bool(_DOUBLE.pack(value) == _DOUBLE.pack(STALE_NAN))
 
 
+_SMALL = [bytes((i,)) for i in range(128)]  # the varints of one byte, made once
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL[n]
     if n < 0:
         n += 1 << 64  # int64 fields encode negatives as ten-byte two's complement
     out = bytearray()
@@ -66,12 +72,16 @@ def _field_bytes(tag: int, payload: bytes) -> bytes:
     return bytes((tag,)) + _varint(len(payload)) + payload
 
 
+@functools.lru_cache(maxsize=65536)
+def _pair_bytes(pair: tuple[str, str]) -> bytes:
+    """A label's bytes (TimeSeries.labels = 1). Cached: a domain's series share most of
+    their labels, and building a new chain's heads (pusher/record.py) meets them again."""
+    inner = _field_bytes(0x0A, pair[0].encode()) + _field_bytes(0x12, pair[1].encode())
+    return _field_bytes(0x0A, inner)
+
+
 def _label_bytes(labels: Iterable[tuple[str, str]]) -> bytes:
-    out = bytearray()
-    for name, value in labels:
-        inner = _field_bytes(0x0A, name.encode()) + _field_bytes(0x12, value.encode())
-        out += _field_bytes(0x0A, inner)  # TimeSeries.labels = 1
-    return bytes(out)
+    return b"".join(map(_pair_bytes, labels))
 
 
 def _sample_bytes(value: float, ts_ms: int) -> bytes:
@@ -262,13 +272,16 @@ class EncoderV2:
             self._skeleton(series[i : i + self.max_samples], sample_len, with_metadata)
             for i in range(0, len(series), self.max_samples)
         ]
-        # The other variant was built for other plans: it goes, with the plans it holds.
-        self._layout, self._skeletons = None, []
-        self._meta_layout, self._meta_skeletons = None, []
+        # The other variant stays if it was built for these plans (metadata comes and goes
+        # on the same plans); built for others, it goes, with the plans it holds.
         if with_metadata:
             self._meta_layout, self._meta_skeletons = layout, skeletons
+            if self._layout != layout:
+                self._layout, self._skeletons = None, []
         else:
             self._layout, self._skeletons = layout, skeletons
+            if self._meta_layout != layout:
+                self._meta_layout, self._meta_skeletons = None, []
         return skeletons
 
     def forget(self, keys: Iterable[SeriesKey]) -> None:

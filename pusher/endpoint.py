@@ -22,6 +22,7 @@ from pusher.catalog import Reading
 from pusher.config import Config, RemoteWriteConfig
 from pusher.delivery import Delivery, Lane, ProtocolMemory, Transport
 from pusher.encode import Request
+from pusher.series import Cycle
 from pusher.spool import Spool, SpoolError
 
 __all__ = ["Endpoint", "EndpointLogFilter", "open_spools"]
@@ -84,6 +85,16 @@ class Endpoint:
             return False
         self._last_metadata = now
         return True
+
+    def put_cycle(self, cycle: Cycle, metadata: bool) -> None:
+        """Spool one cycle as records (its requests are built when read) and wake the lanes;
+        `metadata`: its requests carry the metric metadata."""
+        rw = self.rw
+        _working_for(
+            self.name, self.spool.put_cycle, cycle.ts_ms, cycle.plans, cycle.samples,
+            self.protocol.current, metadata, rw.max_samples_per_send,
+        )  # fmt: skip
+        self.delivery.wake()
 
     def put(self, requests: Sequence[Request]) -> None:
         """Spool one cycle's requests and wake the lanes."""

@@ -1,26 +1,33 @@
-"""The spool: every request body is stored here before its first send, removed after a 2xx.
+"""The spool: every cycle is stored here before its first send, removed after a 2xx.
 
-SQLite in WAL mode (`<buffer.path>/spool.db`), one row per request body, in the order the
-cycles produced them; the row id is that order. Invariants:
+SQLite in WAL mode (`<buffer.path>/spool.db`, pusher/spooldb.py), one row per request, in
+the order the cycles produced them; the row id is that order. A row holds a cycle record
+(pusher/record.py: the series once per chain, then per cycle the values as differences,
+a few bytes per hundred samples) from which the request body is built when the row is read,
+or a request body as it goes on the wire (rows of an older agent, and cycles that waited in
+memory). Invariants:
 
 - rows leave from the front (acknowledged, or dropped and counted): a watermark in memory
   marks the acknowledged prefix, so nothing is read twice even while a delete cannot be made;
-- every body carries a CRC32: a row whose body does not match is dropped and counted;
-- the bodies add up to at most `max_bytes`: the oldest go first, counted as `spool_full`;
-- with `fsync` on (the default), SQLite syncs the WAL at every commit (synchronous=FULL): a
-  committed cycle survives `kill -9` and power loss, for one fsync per cycle.
+- every row carries a CRC32: a row that does not match, or whose record cannot be decoded,
+  is dropped and counted;
+- the file's pages in use (rows, dictionary, SQLite's own) stay within `max_bytes`: the
+  oldest rows go first, counted as `spool_full`; between cycles the WAL counts too
+  (`spooldb.settle` checkpoints it);
+- with `fsync` on (the default), SQLite syncs the WAL at every cycle's commit
+  (synchronous=FULL): a committed cycle survives `kill -9` and power loss, for one fsync per
+  cycle (and a checkpoint now and then). Deleting delivered rows is not synced by itself.
 
-When the disk is full or the file cannot be written, new bodies wait in memory (bounded; the
-oldest go first, counted as `spool_unwritable`) and move into the file as soon as it takes
-writes again. Acknowledged rows are behind a watermark kept in memory (`_acked`), so even
-when a full disk refuses to delete them they are never sent again; the deletion is retried.
-A database that cannot be opened or fails its integrity check is moved aside,
-what can still be read from it is copied into a new one, and the rest is counted as
+When the disk is full or the file cannot be written, new cycles wait in memory as request
+bodies (bounded; the oldest go first, counted as `spool_unwritable`) and move into the file
+as soon as it takes writes again. Acknowledged rows are behind a watermark kept in memory
+(`_acked`), so even when a full disk refuses to delete them they are never sent again; the
+deletion is retried. A database that cannot be opened or fails its integrity check is moved
+aside, what can still be read from it is copied into a new one, and the rest is counted as
 `spool_corrupt`.
 
-In the order below: `_Overflow` (the bodies waiting in memory), the functions that open,
-check and salvage the database, the one that makes room in it, and `Spool`, which holds the
-watermark, the lock and the connection.
+In the order below: `_Overflow` (the bodies waiting in memory), and `Spool`, which holds the
+watermark, the lock, the connection and the record writer and reader.
 """
 
 from __future__ import annotations
@@ -30,38 +37,24 @@ import contextlib
 import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from pusher.catalog import Reading, reading
+from pusher import spooldb
+from pusher.catalog import Reading, Sample, reading
 from pusher.encode import Request
+from pusher.record import FORMAT_BODY
+from pusher.spooldb import DB_NAME, SpoolError, samples_of
+from pusher.spoolrec import Plans, RecordStore, as_requests
 
-__all__ = ["Row", "Spool", "SpoolError"]
+__all__ = ["DB_NAME", "Row", "Spool", "SpoolError"]
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts_ms   INTEGER NOT NULL,
-    samples INTEGER NOT NULL,
-    crc     INTEGER NOT NULL,
-    body    BLOB    NOT NULL,
-    proto   INTEGER NOT NULL DEFAULT 1  -- the body's remote-write version: 1 or 2
-)
-"""
-DB_NAME = "spool.db"
-_INSERT = "INSERT INTO requests (ts_ms, samples, crc, body, proto) VALUES (?, ?, ?, ?, ?)"
 # Bodies kept in memory while the file refuses writes.
 MEMORY_OVERFLOW_BYTES = 64 * 1024 * 1024
-
-
-class SpoolError(Exception):
-    """The spool directory is unusable (not creatable, unsafe permissions)."""
 
 
 @dataclass(frozen=True)
@@ -138,217 +131,9 @@ class _Overflow:
         return rows
 
 
-# --- opening and recovery
-#
-# Functions rather than Spool methods: they run once, before the spool has any state but the
-# path, and what they count goes into the `drops` counter they are handed.
-
-
-def _prepare_directory(directory: str) -> None:
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        st = os.stat(directory)
-    except OSError as e:
-        raise SpoolError(f"buffer.path {directory}: {e.strerror}") from None
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise SpoolError(
-            f"buffer.path {directory} is writable by group or others; "
-            "refusing to keep data there (chmod 700 it)"
-        )
-
-
-def _connect(path: str, fsync: bool) -> sqlite3.Connection:
-    # Create the file 0600 before SQLite does: its -wal and -shm files take its mode.
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-    db.execute(_SCHEMA)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-    if "proto" not in columns:  # a spool written before 2.0 bodies existed
-        db.execute("ALTER TABLE requests ADD COLUMN proto INTEGER NOT NULL DEFAULT 1")
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o600)
-    return db
-
-
-def _open(path: str, fsync: bool, drops: collections.Counter[str]) -> sqlite3.Connection:
-    """Open the database and check it; a damaged one is moved aside and salvaged."""
-    db: sqlite3.Connection | None = None
-    try:
-        db = _connect(path, fsync)
-        result = db.execute("PRAGMA quick_check").fetchone()[0]
-        if result == "ok":
-            _check_rows(db, drops)
-            return db
-        problem = f"integrity check: {result}"
-    except sqlite3.DatabaseError as e:
-        problem = str(e)
-    if db is not None:
-        db.close()
-    return _recover(path, fsync, problem, drops)
-
-
-def _intact(body: object, crc: object) -> bool:
-    """Whether a row's body matches its CRC. A damaged page can hand back any type (NULL, a
-    string) in any column: such a row fails the check instead of crashing the reader."""
-    return isinstance(body, bytes) and isinstance(crc, int) and zlib.crc32(body) == crc
-
-
-def _samples(value: object) -> int:
-    """A row's sample count, or 0 when damage left something else in the column."""
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
-def _check_rows(db: sqlite3.Connection, drops: collections.Counter[str]) -> None:
-    """Drop rows whose body fails its CRC, counting their samples."""
-    bad: list[tuple[int, int]] = []
-    for rid, samples, crc, body in db.execute(
-        "SELECT id, samples, crc, body FROM requests ORDER BY id"
-    ):
-        if not _intact(body, crc):
-            bad.append((rid, _samples(samples)))
-    if bad:
-        db.executemany("DELETE FROM requests WHERE id = ?", [(r,) for r, _ in bad])
-        drops["spool_corrupt"] += sum(s for _, s in bad)
-        log.error("spool: %d request(s) failed their checksum and were dropped", len(bad))
-
-
-def _aside_path(path: str) -> str:
-    """A name for the damaged database that no earlier one took."""
-    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    n = 1
-    while os.path.exists(aside if n == 1 else f"{aside}.{n}"):
-        n += 1
-    return aside if n == 1 else f"{aside}.{n}"
-
-
-def _recover(
-    path: str, fsync: bool, problem: str, drops: collections.Counter[str]
-) -> sqlite3.Connection:
-    aside = _aside_path(path)
-    log.error("spool %s is damaged (%s); moving it to %s and salvaging", path, problem, aside)
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.replace(path + suffix, aside + suffix)
-    db = _connect(path, fsync)
-    kept, lost = _salvage(aside, db, drops)
-    log.error("spool: salvaged %d request(s); %d unreadable", kept, lost)
-    return db
-
-
-def _salvage(
-    old_path: str, new: sqlite3.Connection, drops: collections.Counter[str]
-) -> tuple[int, int]:
-    """Copy every readable, checksum-valid row of a damaged database into `new`."""
-    try:
-        old = sqlite3.connect(f"file:{old_path}?mode=ro", uri=True, check_same_thread=False)
-    except sqlite3.DatabaseError:
-        return 0, 0
-    # A truncated file's header promises more pages than there are, and SQLite then
-    # refuses every query; with the schema treated as writable it reads what is there.
-    with contextlib.suppress(sqlite3.DatabaseError):
-        old.execute("PRAGMA writable_schema=ON")
-    proto = _proto_column(old)
-    with old:
-        kept_samples, lost, unreadable = _copy_rows(old, new, proto, drops)
-    if unreadable and kept_samples:
-        # How many samples an unreadable row held is unknown: count the average row.
-        avg = sum(kept_samples) // len(kept_samples)
-        drops["spool_corrupt"] += avg * unreadable
-    old.close()
-    return len(kept_samples), lost + unreadable
-
-
-def _proto_column(old: sqlite3.Connection) -> str:
-    """What to select for a row's version: its column, or 1 in a spool from before 2.0."""
-    try:
-        columns = {r[1] for r in old.execute("PRAGMA table_info(requests)")}
-    except sqlite3.DatabaseError:
-        columns = set()
-    return "proto" if "proto" in columns else "1"
-
-
-def _copy_rows(
-    old: sqlite3.Connection, new: sqlite3.Connection, proto: str, drops: collections.Counter[str]
-) -> tuple[list[int], int, int]:
-    """Copy rows one at a time in id order, stepping over those that cannot be read.
-
-    Returns the samples of each row kept, the rows that failed their checksum (counted in
-    `drops`) and the rows that could not be read (counted by the caller).
-    """
-    kept_samples: list[int] = []
-    lost = unreadable = 0
-    after = -1
-    bound = _max_id(old)
-    while after < bound:
-        try:
-            row = old.execute(
-                f"SELECT id, ts_ms, samples, crc, body, {proto} FROM requests "
-                "WHERE id > ? ORDER BY id LIMIT 1",
-                (after,),
-            ).fetchone()
-        except sqlite3.DatabaseError:
-            after += 1  # step over a row we cannot read
-            unreadable += 1
-            continue
-        if row is None:
-            break
-        rid, ts_ms, samples, crc, body, version = row
-        if _intact(body, crc) and _samples(samples) == samples and isinstance(ts_ms, int):
-            new.execute(_INSERT, (ts_ms, samples, crc, body, version))
-            kept_samples.append(samples)
-        else:
-            lost += 1
-            drops["spool_corrupt"] += _samples(samples)
-        after = rid
-    return kept_samples, lost, unreadable
-
-
-def _max_id(db: sqlite3.Connection) -> int:
-    for query in (
-        "SELECT seq FROM sqlite_sequence WHERE name = 'requests'",
-        "SELECT MAX(id) FROM requests",
-    ):
-        try:
-            row = db.execute(query).fetchone()
-            if row and row[0] is not None:
-                return int(row[0])
-        except sqlite3.DatabaseError:
-            continue
-    return 0
-
-
-# --- the file's rows
-
-
-def _delete_oldest(db: sqlite3.Connection, acked: int, over: int) -> tuple[int, int]:
-    """Delete the oldest rows past the watermark `acked` until `over` bytes are freed, or
-    none are left; returns (bytes freed, samples dropped).
-
-    Apart from `Spool._make_room` so that the spool decides what the shortfall means (the
-    cycle itself is too big) and how the drop is counted; this only picks and deletes.
-    """
-    freed = dropped = 0
-    cur = db.execute(
-        "SELECT id, samples, LENGTH(body) FROM requests WHERE id > ? ORDER BY id",
-        (acked,),
-    )
-    last_id = None
-    for rid, samples, size in cur:
-        if freed >= over:
-            break
-        freed += size
-        dropped += samples
-        last_id = rid
-    if last_id is not None:
-        db.execute("DELETE FROM requests WHERE id <= ?", (last_id,))
-    return freed, dropped
-
-
-class Spool:
-    """The queue itself: the file's rows past an in-memory watermark, then the overflow.
+class _Queue:
+    """The spool's state and the file's rows: the watermark, the claims, the overflow and
+    the byte cap. `Spool` adds what goes in (requests, cycles) and what comes out.
 
     One lock guards its state and the connection: the sending lanes share one spool.
     """
@@ -373,57 +158,91 @@ class Spool:
         self._last_write_error_log = float("-inf")
         # reason -> samples dropped (read and reset by `take_drops`)
         self._drops: collections.Counter[str] = collections.Counter()
-        _prepare_directory(self.directory)
-        self._db = _open(self.path, self.fsync, self._drops)
+        self._records = RecordStore()
+        spooldb.prepare_directory(self.directory)
+        self._db = spooldb.open_db(self.path, self.fsync, self._drops)
+        self._settle()
         self._bytes, self._count, self._oldest_ts = self._totals()
 
     def _totals(self) -> tuple[int, int, int | None]:
-        total, count, oldest = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), MIN(ts_ms) FROM requests "
-            "WHERE id > ?",
-            (self._acked,),
+        """(bytes: the file's pages in use, what the cap holds; requests; oldest ts)."""
+        count, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(ts_ms) FROM requests WHERE id > ?", (self._acked,)
         ).fetchone()
-        return int(total), int(count), oldest
-
-    # --- writing
-
-    def put(self, requests: Sequence[Request]) -> None:
-        """Store one cycle's requests (one transaction), making room by dropping the oldest."""
-        if not requests:
-            return
-        with self._lock:
-            self._overflow.add(requests)
-            self._flush_overflow()
-            self._cap_overflow()
+        return spooldb.used_bytes(self._db), int(count), oldest
 
     def _flush_overflow(self) -> None:
         """Move bodies waiting in memory into the file, oldest first, in one transaction."""
         if not self._overflow:
             return
-        incoming = self._overflow.bytes
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
-            dropped = self._make_room(incoming)
-            for row in self._overflow:
-                self._db.execute(
-                    _INSERT, (row.ts_ms, row.samples, zlib.crc32(row.body), row.body, row.proto)
-                )
+            self._db.executemany(spooldb.INSERT, [
+                (r.ts_ms, r.samples, spooldb.row_crc(r.ts_ms, r.samples, r.body, r.proto,
+                 FORMAT_BODY, 0), r.body, r.proto, FORMAT_BODY, 0) for r in self._overflow
+            ])  # fmt: skip
+            # The bodies alone may be larger than the cap: then the oldest of them go too.
+            dropped, _ = self._trim(2**63 - 1, None)
             self._db.execute("COMMIT")
-            if dropped:
-                self._drops["spool_full"] += dropped
-                log.warning("spool full: dropped the oldest %d sample(s)", dropped)
         except sqlite3.Error as e:
-            self._rollback()
-            self._bytes, self._count, self._oldest_ts = self._totals_safe()
-            now = time.monotonic()
-            if now - self._last_write_error_log >= 60:
-                self._last_write_error_log = now
-                log.error("spool: cannot write %s (%s); holding %d request(s) in memory",
-                          self.path, e, len(self._overflow))  # fmt: skip
+            self._write_failed(e)
             return
+        self._settle()
+        self._count_full(dropped)
         self._overflow.clear()
         self._bytes, self._count, self._oldest_ts = self._totals()
+
+    def _write_failed(self, e: sqlite3.Error) -> None:
+        self._rollback()
+        self._bytes, self._count, self._oldest_ts = self._totals_safe()
+        now = time.monotonic()
+        if now - self._last_write_error_log >= 60:
+            self._last_write_error_log = now
+            log.error("spool: cannot write %s (%s); holding %d request(s) in memory",
+                      self.path, e, len(self._overflow) or 1)  # fmt: skip
+
+    def _count_full(self, dropped: int) -> None:
+        if dropped:
+            self._drops["spool_full"] += dropped
+            log.warning("spool full: dropped the oldest %d sample(s)", dropped)
+
+    def _trim(self, before: int, writing: int | None) -> tuple[int, bool]:
+        """Within the write transaction, after the insert: delete the oldest rows (those
+        with an id below `before`) and the dictionary chains they leave unused until the
+        file's pages in use fit the cap. Returns the samples that took, and whether it fits
+        (not: what was just written is alone larger than the cap). `writing`: the chain the
+        transaction writes to (None: the record writer's)."""
+        dropped = 0
+        while (over := spooldb.used_bytes(self._db) - self.max_bytes) > 0:
+            freed, n = spooldb.delete_oldest(self._db, self._acked, over, before)
+            if not freed:
+                return dropped, False
+            dropped += n
+            self._records.collect(self._db, writing)
+        return dropped, True
+
+    def _settle(self, share: bool = True) -> None:
+        """After a commit: keep the WAL within its bound (a checkpoint now and then)."""
+        try:
+            spooldb.settle(self._db, self.path, self.max_bytes, share)
+        except sqlite3.Error as e:
+            log.warning("spool: cannot checkpoint %s: %s", self.path, e)
+
+    def _cap_overflow(self) -> None:
+        limit = min(MEMORY_OVERFLOW_BYTES, self.max_bytes)
+        for row in self._overflow.drop_oldest(limit):
+            self._drops["spool_unwritable"] += row.samples
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+    def _totals_safe(self) -> tuple[int, int, int | None]:
+        try:
+            return self._totals()
+        except sqlite3.Error:
+            return self._bytes, self._count, self._oldest_ts
 
     def _advance_watermark(self) -> None:
         """Move the watermark over every acknowledged row at the front."""
@@ -443,43 +262,95 @@ class Spool:
         self._done = {i for i in self._done if i > self._acked}
 
     def _delete_acked(self) -> None:
+        """Delete acknowledged rows, in one transaction. Not synced: a power cut may bring
+        rows back that were delivered (sent again: receivers take an identical sample as a
+        duplicate), never lose one; the next cycle's commit syncs the WAL, deletions too."""
         try:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
             # Acknowledged out of order (the backfill lanes): gone, but behind the front.
             self._db.executemany("DELETE FROM requests WHERE id = ?", [(i,) for i in self._done])
+            self._records.collect(self._db)
+            self._db.execute("COMMIT")
         except sqlite3.Error as e:
             # A full disk can refuse even a delete; the watermark keeps the rows from being
             # sent again and the next removal tries once more.
+            self._rollback()
             log.warning("spool: cannot delete delivered rows yet: %s", e)
+            return
+        finally:
+            self._sync_mode()
+        self._settle(share=False)
 
-    def _make_room(self, incoming: int) -> int:
-        """Delete the oldest rows so `incoming` bytes fit; returns the samples that took."""
-        over = self._bytes + incoming - self.max_bytes
-        if over <= 0:
-            return 0
-        freed, dropped = _delete_oldest(self._db, self._acked, over)
-        if freed < over:
-            # The cycle alone is larger than the cap: keep as much of it as fits.
-            for row in self._overflow.drop_oldest(self.max_bytes):
-                self._drops["spool_full"] += row.samples
-        return dropped
-
-    def _cap_overflow(self) -> None:
-        limit = min(MEMORY_OVERFLOW_BYTES, self.max_bytes)
-        for row in self._overflow.drop_oldest(limit):
-            self._drops["spool_unwritable"] += row.samples
-
-    def _rollback(self) -> None:
+    def _sync_mode(self) -> None:
         with contextlib.suppress(sqlite3.Error):
-            self._db.execute("ROLLBACK")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
 
-    def _totals_safe(self) -> tuple[int, int, int | None]:
+
+class Spool(_Queue):
+    """The queue itself: the file's rows past an in-memory watermark, then the overflow."""
+
+    def cached_series(self) -> int:
+        """Series the record writer keeps; they follow the live series."""
+        return self._records.cached_series()
+
+    def put(self, requests: Sequence[Request]) -> None:
+        """Store request bodies as they are (one transaction), making room by dropping the
+        oldest."""
+        if not requests:
+            return
+        with self._lock:
+            self._overflow.add(requests)
+            self._flush_overflow()
+            self._cap_overflow()
+
+    def put_cycle(
+        self,
+        ts_ms: int,
+        plans: Plans,
+        samples: Sequence[Sample],
+        proto: int = 1,
+        metadata: bool = False,
+        max_samples: int = 2000,
+    ) -> None:
+        """Store one cycle as records of at most `max_samples` samples (one transaction),
+        making room by dropping the oldest; its requests are built when they are read.
+        While the file refuses writes, the cycle waits in memory as request bodies."""
+        with self._lock:
+            self._flush_overflow()
+            cycle = (ts_ms, plans, samples, proto, metadata, max_samples)
+            if not self._overflow and self._write_cycle(*cycle):
+                return
+            self._overflow.add(as_requests(*cycle))
+            self._cap_overflow()
+
+    def _write_cycle(
+        self, ts_ms: int, plans: Plans, samples: Sequence[Sample], proto: int, metadata: bool,
+        max_samples: int,
+    ) -> bool:  # fmt: skip
+        n = self._records.prepare(plans, samples, metadata, max_samples)
         try:
-            return self._totals()
-        except sqlite3.Error:
-            return self._bytes, self._count, self._oldest_ts
-
-    # --- reading and acknowledging
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM requests WHERE id <= ?", (self._acked,))
+            (newest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()
+            chain = self._records.insert(self._db, ts_ms, proto)
+            dropped, fits = self._trim(newest + 1, chain)
+            if not fits:  # the cycle alone is larger than the cap: it is what goes
+                self._rollback()
+                self._records.done(False)
+                self._drops["spool_full"] += n
+                return True
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._write_failed(e)
+            self._records.done(False)
+            return False
+        self._records.done(True)
+        self._settle()
+        self._count_full(dropped)
+        self._bytes, self._count, self._oldest_ts = self._totals()
+        return True
 
     def peek(
         self,
@@ -506,33 +377,48 @@ class Spool:
             return rows
 
     def _peek_file(self, max_samples: int, lo: int, hi: int) -> list[Row]:
-        """The file's part of `peek`; a row failing its checksum is dropped and counted."""
+        """The file's part of `peek`; a row failing its checksum, or whose record cannot be
+        decoded, is dropped and counted."""
         rows: list[Row] = []
         total = 0
         try:
             cur = self._db.execute(
-                "SELECT id, ts_ms, samples, crc, body, proto FROM requests "
+                f"SELECT {spooldb.ROW} FROM requests "
                 "WHERE id > ? AND ts_ms >= ? AND ts_ms < ? ORDER BY id LIMIT 512",
                 (self._acked, lo, hi),
             )
-            for rid, ts_ms, samples, crc, body, version in cur:
+            for raw in cur:
+                rid, samples = raw[0], samples_of(raw[2])
                 if rid in self._claimed or rid in self._done:
                     continue
-                if rows and total + _samples(samples) > max_samples:
+                if rows and total + samples > max_samples:
                     break
-                if not _intact(body, crc) or _samples(samples) != samples:
-                    samples = _samples(samples)
+                row = self._row(raw) if spooldb.intact(raw) and samples == raw[2] else None
+                if row is None:
                     if not rows:  # at the front: acknowledge it as dropped
                         self._acked = max(self._acked, rid)
                     else:
                         self._db.execute("DELETE FROM requests WHERE id = ?", (rid,))
                     self._drops["spool_corrupt"] += samples
                     continue
-                rows.append(Row(rid, ts_ms, samples, body, version))
+                rows.append(row)
                 total += samples
         except sqlite3.Error as e:
             log.error("spool: cannot read %s: %s", self.path, e)
         return rows
+
+    def _row(self, raw: tuple[object, ...]) -> Row | None:
+        """A checked row as the sender takes it, a record's request built; None when the
+        record cannot be decoded."""
+        rid, ts_ms, samples, _, body, proto, fmt, chain = raw
+        assert isinstance(rid, int) and isinstance(ts_ms, int) and isinstance(samples, int)
+        assert isinstance(body, bytes) and isinstance(proto, int) and isinstance(chain, int)
+        if fmt != FORMAT_BODY:
+            built = self._records.body(self._db, rid, ts_ms, samples, body, proto, chain)
+            if built is None:
+                return None
+            body = built
+        return Row(rid, ts_ms, samples, body, proto)
 
     def release(self, rows: Iterable[Row]) -> None:
         """Give claimed rows back unsent (a lane stopped before it was done with them)."""
@@ -560,8 +446,6 @@ class Spool:
             drops = dict(self._drops)
             self._drops.clear()
             return drops
-
-    # --- state
 
     def stats(self) -> tuple[int, int, int | None]:
         """(requests, bytes, oldest sample timestamp in ms or None) across file and memory."""

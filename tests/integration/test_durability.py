@@ -207,9 +207,15 @@ def test_spool_at_its_cap_drops_the_oldest_counts_them_and_keeps_running(
     tmp_path: Path, mimir: FakeMimir
 ) -> None:
     mimir.stop()
-    agent = AgentProcess(
-        _config(tmp_path, mimir, buffer={"max_bytes": "8KiB"}), tmp_path / "agent.log"
+    # A cycle of the test driver's one domain is a record of about 40 bytes, and SQLite's own
+    # pages take 4 of the 8 KiB: the cap is reached after some 60 cycles, so they come fast.
+    config = _config(
+        tmp_path,
+        mimir,
+        buffer={"max_bytes": "8KiB"},
+        collect={"interval": "50ms", "timeout": "50ms"},
     )
+    agent = AgentProcess(config, tmp_path / "agent.log")
     time.sleep(8)
     mimir.start()
     _wait_caught_up(mimir)

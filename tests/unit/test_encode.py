@@ -463,6 +463,24 @@ def test_v2_plans_reuse_their_skeletons_and_rebuild_when_plans_change() -> None:
     assert len(_v2_series(first)) == 3
 
 
+def test_v2_metadata_coming_and_going_on_the_same_plans_rebuilds_nothing() -> None:
+    from pusher.catalog import plan_domain
+    from pusher.encode import EncoderV2
+
+    stats = {"state.state": 1, "cpu.time": 1_000_000_000, "vcpu.0.time": 5}
+    plan = plan_domain(stats, SHARED)
+    enc = EncoderV2(1000)
+    enc.encode([], TS, b"meta", plans=[(plan, plan.values(stats))])
+    enc.encode([], TS + 1, plans=[(plan, plan.values(stats))])
+    with_meta, plain = enc._meta_skeletons, enc._skeletons
+    enc.encode([], TS + 2, b"meta", plans=[(plan, plan.values(stats))])
+    enc.encode([], TS + 3, plans=[(plan, plan.values(stats))])
+    assert enc._meta_skeletons is with_meta and enc._skeletons is plain
+    other = plan_domain({**stats, "vcpu.1.time": 7}, SHARED)
+    enc.encode([], TS + 4, plans=[(other, other.values({**stats, "vcpu.1.time": 7}))])
+    assert enc._meta_skeletons == [] and enc._skeletons is not plain  # the old plans' go
+
+
 def test_v2_to_v1_keeps_every_series_and_value() -> None:
     from pusher.encode import EncoderV2, v2_to_v1
 

@@ -119,10 +119,12 @@ def test_delivery_and_spool_metrics_carry_the_endpoint_label(
 def test_the_byte_cap_applies_to_each_endpoint_and_drops_are_counted_per_endpoint(
     tmp_path: Path, spools: list[Spool]
 ) -> None:
-    cfg = two(tmp_path, buffer={"path": str(tmp_path / "buf"), "max_bytes": "4KiB",
+    # 8 KiB: SQLite's own pages take half; each cycle's record is a few dozen bytes, so a
+    # spool that keeps up stays far below, one that keeps 60 cycles goes over.
+    cfg = two(tmp_path, buffer={"path": str(tmp_path / "buf"), "max_bytes": "8KiB",
                                 "fsync": False})  # fmt: skip
-    agent = agent_for(cfg, spools, ScriptedTransport(DOWN), ScriptedTransport(OK), cycles=8)
-    for _ in range(4):
+    agent = agent_for(cfg, spools, ScriptedTransport(DOWN), ScriptedTransport(OK), cycles=70)
+    for _ in range(60):
         agent.run_cycle()
         agent.drain_once(time.monotonic() + 0.05)  # b keeps up; a is down
         agent.endpoints[0].delivery.stopping.clear()
@@ -130,7 +132,7 @@ def test_the_byte_cap_applies_to_each_endpoint_and_drops_are_counted_per_endpoin
     dropped = own(agent, "pusher_samples_dropped_total")
     assert dropped[(("endpoint", "a"), ("reason", "spool_full"))] > 0
     assert dropped[(("endpoint", "b"), ("reason", "spool_full"))] == 0
-    assert spools[0].stats()[1] <= 4096
+    assert spools[0].stats()[1] <= 8192
 
 
 def test_one_endpoint_down_does_not_hold_back_the_other_while_running(
@@ -163,16 +165,16 @@ def test_endpoints_that_differ_in_protocol_get_their_own_bodies(
     assert {p for _, _, p in v1.sent} == {1} and {p for _, _, p in v2.sent} == {2}
     assert sum(v1.series(i) for i in range(len(v1.sent))) == n
     assert sum(v2.series(i) for i in range(len(v2.sent))) == n
-    assert set(agent.encoders) == {(1, 2000), (2, 2000)}
 
 
-def test_endpoints_that_agree_share_one_encoding(tmp_path: Path, spools: list[Spool]) -> None:
+def test_endpoints_that_agree_send_the_same_requests(tmp_path: Path, spools: list[Spool]) -> None:
+    # Each spool keeps its own records, built from the same cycle: the requests read back
+    # from them are the same bytes.
     a, b = ScriptedTransport(OK), ScriptedTransport(OK)
     agent = agent_for(two(tmp_path), spools, a, b)
     agent.run_cycle()
     agent.run_cycle()
     assert agent.drain_once(time.monotonic() + 2)
-    assert set(agent.encoders) == {(2, 2000)}
     assert [body for body, _, _ in a.sent] == [body for body, _, _ in b.sent]
 
 

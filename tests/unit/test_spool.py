@@ -7,6 +7,9 @@ import random
 import re
 import sqlite3
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 
 from pusher.encode import Request
 from pusher.spool import DB_NAME, Spool, SpoolError
+from pusher.spooldb import PAGE_SIZE, WAL_MIN, WAL_SHARE
 
 
 def req(samples: int, ts_ms: int | None = None, size: int = 100) -> Request:
@@ -97,20 +101,23 @@ def test_remove_acknowledges_from_the_front(spool_dir, opened) -> None:
     assert [r.samples for r in spool.peek(100)] == [2, 3]
     spool.remove(spool.peek(100))
     assert spool.peek(100) == []
-    assert spool.stats() == (0, 0, None)
+    assert spool.stats()[0::2] == (0, None)
 
 
 def test_stats_count_requests_bytes_and_the_oldest_timestamp(spool_dir, opened) -> None:
     spool = open_spool(opened, spool_dir)
-    assert spool.stats() == (0, 0, None)
-    spool.put([req(5, ts_ms=1_000, size=100), req(6, ts_ms=2_000, size=250)])
-    assert spool.stats() == (2, 350, 1_000)
+    requests, empty, oldest = spool.stats()  # bytes: the file's pages in use
+    assert (requests, oldest) == (0, None) and 0 < empty <= 8 * PAGE_SIZE
+    spool.put([req(5, ts_ms=1_000, size=3_000), req(6, ts_ms=2_000, size=5_000)])
+    requests, used, oldest = spool.stats()
+    assert (requests, oldest) == (2, 1_000)
+    assert empty + 8_000 <= used <= empty + 8_000 + 4 * PAGE_SIZE
 
 
 def test_empty_put_is_a_no_op(spool_dir, opened) -> None:
     spool = open_spool(opened, spool_dir)
     spool.put([])
-    assert spool.stats() == (0, 0, None)
+    assert spool.stats()[0::2] == (0, None)
 
 
 def test_rows_survive_close_and_reopen_in_the_same_order(spool_dir, opened) -> None:
@@ -132,26 +139,33 @@ def test_rows_survive_close_and_reopen_in_the_same_order(spool_dir, opened) -> N
 # --- the byte cap ------------------------------------------------------------------------
 
 
+# The cap holds the file's pages in use (PAGE_SIZE each): an empty spool takes a few, a
+# body of 3,000 bytes about three more.
+CAP = 24 * PAGE_SIZE
+
+
 def test_cap_drops_the_oldest_and_counts_their_samples(spool_dir, opened) -> None:
-    spool = open_spool(opened, spool_dir, max_bytes=350)
-    for samples in (10, 20, 30, 40, 50):
-        spool.put([req(samples, size=100)])
-    assert [r.samples for r in spool.peek(1000)] == [30, 40, 50]
-    assert spool.stats()[:2] == (3, 300)
-    assert spool.take_drops() == {"spool_full": 30}
+    spool = open_spool(opened, spool_dir, max_bytes=CAP)
+    for samples in range(1, 11):
+        spool.put([req(samples, size=3_000)])
+    kept = [r.samples for r in spool.peek(1000)]
+    assert 3 <= len(kept) < 10 and kept == list(range(11 - len(kept), 11))  # the newest
+    assert spool.stats()[0] == len(kept) and spool.stats()[1] <= CAP
+    assert spool.take_drops() == {"spool_full": sum(range(1, 11 - len(kept)))}
     assert spool.take_drops() == {}  # read and reset
 
 
 def test_cap_applies_within_one_cycle_too(spool_dir, opened) -> None:
-    spool = open_spool(opened, spool_dir, max_bytes=350)
-    spool.put([req(s, size=100) for s in (10, 20, 30, 40, 50)])
-    assert [r.samples for r in spool.peek(1000)] == [30, 40, 50]
-    assert spool.take_drops() == {"spool_full": 30}
+    spool = open_spool(opened, spool_dir, max_bytes=CAP)
+    spool.put([req(s, size=3_000) for s in range(1, 11)])
+    kept = [r.samples for r in spool.peek(1000)]
+    assert 3 <= len(kept) < 10 and kept == list(range(11 - len(kept), 11))
+    assert spool.take_drops() == {"spool_full": sum(range(1, 11 - len(kept)))}
 
 
 def test_bodies_within_the_cap_are_all_kept(spool_dir, opened) -> None:
-    spool = open_spool(opened, spool_dir, max_bytes=300)
-    spool.put([req(s, size=100) for s in (1, 2, 3)])
+    spool = open_spool(opened, spool_dir, max_bytes=CAP)
+    spool.put([req(s, size=3_000) for s in (1, 2, 3)])
     assert [r.samples for r in spool.peek(1000)] == [1, 2, 3]
     assert spool.take_drops() == {}
 
@@ -188,6 +202,40 @@ def test_a_dropped_corrupt_row_is_counted_only_once(spool_dir, opened) -> None:
     second.close()
     third = open_spool(opened, spool_dir)
     assert third.take_drops() == {}
+
+
+def test_another_process_reads_the_spool_while_it_is_open(spool_dir, opened) -> None:
+    spool = open_spool(opened, spool_dir)
+    spool.put([req(10), req(20)])
+    code = (
+        "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], timeout=0);"
+        "print(*db.execute('SELECT COUNT(*), SUM(samples) FROM requests').fetchone())"
+    )
+    path = os.path.join(spool_dir, DB_NAME)
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
+    assert (out.returncode, out.stdout.split()) == (0, ["2", "30"]), out.stderr
+    spool.put([req(5)])  # and the agent goes on writing afterwards
+    assert [r.samples for r in spool.peek(100)] == [10, 20, 5]
+
+
+def test_a_reader_holding_a_snapshot_neither_blocks_nor_breaks_writes(spool_dir, opened) -> None:
+    spool = open_spool(opened, spool_dir, max_bytes=10**7)
+    reader = sqlite3.connect(os.path.join(spool_dir, DB_NAME), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM requests").fetchone()  # holds a read snapshot
+        started = time.monotonic()
+        for i in range(40):  # the WAL outgrows its share: checkpoints are tried, and wait not
+            spool.put([req(1 + i, size=4_000)])
+        assert time.monotonic() - started < 2
+        assert reader.execute("SELECT COUNT(*) FROM requests").fetchone() == (0,)
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert len(spool.peek(10**6)) == 40
+    spool.put([req(99)])  # the next commit's checkpoint goes through
+    wal = os.path.getsize(os.path.join(spool_dir, DB_NAME + "-wal"))
+    assert wal <= max(WAL_MIN, os.path.getsize(os.path.join(spool_dir, DB_NAME)) // WAL_SHARE)
 
 
 def test_row_altered_while_open_is_dropped_by_peek_and_counted(spool_dir, opened) -> None:
@@ -339,7 +387,7 @@ def test_every_spool_file_is_0600(spool_dir, opened) -> None:
     finally:
         os.umask(old)
     names = sorted(os.listdir(spool_dir))
-    assert DB_NAME + "-wal" in names
+    assert {DB_NAME + "-wal", DB_NAME + "-shm"} <= set(names)
     modes = {n: oct(stat.S_IMODE(os.stat(os.path.join(spool_dir, n)).st_mode)) for n in names}
     assert modes == dict.fromkeys(names, oct(0o600))
 
@@ -353,7 +401,8 @@ def test_unwritable_file_holds_bodies_in_memory_behind_the_file_rows(spool_dir, 
     disk_full(spool)
     spool.put([req(3, size=20_000)])  # does not raise
     spool.put([req(4, size=20_000)])
-    assert spool.stats() == (4, 40_200, 1)
+    requests, nbytes, oldest = spool.stats()  # the file's pages, and the bodies in memory
+    assert (requests, oldest) == (4, 1) and nbytes >= 40_200
 
     first = spool.peek(1000)
     assert [(r.samples, r.id > 0) for r in first] == [(1, True), (2, True)]
@@ -394,7 +443,7 @@ def test_bodies_held_in_memory_can_be_acknowledged(spool_dir, opened) -> None:
     spool.remove(held)
     assert [r.samples for r in spool.peek(100)] == [6]
     spool.remove(spool.peek(100))
-    assert spool.stats() == (0, 0, None)
+    assert spool.stats()[0::2] == (0, None)
 
 
 def test_claimed_rows_go_to_one_lane_only_until_released(opened, spool_dir) -> None:
