@@ -218,6 +218,7 @@ class Sender:
         self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         self._verify, self._cert = self._setup_tls(cfg.tls)
         self._proxies = self._setup_proxies(cfg.proxy_url)
+        self._settle_environment()
         self.headers = self._headers(cfg.headers, cfg.tenant)
         self._auth = self._credentials(cfg, url_user, url_password)
         self.session.auth = self._auth
@@ -253,6 +254,20 @@ class Sender:
         for proxy in [proxy_url, *env_proxies]:
             self._add_url_secrets(proxy)  # user:password@ of a proxy is never printed either
         return {"http": proxy_url, "https": proxy_url} if proxy_url else None
+
+    def _settle_environment(self) -> None:
+        """What requests would take from the environment on every POST (`*_proxy`,
+        `no_proxy`, `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` when no CA is configured), taken
+        once, by requests' own rules: the agent's environment does not change while it runs,
+        and reading it cost a drain more CPU per request than sending the request did."""
+        try:
+            env = self.session.merge_environment_settings(
+                self.url, dict(self._proxies or {}), None, self._verify, self._cert
+            )
+        except ValueError:  # a URL config validation would have refused: leave it to requests
+            return
+        self._proxies, self._verify = env["proxies"], env["verify"]
+        self.session.trust_env = False
 
     def _headers(self, headers: Mapping[str, str], tenant: str) -> dict[str, str]:
         """The configured headers under the ones remote-write requires; the values of those
