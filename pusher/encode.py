@@ -11,7 +11,9 @@ a receiver turns out to take only 1.0.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import operator
 import struct
 import weakref
 from collections.abc import Iterable, Sequence
@@ -137,6 +139,26 @@ def _splice(heads: list[bytes], ts_value: bytes, values: Sequence[float]) -> lis
     return parts
 
 
+def _series_struct(
+    head_lens: Iterable[int], ts_len: int, prefix: int | None = None
+) -> struct.Struct:
+    """The bytes of a request's series, after `prefix` bytes (a 2.0 symbol table): each
+    series' head, the shared timestamp and its value, packed by one C call from the floats,
+    with no bytes object made per sample. Built once per layout of heads."""
+    item = f"{ts_len}sd"
+    fmt = "".join(f"{h}s{item}" for h in head_lens)
+    return struct.Struct(f"<{fmt}" if prefix is None else f"<{prefix}s{fmt}")
+
+
+def _pack(packer: struct.Struct, heads: list[bytes], ts_value: bytes,
+          values: Sequence[float], *prefix: bytes) -> bytes:  # fmt: skip
+    """`_splice`, packed by the layout's `_series_struct`."""
+    parts: list[object] = [ts_value] * (3 * len(heads))
+    parts[0::3] = heads
+    parts[2::3] = values  # as many as heads, or ValueError
+    return packer.pack(*prefix, *parts)
+
+
 class Encoder:
     """Turns one cycle's samples into request bodies of at most `max_samples` samples each.
 
@@ -158,6 +180,8 @@ class Encoder:
             weakref.WeakKeyDictionary()
         )
         self._ts_len = -1
+        # packers of whole requests by their plans (compared by identity, and kept alive)
+        self._packers: dict[tuple[DomainPlan, ...], struct.Struct] = {}
 
     def forget(self, keys: Iterable[SeriesKey]) -> None:
         for k in keys:
@@ -189,6 +213,17 @@ class Encoder:
             self._plan_heads[plan] = cached
         return cached[1]
 
+    def _packer(
+        self, plans: Sequence[tuple[DomainPlan, Sequence[float]]], heads: list[bytes]
+    ) -> struct.Struct:
+        key = tuple(p for p, _ in plans)
+        packer = self._packers.get(key)
+        if packer is None:
+            if len(self._packers) >= 64:
+                self._packers.clear()
+            packer = self._packers[key] = _series_struct(map(len, heads), self._ts_len)
+        return packer
+
     def encode(
         self,
         samples: Sequence[Sample],
@@ -206,6 +241,7 @@ class Encoder:
         if len(ts_value) != self._ts_len:  # the varint grew: every head's length changes
             self._heads.clear()
             self._plan_heads.clear()
+            self._packers.clear()
             self._ts_len = len(ts_value)
         heads: list[bytes] = []
         values: list[float] = []
@@ -216,9 +252,12 @@ class Encoder:
             heads += self._key_heads(key for key, _ in samples)
             values += [v for _, v in samples]
         n = len(heads)
+        step = self.max_samples
+        if not samples and 0 < n <= step:  # one request of plans (a spooled cycle's row)
+            raw = _pack(self._packer(plans, heads), heads, ts_value, values) + metadata
+            return [Request(compress(raw), n, ts_ms)]
         parts = _splice(heads, ts_value, values)
         requests: list[Request] = []
-        step = self.max_samples
         for start in range(0, max(n, 1), step):
             raw = b"".join(parts[3 * start : 3 * (start + step)])
             if start == 0:
@@ -226,6 +265,42 @@ class Encoder:
             if raw:
                 requests.append(Request(compress(raw), min(step, n - start), ts_ms))
         return requests
+
+
+def label_strings(key: SeriesKey) -> tuple[str, ...]:
+    """A series' label names and values, in label order: name, value, name, value…"""
+    return tuple(itertools.chain.from_iterable(series_labels(key)))
+
+
+_PLAN_STRINGS: weakref.WeakKeyDictionary[DomainPlan, list[tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def plan_strings(plan: DomainPlan) -> list[tuple[str, ...]]:
+    """`label_strings` of a plan's series, kept as long as the plan lives."""
+    cached = _PLAN_STRINGS.get(plan)
+    if cached is None:
+        cached = _PLAN_STRINGS[plan] = [label_strings(k) for k in plan.series]
+    return cached
+
+
+_NO_META: tuple[bytes, tuple[str, ...]] = (b"", ())
+
+
+@functools.lru_cache(maxsize=1024)
+def _series_meta(name: str) -> tuple[bytes, tuple[str, ...]]:
+    """A 2.0 series' metadata: its type's bytes, and the strings it refers to (help, and
+    unit if any); none for a metric outside the catalog."""
+    metric = _BY_NAME.get(name)
+    if metric is None:
+        return _NO_META
+    strings = (metric.help, metric.unit) if metric.unit else (metric.help,)
+    return b"\x08" + _varint(_TYPE_NUMBER[metric.type]), strings
+
+
+# a 2.0 request's layout: its symbol table, its series' heads, and their packer
+_Skeleton = tuple[bytes, list[bytes], struct.Struct]
 
 
 class EncoderV2:
@@ -248,14 +323,14 @@ class EncoderV2:
         # Skeletons without the series' metadata (most cycles) and with it (once a
         # `remote_write.metadata_interval`), each kept while the plans stay the same.
         self._layout: tuple[tuple[DomainPlan, ...], int] | None = None
-        self._skeletons: list[tuple[bytes, list[bytes]]] = []
+        self._skeletons: list[_Skeleton] = []
         self._meta_layout: tuple[tuple[DomainPlan, ...], int] | None = None
-        self._meta_skeletons: list[tuple[bytes, list[bytes]]] = []
+        self._meta_skeletons: list[_Skeleton] = []
 
     def cached_series(self) -> int:
         """Series in the skeletons of the current plans (kept twice: with and without the
         metadata; counted once)."""
-        counts = [sum(len(h) for _, h in sk) for sk in (self._skeletons, self._meta_skeletons)]
+        counts = [sum(len(h) for _, h, _ in sk) for sk in (self._skeletons, self._meta_skeletons)]
         return max(counts)
 
     def _plan_skeletons(
@@ -263,15 +338,19 @@ class EncoderV2:
         plans: Sequence[tuple[DomainPlan, Sequence[float]]],
         sample_len: int,
         with_metadata: bool,
-    ) -> list[tuple[bytes, list[bytes]]]:
+    ) -> list[_Skeleton]:
         layout = (tuple(p for p, _ in plans), sample_len)
         if layout == (self._meta_layout if with_metadata else self._layout):
             return self._meta_skeletons if with_metadata else self._skeletons
         series = [k for p, _ in plans for k in p.series]
-        skeletons = [
-            self._skeleton(series[i : i + self.max_samples], sample_len, with_metadata)
-            for i in range(0, len(series), self.max_samples)
-        ]
+        strings = [t for p, _ in plans for t in plan_strings(p)]
+        step = self.max_samples
+        skeletons = []
+        for i in range(0, len(series), step):
+            table, heads = self._skeleton(series[i : i + step], sample_len, with_metadata,
+                                          strings[i : i + step])  # fmt: skip
+            packer = _series_struct(map(len, heads), sample_len - 8, len(table))
+            skeletons.append((table, heads, packer))
         # The other variant stays if it was built for these plans (metadata comes and goes
         # on the same plans); built for others, it goes, with the plans it holds.
         if with_metadata:
@@ -289,29 +368,29 @@ class EncoderV2:
 
     @staticmethod
     def _skeleton(
-        series: Sequence[SeriesKey], sample_len: int, with_metadata: bool = True
+        series: Sequence[SeriesKey],
+        sample_len: int,
+        with_metadata: bool = True,
+        strings: Sequence[tuple[str, ...]] | None = None,
     ) -> tuple[bytes, list[bytes]]:
-        symbols: dict[str, int] = {"": 0}
-
-        def ref(s: str) -> bytes:
-            i = symbols.get(s)
-            if i is None:
-                i = symbols[s] = len(symbols)
-            return _varint(i)
-
+        """A request's symbol table and its series' heads. `strings` are the series' label
+        names and values (`label_strings`), when the caller has them already."""
+        if strings is None:
+            strings = [label_strings(k) for k in series]
+        metas = [_series_meta(k[0]) if with_metadata else _NO_META for k in series]
+        # Symbols in order of first use, as interning them one by one would number them.
+        symbols = dict.fromkeys(itertools.chain(("",), *map(operator.add, strings,
+                                                             (m[1] for m in metas))))  # fmt: skip
+        ref = dict(zip(symbols, map(_varint, range(len(symbols))), strict=True)).__getitem__
         heads = []
         sample_field = b"\x12" + _varint(sample_len)
-        for key in series:
-            refs = b"".join(ref(n) + ref(v) for n, v in series_labels(key))
-            metric = _BY_NAME.get(key[0]) if with_metadata else None
-            meta = b""
-            if metric is not None:
-                meta = b"\x08" + _varint(_TYPE_NUMBER[metric.type])
-                meta += b"\x18" + ref(metric.help)
-                if metric.unit:
-                    meta += b"\x20" + ref(metric.unit)
+        for labels, (type_bytes, meta_strings) in zip(strings, metas, strict=True):
+            refs = b"".join(map(ref, labels))
             inner = b"\x0a" + _varint(len(refs)) + refs
-            if meta:
+            if type_bytes:
+                meta = type_bytes + b"\x18" + ref(meta_strings[0])
+                if len(meta_strings) > 1:
+                    meta += b"\x20" + ref(meta_strings[1])
                 inner += b"\x2a" + _varint(len(meta)) + meta
             total = len(inner) + len(sample_field) + sample_len
             heads.append(b"\x2a" + _varint(total) + inner + sample_field)
@@ -338,10 +417,10 @@ class EncoderV2:
             values += plan_values
         requests: list[Request] = []
         start = 0
-        for table, heads in skeletons:
+        for table, heads, packer in skeletons:
             n = len(heads)
-            parts = _splice(heads, ts_value, values[start : start + n])
-            requests.append(Request(compress(table + b"".join(parts)), n, ts_ms, 2))
+            raw = _pack(packer, heads, ts_value, values[start : start + n], table)
+            requests.append(Request(compress(raw), n, ts_ms, 2))
             start += n
         for i in range(0, len(samples), self.max_samples):
             chunk = samples[i : i + self.max_samples]

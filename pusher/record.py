@@ -120,7 +120,7 @@ def unpack_ints(planes: bytes, n: int) -> list[int]:
     raw = bytearray(8 * n)
     for i in range(8):
         raw[i::8] = planes[i * n : (i + 1) * n]
-    return array("q", bytes(raw)).tolist()
+    return array("q", raw).tolist()
 
 
 # --- values -------------------------------------------------------------------------------

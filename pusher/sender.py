@@ -37,7 +37,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -218,6 +218,7 @@ class Sender:
         self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         self._verify, self._cert = self._setup_tls(cfg.tls)
         self._proxies = self._setup_proxies(cfg.proxy_url)
+        self._send_proxies, self._send_verify = self._settle_environment()
         self.headers = self._headers(cfg.headers, cfg.tenant)
         self._auth = self._credentials(cfg, url_user, url_password)
         self.session.auth = self._auth
@@ -253,6 +254,20 @@ class Sender:
         for proxy in [proxy_url, *env_proxies]:
             self._add_url_secrets(proxy)  # user:password@ of a proxy is never printed either
         return {"http": proxy_url, "https": proxy_url} if proxy_url else None
+
+    def _settle_environment(self) -> tuple[MutableMapping[str, str] | None, bool | str | None]:
+        """What requests would take from the environment on every POST (`*_proxy`,
+        `no_proxy`, `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` when no CA is configured), taken
+        once, by requests' own rules: the agent's environment does not change while it runs,
+        and reading it cost a drain more CPU per request than sending the request did."""
+        try:
+            env = self.session.merge_environment_settings(
+                self.url, dict(self._proxies or {}), None, self._verify, self._cert
+            )
+        except ValueError:  # a URL config validation would have refused: leave it to requests
+            return self._proxies, self._verify
+        self.session.trust_env = False
+        return env["proxies"], env["verify"]
 
     def _headers(self, headers: Mapping[str, str], tenant: str) -> dict[str, str]:
         """The configured headers under the ones remote-write requires; the values of those
@@ -330,7 +345,7 @@ class Sender:
                 self.url, data=body, headers=headers, timeout=self.timeout,
                 # Never follow a redirect: it could carry the body (and credentials) elsewhere.
                 stream=True, allow_redirects=False,
-                verify=self._verify, cert=self._cert, proxies=self._proxies,
+                verify=self._send_verify, cert=self._cert, proxies=self._send_proxies,
             )  # fmt: skip
         except _SEND_ERRORS as e:
             return Outcome("retry", "error", message=self.redact(_limit(str(e)), cut=True))

@@ -285,3 +285,60 @@ def test_415_means_unsupported_for_v2_only(http_server, senders) -> None:
     sender = make_sender(senders, http_server.url)
     assert sender.send(BODY, proto=2).kind == "unsupported"
     assert sender.send(BODY, proto=1).kind == "reject"
+
+
+# --- proxies from the environment ----------------------------------------------------------
+# The recording server stands in for a forward proxy: requests sends a plain-http request to
+# a proxy with the whole URL as its path.
+
+_PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+               "all_proxy", "NO_PROXY", "no_proxy")  # fmt: skip
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _proxy_base(server_url: str) -> str:
+    return server_url.rsplit("/api/", 1)[0]
+
+
+def test_http_proxy_from_the_environment_is_used(
+    http_server, refused_url, senders, no_proxy_env
+) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", _proxy_base(http_server.url))
+    assert make_sender(senders, refused_url).send(BODY).kind == "ok"
+    assert [r.path for r in http_server.received] == [refused_url]
+
+
+def test_no_proxy_from_the_environment_bypasses_the_proxy(
+    http_server, refused_url, senders, no_proxy_env
+) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", _proxy_base(refused_url))
+    no_proxy_env.setenv("NO_PROXY", "127.0.0.1")
+    assert make_sender(senders, http_server.url).send(BODY).kind == "ok"
+    assert [r.path for r in http_server.received] == ["/api/v1/push"]
+
+
+def test_proxy_url_wins_over_the_environment(
+    http_server, refused_url, senders, no_proxy_env
+) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", _proxy_base(refused_url))
+    no_proxy_env.setenv("NO_PROXY", "127.0.0.1")
+    sender = make_sender(senders, refused_url, proxy_url=_proxy_base(http_server.url))
+    assert sender.send(BODY).kind == "ok"
+    assert [r.path for r in http_server.received] == [refused_url]
+
+
+def test_the_environment_is_read_once_when_the_sender_is_made(
+    http_server, refused_url, senders, no_proxy_env
+) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", _proxy_base(http_server.url))
+    sender = make_sender(senders, refused_url)
+    no_proxy_env.setenv("HTTP_PROXY", _proxy_base(refused_url))  # not read on every POST
+    assert sender.send(BODY).kind == "ok"
+    assert sender.send(BODY).kind == "ok"
+    assert len(http_server.received) == 2
