@@ -337,15 +337,17 @@ class BacklogPacer:
             if self.rate.throttled(self.meter.rate()):
                 self.samples.set_rate(self.rate.limit, self.rate.limit)
 
-    def retry_after(self, outcome: Outcome, max_backoff: float) -> float | None:
+    def retry_after(self, outcome: Outcome, max_backoff: float, backlog: bool) -> float | None:
         """The Retry-After a retry honours. With the adaptive rate, a 429's is honoured up to
-        `max_backoff`: Mimir's doubles with every retry of a request (3 s, 6 s, 12 s, ...),
-        which left alone makes a throttled backlog crawl far below the tenant's limit; the
-        adaptive rate is what slows the node down."""
+        `max_backoff` for the backlog: Mimir's grows with every retry of a request (3 s, 6 s,
+        12 s, ...), which left alone makes a throttled backlog crawl far below the tenant's
+        limit; the adaptive rate is what slows the node down. A fresh request throttled
+        because the backlog took the tenant's budget retries on the backoff (30 ms doubling)
+        instead, while the backlog's rate is halved: fresh data is not kept waiting for old."""
         ra = outcome.retry_after
-        if ra and outcome.code == "429" and self.rate.adaptive:
-            return min(ra, max_backoff)
-        return ra
+        if outcome.code != "429" or not self.rate.adaptive:
+            return ra
+        return min(ra, max_backoff) if ra and backlog else None
 
     def readings(self, requests: int, backlog: bool) -> list[Reading]:
         """The limit, the 429s, and the backlog's ETA (`requests` spooled, whether any of
@@ -550,7 +552,7 @@ class Delivery:
             if outcome.kind in ("retry", "hold", "unsupported"):
                 self.pacer.failed(outcome, "backlog" if backlog else "fresh")
                 attempt += 1
-                wait = self._wait_after(outcome, backoff)
+                wait = self._wait_after(outcome, backoff, backlog)
                 if wait != "done":
                     return wait
                 if lane == "fresh" and max(r.ts_ms for r in rows) < self._fresh_since_ms():
@@ -611,10 +613,11 @@ class Delivery:
             self.stats.last_success = self.clock()
         return []
 
-    def _wait_after(self, outcome: Outcome, backoff: Backoff) -> Result:
+    def _wait_after(self, outcome: Outcome, backoff: Backoff, backlog: bool) -> Result:
         """Wait before sending the same part again; "deadline" when there is no time."""
         if outcome.kind == "retry":
-            delay = backoff.retry_delay(self.pacer.retry_after(outcome, self.rw.max_backoff))
+            retry_after = self.pacer.retry_after(outcome, self.rw.max_backoff, backlog)
+            delay = backoff.retry_delay(retry_after)
             self._log_retry(outcome, delay)
         else:
             if outcome.kind == "unsupported":  # protocol: v2 and a 1.x receiver

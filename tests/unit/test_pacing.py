@@ -188,10 +188,12 @@ def test_the_bytes_cap_paces_by_wire_bytes() -> None:
 def test_retry_after_is_trusted_up_to_max_backoff_only_while_adaptive() -> None:
     adaptive = BacklogPacer(rw(), 15.0, Clock())
     static = BacklogPacer(rw(adaptive_rate=False), 15.0, Clock())
-    assert adaptive.retry_after(THROTTLED, 5.0) == 5.0
-    assert static.retry_after(THROTTLED, 5.0) == 6.0
+    assert adaptive.retry_after(THROTTLED, 5.0, backlog=True) == 5.0
+    assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) is None  # fresh: the backoff
+    assert static.retry_after(THROTTLED, 5.0, backlog=True) == 6.0
+    assert static.retry_after(THROTTLED, 5.0, backlog=False) == 6.0
     unavailable = Outcome("retry", "503", retry_after=30.0)
-    assert adaptive.retry_after(unavailable, 5.0) == 30.0  # not a rate signal
+    assert adaptive.retry_after(unavailable, 5.0, backlog=True) == 30.0  # not a rate signal
 
 
 def test_the_eta_is_the_backlog_over_the_effective_rate() -> None:
@@ -271,6 +273,17 @@ def test_a_429_on_the_backlog_lowers_its_rate_and_waits_at_most_max_backoff(
 def drain_lane(d: Delivery, lane: Any, seconds: float) -> None:
     d.stop(time.monotonic() + seconds)
     d.drain(lane)
+
+
+def test_a_fresh_request_throttled_retries_on_the_backoff_not_retry_after(
+    spool: Spool,
+) -> None:
+    t = ScriptedTransport(THROTTLED, OK)
+    d = delivery(spool, t, order="backfill", backlog_rate_limit=1000)
+    put(spool, 10, age=0)
+    drain_lane(d, "fresh", 5)
+    assert d.stats.sent == 10 and gaps(t)[0] < 0.5  # not Mimir's 6 s
+    assert d.pacer.throttled == {"fresh": 1} and d.pacer.rate.limit == 500.0
 
 
 def test_a_429_without_adaptive_rate_honours_retry_after_in_full(spool: Spool) -> None:
