@@ -60,6 +60,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": 
 ALERT_NAMES = {
     "LibvirtPusherNotDelivering",
     "LibvirtPusherBacklogGrowing",
+    "LibvirtPusherBacklogDrainSlow",
     "LibvirtPusherSamplesDropped",
     "LibvirtPusherRequestsRejected",
     "LibvirtDown",
