@@ -297,6 +297,7 @@ class BacklogPacer:
         self.throttled: collections.Counter[str] = collections.Counter()  # 429s by lane
         self.hold_until = clock() + rand() * self.jitter
         self.down = False  # the receiver is unreachable or failing (not throttling)
+        self._backlog_at = float("-inf")  # when the backlog last went out
         self._per_row = 0.0  # samples per spooled row, averaged, for the ETA
 
     def held(self) -> float:
@@ -307,6 +308,7 @@ class BacklogPacer:
     def reserve(self, samples: int, nbytes: int) -> float:
         """Seconds to wait before a backlog request's first attempt; counted as sent."""
         with self.lock:
+            self._backlog_at = self.clock()
             return max(self.samples.take(samples), self.bytes.take(nbytes))
 
     def seen(self, samples: int) -> None:
@@ -343,11 +345,16 @@ class BacklogPacer:
         12 s, ...), which left alone makes a throttled backlog crawl far below the tenant's
         limit; the adaptive rate is what slows the node down. A fresh request throttled
         because the backlog took the tenant's budget retries on the backoff (30 ms doubling)
-        instead, while the backlog's rate is halved: fresh data is not kept waiting for old."""
+        instead, while the backlog's rate is halved: fresh data is not kept waiting for old
+        (without a backlog of its own going out, the node's fresh request waits like one)."""
         ra = outcome.retry_after
         if outcome.code != "429" or not self.rate.adaptive:
             return ra
-        return min(ra, max_backoff) if ra and backlog else None
+        with self.lock:
+            draining = self.clock() - self._backlog_at < RATE_WINDOW
+        if not backlog and draining:
+            return None
+        return min(ra, max_backoff) if ra else None
 
     def readings(self, requests: int, backlog: bool) -> list[Reading]:
         """The limit, the 429s, and the backlog's ETA (`requests` spooled, whether any of

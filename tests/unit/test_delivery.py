@@ -101,10 +101,9 @@ def test_retry_uses_the_backoff_and_sends_the_attempt_number(spool: Spool) -> No
 
 
 def test_retry_after_is_honoured(spool: Spool) -> None:
-    # A backlog row: a fresh one throttled retries on the backoff (test_pacing.py).
     t = ScriptedTransport(Outcome("retry", "429", retry_after=0.4), OK)
     d = delivery(spool, t)
-    put(spool, age=600)
+    put(spool)
     drain(d)
     assert t.at[1] - t.at[0] >= 0.4
     assert d.stats.sent == 10

@@ -189,6 +189,8 @@ def test_retry_after_is_trusted_up_to_max_backoff_only_while_adaptive() -> None:
     adaptive = BacklogPacer(rw(), 15.0, Clock())
     static = BacklogPacer(rw(adaptive_rate=False), 15.0, Clock())
     assert adaptive.retry_after(THROTTLED, 5.0, backlog=True) == 5.0
+    assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) == 5.0  # no backlog going out
+    adaptive.reserve(10, 100)  # now there is
     assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) is None  # fresh: the backoff
     assert static.retry_after(THROTTLED, 5.0, backlog=True) == 6.0
     assert static.retry_after(THROTTLED, 5.0, backlog=False) == 6.0
@@ -275,11 +277,12 @@ def drain_lane(d: Delivery, lane: Any, seconds: float) -> None:
     d.drain(lane)
 
 
-def test_a_fresh_request_throttled_retries_on_the_backoff_not_retry_after(
+def test_a_fresh_request_throttled_while_the_backlog_goes_retries_on_the_backoff(
     spool: Spool,
 ) -> None:
     t = ScriptedTransport(THROTTLED, OK)
     d = delivery(spool, t, order="backfill", backlog_rate_limit=1000)
+    d.pacer.reserve(10, 100)  # the backlog lane is sending
     put(spool, 10, age=0)
     drain_lane(d, "fresh", 5)
     assert d.stats.sent == 10 and gaps(t)[0] < 0.5  # not Mimir's 6 s
