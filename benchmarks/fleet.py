@@ -1,6 +1,6 @@
 """A fleet reconnecting at once: N nodes with hours of backlog, one real Mimir tenant.
 
-    python benchmarks/fleet.py [--nodes 20] [--guests 10] [--outage 15m] [--interval 10]
+    python benchmarks/fleet.py [--nodes 20] [--guests 10] [--outage 10m] [--interval 10]
                                [--rate 10000] [--burst 10000] [--cap auto]
                                [--runs today,new] [--order backfill|fifo] [--timeout S]
 
@@ -175,6 +175,7 @@ def run_fleet(run: str, mimir: Any, work: Path, args: argparse.Namespace, cap: f
     stop = threading.Event()
     producer = threading.Thread(target=produce, args=(nodes, args.interval, stop), daemon=True)
     t0 = time.time()
+    cpu0, mimir_cpu0 = time.process_time(), cpu_seconds(mimir)
     for n in nodes:
         n.spool.start_ms = int(t0 * 1000)  # rows written before now are the backlog
         for lane in lanes(args.order):
@@ -188,6 +189,7 @@ def run_fleet(run: str, mimir: Any, work: Path, args: argparse.Namespace, cap: f
     while time.time() < deadline and any(n.spool.drained_at is None for n in nodes):
         time.sleep(0.5)
     end = time.time()
+    cpu, mimir_cpu = time.process_time() - cpu0, cpu_seconds(mimir) - mimir_cpu0
     time.sleep(2 * args.interval)  # the fresh cycles of the last seconds go out too
     stop.set()
     producer.join()
@@ -199,7 +201,15 @@ def run_fleet(run: str, mimir: Any, work: Path, args: argparse.Namespace, cap: f
         n.delivery.transport.close()
         n.spool.close()
     time.sleep(1)
-    return measure(run, tenant, mimir, nodes, t0, end, backlog, args)
+    result = measure(run, tenant, mimir, nodes, t0, end, backlog, args)
+    result.update(agent_cpu=cpu, mimir_cpu=mimir_cpu)
+    return result
+
+
+def cpu_seconds(mimir: Any) -> float:
+    """User + system CPU of the Mimir process so far (/proc)."""
+    fields = Path(f"/proc/{mimir._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
@@ -257,15 +267,17 @@ def report(r: dict, args: argparse.Namespace) -> None:
           f"{r['done_max'] - r['done_min']:.0f}s)")  # fmt: skip
     print(f"[{r['run']}]   fresh cycles acknowledged after: p50 {r['late_p50']:.2f}s, p99 "
           f"{r['late_p99']:.2f}s, max {r['late_max']:.2f}s; {r['late_over_interval']} of "
-          f"{r['fresh_rows']} later than one interval ({args.interval:g}s)",
-          flush=True)  # fmt: skip
+          f"{r['fresh_rows']} later than one interval ({args.interval:g}s)")  # fmt: skip
+    print(f"[{r['run']}]   CPU until drained: the {r['nodes']} nodes' process "
+          f"{r['agent_cpu']:.1f}s ({r['agent_cpu'] / max(1, r['sent']) * 1e6:.1f} us per sample "
+          f"sent), Mimir {r['mimir_cpu']:.1f}s", flush=True)  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=20)
     ap.add_argument("--guests", type=int, default=10, help="per node (59 samples each)")
-    ap.add_argument("--outage", type=parse_duration, default=900.0, help="backlog per node")
+    ap.add_argument("--outage", type=parse_duration, default=600.0, help="backlog per node")
     ap.add_argument("--interval", type=parse_duration, default=10.0)
     ap.add_argument("--rate", type=int, default=10_000, help="tenant ingestion_rate")
     ap.add_argument("--burst", type=int, default=10_000, help="tenant ingestion_burst_size")
