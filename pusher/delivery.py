@@ -74,7 +74,6 @@ PROTOCOL_FILE = "protocol"  # "1" once an `auto` agent found its receiver takes 
 DECREASE = 0.5
 RAMP_SECONDS = 30.0
 MIN_RATE = 1.0
-DECREASE_GAP = 1.0  # seconds: 429s closer than this to the last decrease are one signal
 RATE_WINDOW = 10.0  # seconds over which the delivered rate is measured
 
 Result = Literal["done", "deadline", "handover"]
@@ -234,7 +233,8 @@ class AdaptiveRate:
     step up to `cap`; without a cap, the limit goes away once it is back at the rate that
     first drew a 429. Every node's step is a share of its own rate, so a fleet of any size
     returns to the tenant's limit in the same time and draws about one 429 per node per ramp.
-    429s within `DECREASE_GAP` of a decrease are one signal (both lanes, one overload).
+    A 429 for a request sent before the last decrease is no new signal (the other lane's
+    request in flight, say): only one sent at the lowered rate can lower it again.
     """
 
     def __init__(self, cap: float, adaptive: bool, clock: Callable[[], float]) -> None:
@@ -247,10 +247,11 @@ class AdaptiveRate:
         self._at = clock()
         self._decreased = float("-inf")
 
-    def throttled(self, measured: float) -> bool:
-        """A 429: lower the limit; False when it was not lowered (off, or just lowered)."""
+    def throttled(self, measured: float, sent_at: float) -> bool:
+        """A 429 for a request sent at `sent_at`: lower the limit; False when it was not
+        lowered (off, or the request went out before the last decrease)."""
         now = self.clock()
-        if not self.adaptive or now - self._decreased < DECREASE_GAP:
+        if not self.adaptive or sent_at <= self._decreased:
             return False
         base = self.limit or max(measured, MIN_RATE)
         if not self._ceiling:
@@ -329,30 +330,34 @@ class BacklogPacer:
             self.hold_until = self.clock() + self.rand() * self.jitter
             return True
 
-    def failed(self, outcome: Outcome, lane: str) -> None:
-        """A failed attempt: a 429 lowers the backlog's rate, anything else is an outage."""
+    def failed(self, outcome: Outcome, lane: str, sent_at: float) -> None:
+        """A failed attempt: a 429 lowers the backlog's rate and spends its burst (the next
+        request waits its time at the new rate); anything else is an outage."""
         with self.lock:
             if outcome.code != "429":
                 self.down = True
                 return
             self.throttled[lane] += 1
-            if self.rate.throttled(self.meter.rate()):
+            if self.rate.throttled(self.meter.rate(), sent_at):
                 self.samples.set_rate(self.rate.limit, self.rate.limit)
+            self.samples.tokens = min(self.samples.tokens, 0.0)
 
     def retry_after(self, outcome: Outcome, max_backoff: float, backlog: bool) -> float | None:
-        """The Retry-After a retry honours. With the adaptive rate, a 429's is honoured up to
-        `max_backoff` for the backlog: Mimir's grows with every retry of a request (3 s, 6 s,
-        12 s, ...), which left alone makes a throttled backlog crawl far below the tenant's
-        limit; the adaptive rate is what slows the node down. A fresh request throttled
-        because the backlog took the tenant's budget retries on the backoff (30 ms doubling)
-        instead, while the backlog's rate is halved: fresh data is not kept waiting for old
-        (without a backlog of its own going out, the node's fresh request waits like one)."""
+        """The Retry-After a retry honours (None: the backoff's own delay).
+
+        With the adaptive rate, a 429's is not honoured for the backlog: Mimir's does not know
+        the tenant's budget, it grows with every retry of a request (3 s, 6 s, 12 s, ...), and
+        honoured it makes a throttled backlog crawl far below the tenant's limit. The halved
+        rate is the backoff instead: the request waits the ordinary backoff, then its place in
+        the token bucket at the new rate. A fresh request throttled while the node's backlog
+        goes out retries on the backoff too (30 ms doubling), as the backlog is what gives
+        way; a fresh request of a node without a backlog honours it up to `max_backoff`."""
         ra = outcome.retry_after
         if outcome.code != "429" or not self.rate.adaptive:
             return ra
         with self.lock:
             draining = self.clock() - self._backlog_at < RATE_WINDOW
-        if not backlog and draining:
+        if backlog or draining:
             return None
         return min(ra, max_backoff) if ra else None
 
@@ -538,6 +543,7 @@ class Delivery:
         fresh lane's rows aged into the backlog lane's while it was retrying them."""
         parts = _parts(rows)
         attempt = 0
+        pace = True  # the next backlog request takes its place under the rate limits
         backlog = lane == "backlog" or (
             lane == "all" and max(r.ts_ms for r in rows) < self._fresh_since_ms()
         )
@@ -550,14 +556,16 @@ class Delivery:
             if attempt:
                 with self.stats.lock:
                     self.stats.retried += part.samples
-            if backlog and not self._pace(part, attempt):
+            if backlog and not self._pace(part, pace):
                 return "deadline"
+            sent_at = self.pacer.clock()
             outcome = self._post(part, attempt)
             if outcome.kind == "unsupported" and self.protocol.choice == "auto":
                 self.protocol.fall_back(outcome)
                 continue  # the same part again, as 1.0
             if outcome.kind in ("retry", "hold", "unsupported"):
-                self.pacer.failed(outcome, "backlog" if backlog else "fresh")
+                self.pacer.failed(outcome, "backlog" if backlog else "fresh", sent_at)
+                pace = outcome.code == "429"  # a throttled request queues again, at the new rate
                 attempt += 1
                 wait = self._wait_after(outcome, backoff, backlog)
                 if wait != "done":
@@ -567,20 +575,20 @@ class Delivery:
                 continue
             parts[0:1] = self._settle(part, outcome)
             if outcome.kind == "ok":
-                attempt = 0
+                attempt, pace = 0, True
                 backoff.start_over()
                 self.pacer.ok(part.samples, backlog)
         self.spool.remove(rows)
         return "done"
 
-    def _pace(self, part: Request, attempt: int) -> bool:
+    def _pace(self, part: Request, pace: bool) -> bool:
         """Before a backlog request: its jitter hold (not while stopping: the grace is for
-        sending), then on a first attempt its place under the rate limits. False when the
-        shutdown deadline comes first."""
+        sending), then, on a first attempt or after a 429, its place under the rate limits.
+        False when the shutdown deadline comes first."""
         hold = 0.0 if self.stopping.is_set() else self.pacer.held()
         if hold and not self._sleep(hold):
             return False
-        wait = self.pacer.reserve(part.samples, len(part.body)) if attempt == 0 else 0.0
+        wait = self.pacer.reserve(part.samples, len(part.body)) if pace else 0.0
         return not wait or self._sleep(wait)
 
     def _pacing_readings(self) -> list[Reading]:

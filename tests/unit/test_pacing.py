@@ -94,7 +94,7 @@ def test_the_meter_counts_the_last_window_only() -> None:
 def test_a_429_halves_the_cap_and_success_climbs_back_in_the_ramp() -> None:
     clock = Clock()
     rate = AdaptiveRate(1000.0, True, clock)
-    assert rate.throttled(measured=0.0)
+    assert rate.throttled(measured=0.0, sent_at=clock.now)
     assert rate.limit == 1000.0 * DECREASE
     clock.now += RAMP_SECONDS / 2
     rate.succeeded()
@@ -104,15 +104,15 @@ def test_a_429_halves_the_cap_and_success_climbs_back_in_the_ramp() -> None:
     assert rate.limit == 1000.0  # bounded by the cap
 
 
-def test_429s_close_together_are_one_signal() -> None:
+def test_only_a_request_sent_after_the_last_decrease_lowers_the_rate_again() -> None:
     clock = Clock()
     rate = AdaptiveRate(1000.0, True, clock)
-    assert rate.throttled(0.0)
+    before = clock.now
+    assert rate.throttled(0.0, sent_at=before)
     clock.now += 0.5
-    assert not rate.throttled(0.0)
+    assert not rate.throttled(0.0, sent_at=before)  # in flight at the first 429
     assert rate.limit == 500.0
-    clock.now += 1.0
-    assert rate.throttled(0.0)
+    assert rate.throttled(0.0, sent_at=clock.now)  # sent at the lowered rate
     assert rate.limit == 250.0
 
 
@@ -120,7 +120,7 @@ def test_without_a_cap_the_first_429_halves_the_measured_rate_and_it_ends_unlimi
     clock = Clock()
     rate = AdaptiveRate(0.0, True, clock)
     assert rate.limit == 0.0
-    rate.throttled(measured=40_000.0)
+    rate.throttled(measured=40_000.0, sent_at=clock.now)
     assert rate.limit == 20_000.0
     clock.now += RAMP_SECONDS + 1
     rate.succeeded()
@@ -132,13 +132,13 @@ def test_the_rate_never_falls_below_its_floor() -> None:
     rate = AdaptiveRate(4.0, True, clock)
     for _ in range(10):
         clock.now += 2
-        rate.throttled(0.0)
+        rate.throttled(0.0, sent_at=clock.now)
     assert rate.limit == MIN_RATE
 
 
 def test_with_adaptive_rate_off_a_429_changes_nothing() -> None:
     rate = AdaptiveRate(1000.0, False, Clock())
-    assert not rate.throttled(5000.0)
+    assert not rate.throttled(5000.0, sent_at=0.0)
     assert rate.limit == 1000.0
 
 
@@ -162,9 +162,9 @@ def test_the_end_of_an_outage_holds_the_backlog_again_and_a_429_is_no_outage() -
     clock = Clock()
     pacer = BacklogPacer(rw(reconnect_jitter="10s"), 15.0, clock, rand=lambda: 0.5)
     clock.now += 10
-    pacer.failed(THROTTLED, "backlog")
+    pacer.failed(THROTTLED, "backlog", clock.now)
     assert not pacer.ok(100, backlog=True) and pacer.held() == 0.0
-    pacer.failed(DOWN, "fresh")
+    pacer.failed(DOWN, "fresh", clock.now)
     assert pacer.ok(100, backlog=False)  # the first answer after the outage
     assert pacer.held() == pytest.approx(5.0)
 
@@ -172,10 +172,9 @@ def test_the_end_of_an_outage_holds_the_backlog_again_and_a_429_is_no_outage() -
 def test_a_429_lowers_the_samples_bucket_and_is_counted_by_lane() -> None:
     clock = Clock()
     pacer = BacklogPacer(rw(backlog_rate_limit=1000), 15.0, clock, rand=lambda: 0.0)
-    pacer.failed(THROTTLED, "fresh")
+    pacer.failed(THROTTLED, "fresh", clock.now)
     assert pacer.rate.limit == 500.0
-    assert pacer.reserve(500, 0) == 0.0  # the burst: one second at the new rate
-    assert pacer.reserve(500, 0) == pytest.approx(1.0)
+    assert pacer.reserve(500, 0) == pytest.approx(1.0)  # the 429 spent the burst
     assert pacer.throttled == {"fresh": 1}
 
 
@@ -185,10 +184,10 @@ def test_the_bytes_cap_paces_by_wire_bytes() -> None:
     assert pacer.reserve(10, 2048) == pytest.approx(2.0)
 
 
-def test_retry_after_is_trusted_up_to_max_backoff_only_while_adaptive() -> None:
+def test_retry_after_of_a_429_gives_way_to_the_adaptive_rate() -> None:
     adaptive = BacklogPacer(rw(), 15.0, Clock())
     static = BacklogPacer(rw(adaptive_rate=False), 15.0, Clock())
-    assert adaptive.retry_after(THROTTLED, 5.0, backlog=True) == 5.0
+    assert adaptive.retry_after(THROTTLED, 5.0, backlog=True) is None  # the halved bucket
     assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) == 5.0  # no backlog going out
     adaptive.reserve(10, 100)  # now there is
     assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) is None  # fresh: the backoff
@@ -227,8 +226,8 @@ def test_the_backlog_is_sent_at_the_capped_rate(spool: Spool) -> None:
     drain(d, 5)
     assert len(t.sent) == 4 and d.stats.sent == 40
     # A burst of one second's worth goes at once, then one request per half second.
-    assert gaps(t)[0] < 0.2
     assert gaps(t)[1] >= 0.45 and gaps(t)[2] >= 0.45
+    assert gaps(t)[0] < gaps(t)[1] - 0.2, gaps(t)
 
 
 def drain(d: Delivery, seconds: float) -> None:
@@ -256,20 +255,21 @@ def test_a_backlog_row_in_fifo_order_is_paced(spool: Spool) -> None:
     assert d.stats.sent == 10 and time.monotonic() - start >= 0.45
 
 
-def test_a_429_on_the_backlog_lowers_its_rate_and_waits_at_most_max_backoff(
+def test_a_429_on_the_backlog_halves_its_rate_and_queues_it_again_not_for_retry_after(
     spool: Spool,
 ) -> None:
     t = ScriptedTransport(THROTTLED, OK)
-    d = delivery(spool, t, order="backfill", backlog_rate_limit=1000, max_backoff="300ms")
+    d = delivery(spool, t, order="backfill", backlog_rate_limit=100, max_samples_per_send=10)
+    d.pacer.reserve(100, 0)  # the burst is spent
     put(spool, 10, age=600)
-    start = time.monotonic()
     drain_lane(d, "backlog", 5)
     assert d.stats.sent == 10
-    assert 0.3 <= time.monotonic() - start < 2.0  # not Mimir's 6 s
-    assert d.pacer.rate.limit < 1000 and d.pacer.throttled == {"backlog": 1}
+    # 10 samples at the halved 50/s: 0.2 s, not Mimir's 6 s.
+    assert 0.18 <= gaps(t)[0] < 1.0, gaps(t)
+    assert d.pacer.rate.limit < 100 and d.pacer.throttled == {"backlog": 1}
     readings = {(n, labels): v for n, labels, v in d.stats.readings()}
     assert readings[("pusher_throttled_requests_total", (("lane", "backlog"),))] == 1
-    assert 500 <= readings[("pusher_backlog_rate_limit_samples_per_second", ())] < 1000
+    assert 50 <= readings[("pusher_backlog_rate_limit_samples_per_second", ())] < 100
 
 
 def drain_lane(d: Delivery, lane: Any, seconds: float) -> None:
