@@ -200,11 +200,28 @@ def run_fleet(run: str, mimir: Any, work: Path, args: argparse.Namespace, cap: f
         for t in n.threads:
             t.join(20)
         n.delivery.transport.close()
+    left = sum(spooled_left(n) for n in nodes)
+    finish(nodes, rw, args)
+    for n in nodes:
         n.spool.close()
     time.sleep(1)
     result = measure(run, tenant, mimir, nodes, t0, end, backlog, args)
-    result.update(agent_cpu=cpu, mimir_cpu=mimir_cpu)
+    result.update(agent_cpu=cpu, mimir_cpu=mimir_cpu, left_in_spools=left)
     return result
+
+
+def finish(nodes: list[Node], rw: dict, args: argparse.Namespace) -> None:
+    """After the timed run: send what is left, unpaced, so that Mimir's count is complete."""
+    plain = {**rw, "adaptive_rate": False, "reconnect_jitter": 0, "backlog_rate_limit": 0}
+    cfg = from_mapping({"remote_write": plain, "collect": {"interval": args.interval}}, {}, "x")
+    for n in nodes:
+        if not n.spool.stats()[0]:
+            continue
+        proto = ProtocolMemory(cfg.remote_write.protocol, n.spool.directory)
+        d = Delivery(cfg.remote_write, args.interval, n.spool, Sender(cfg.remote_write), proto)
+        d.stop(time.monotonic() + 120)
+        d.drain()
+        d.transport.close()
 
 
 def cpu_seconds(mimir: Any) -> float:
@@ -220,7 +237,6 @@ def measure(
     spooled = sum(n.spooled for n in nodes)
     window = int(time.time() - t0 + args.outage + 4 * args.interval)
     stored = stored_samples(mimir, tenant, window)
-    left = sum(spooled_left(n) for n in nodes)
     sent = sum(n.delivery.stats.sent for n in nodes)
     throttled = sum(n.delivery.stats.responses["429"] for n in nodes)
     rejected = sum(sum(n.delivery.stats.rejected_samples.values()) for n in nodes)
@@ -234,7 +250,7 @@ def measure(
     physical = backlog / (args.rate - fresh_rate)
     return {
         "run": run, "nodes": len(nodes), "backlog": backlog, "fresh": fresh,
-        "stored": int(stored), "left_in_spools": left, "lost": spooled - int(stored) - left,
+        "stored": int(stored), "lost": spooled - int(stored),
         "sent": sent, "rejected": rejected, "dropped": dropped, "429s": throttled,
         "drained_nodes": len(done), "drain_s": drain_s, "physical_s": physical,
         "done_min": min(done, default=float("nan")), "done_median":
@@ -272,9 +288,10 @@ def report(r: dict, args: argparse.Namespace) -> None:
     print(f"[{r['run']}] backlog {r['backlog']:,} + fresh {r['fresh']:,} samples; drained in "
           f"{drained}")  # fmt: skip
     print(f"[{r['run']}]   429s: {r['429s']:,} ({r['429s'] / max(1, r['sent']) * 1e6:.1f} per "
-          f"million samples delivered); lost: {r['lost']:,} (Mimir stored {r['stored']:,}, "
-          f"{r['left_in_spools']:,} still spooled, rejected {r['rejected']:,}, dropped "
-          f"{r['dropped']:,})")  # fmt: skip
+          f"million samples delivered); lost: {r['lost']:,} (Mimir stored {r['stored']:,} of "
+          f"{r['backlog'] + r['fresh']:,} spooled; rejected {r['rejected']:,}, dropped "
+          f"{r['dropped']:,}; {r['left_in_spools']:,} were left when the timed run ended, "
+          f"sent unpaced before counting)")  # fmt: skip
     print(f"[{r['run']}]   drain completion per node: first {r['done_min']:.0f}s, median "
           f"{r['done_median']:.0f}s, last {r['done_max']:.0f}s (spread "
           f"{r['done_max'] - r['done_min']:.0f}s)")  # fmt: skip

@@ -69,10 +69,10 @@ HOLD_MIN_PROBE = 10.0
 HOLD_MAX_PROBE = 300.0
 LOG_EVERY = 60.0
 PROTOCOL_FILE = "protocol"  # "1" once an `auto` agent found its receiver takes only 1.0
-# The backlog's adaptive rate (AdaptiveRate): a 429 multiplies it by DECREASE; success climbs
-# back to the rate that drew the 429 in RAMP_SECONDS; it never goes below MIN_RATE samples/s.
-DECREASE = 0.5
-RAMP_SECONDS = 30.0
+# The backlog's adaptive rate (AdaptiveRate): a 429 multiplies it by DECREASE; success adds
+# the ceiling / RAMP_SECONDS per second; it never goes below MIN_RATE samples/s.
+DECREASE = 0.7
+RAMP_SECONDS = 60.0
 MIN_RATE = 1.0
 RATE_WINDOW = 10.0  # seconds over which the delivered rate is measured
 
@@ -228,13 +228,13 @@ class AdaptiveRate:
     """The backlog's rate limit in samples per second (0: none), adapted to 429s (AIMD).
 
     A 429 multiplies the limit by `DECREASE` (without a limit yet: the rate the node was
-    sending at, measured). Each second of success then adds back a step sized so that the
-    rate that drew the 429 is reached again in `RAMP_SECONDS`, and the climb goes on at that
-    step up to `cap`; without a cap, the limit goes away once it is back at the rate that
-    first drew a 429. Every node's step is a share of its own rate, so a fleet of any size
-    returns to the tenant's limit in the same time and draws about one 429 per node per ramp.
-    A 429 for a request sent before the last decrease is no new signal (the other lane's
-    request in flight, say): only one sent at the lowered rate can lower it again.
+    sending at, measured). Each second of success then adds the ceiling / `RAMP_SECONDS`,
+    up to the ceiling: the cap, or without one the rate that first drew a 429, where the
+    limit goes away again. The step is the same for every node of a fleet with the same cap,
+    whatever its current rate: that is what makes AIMD fair (a node pushed down by others'
+    load climbs back as fast as they do; a step in proportion to its own rate would leave it
+    low). A 429 for a request sent before the last decrease is no new signal (the other
+    lane's request in flight, say): only one sent at the lowered rate can lower it again.
     """
 
     def __init__(self, cap: float, adaptive: bool, clock: Callable[[], float]) -> None:
@@ -257,7 +257,7 @@ class AdaptiveRate:
         if not self._ceiling:
             self._ceiling = base
         self.limit = max(MIN_RATE, base * DECREASE)
-        self._step = (base - self.limit) / RAMP_SECONDS
+        self._step = self._ceiling / RAMP_SECONDS
         self._decreased = self._at = now
         return True
 
