@@ -71,8 +71,8 @@ LOG_EVERY = 60.0
 PROTOCOL_FILE = "protocol"  # "1" once an `auto` agent found its receiver takes only 1.0
 # The backlog's adaptive rate (AdaptiveRate): a 429 multiplies it by DECREASE; success adds
 # the ceiling / RAMP_SECONDS per second; it never goes below MIN_RATE samples/s.
-DECREASE = 0.5
-RAMP_SECONDS = 120.0
+DECREASE = 0.7
+RAMP_SECONDS = 60.0
 MIN_RATE = 1.0
 RATE_WINDOW = 10.0  # seconds over which the delivered rate is measured
 

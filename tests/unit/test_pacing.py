@@ -279,12 +279,12 @@ def test_a_429_on_the_backlog_halves_its_rate_and_queues_it_again_not_for_retry_
     put(spool, 10, age=600)
     drain_lane(d, "backlog", 5)
     assert d.stats.sent == 10
-    # 10 samples at the lowered 50/s: 0.2 s, not Mimir's 6 s.
-    assert 0.18 <= gaps(t)[0] < 1.0, gaps(t)
+    # 10 samples at the lowered rate (70/s): 0.14 s, not Mimir's 6 s.
+    assert 0.9 * 10 / (100 * DECREASE) <= gaps(t)[0] < 1.0, gaps(t)
     assert d.pacer.rate.limit < 100 and d.pacer.throttled == {"backlog": 1}
     readings = {(n, labels): v for n, labels, v in d.stats.readings()}
     assert readings[("pusher_throttled_requests_total", (("lane", "backlog"),))] == 1
-    assert 50 <= readings[("pusher_backlog_rate_limit_samples_per_second", ())] < 100
+    assert 100 * DECREASE <= readings[("pusher_backlog_rate_limit_samples_per_second", ())] < 100
 
 
 def drain_lane(d: Delivery, lane: Any, seconds: float) -> None:
@@ -301,7 +301,9 @@ def test_a_fresh_request_throttled_while_the_backlog_goes_retries_on_the_backoff
     put(spool, 10, age=0)
     drain_lane(d, "fresh", 5)
     assert d.stats.sent == 10 and gaps(t)[0] < 0.5  # not Mimir's 6 s
-    assert d.pacer.throttled == {"fresh": 1} and d.pacer.rate.limit == pytest.approx(1000 * DECREASE)
+    assert d.pacer.throttled == {"fresh": 1} and d.pacer.rate.limit == pytest.approx(
+        1000 * DECREASE
+    )
 
 
 def test_a_429_without_adaptive_rate_honours_retry_after_in_full(spool: Spool) -> None:
