@@ -22,7 +22,7 @@ dropped with its reason, or in a rejected request with the receiver's reason.
 
 The backlog (rows older than the last two cycles, in either order) is paced by one
 `BacklogPacer` per endpoint: a token bucket at `remote_write.backlog_rate_limit` samples/s
-and `backlog_bytes_rate_limit` bytes/s, an adaptive limit under them (`AdaptiveRate`: halved
+and `backlog_bytes_rate_limit` bytes/s, an adaptive limit under them (`AdaptiveRate`: times 0.7
 on a 429, climbing back additively on success), and a random hold of up to
 `remote_write.reconnect_jitter` after start-up and after an outage. Fresh rows are never
 paced: in `backfill` order they never wait for the backlog; in `fifo` order they still queue
@@ -347,7 +347,7 @@ class BacklogPacer:
 
         With the adaptive rate, a 429's is not honoured for the backlog: Mimir's does not know
         the tenant's budget, it grows with every retry of a request (3 s, 6 s, 12 s, ...), and
-        honoured it makes a throttled backlog crawl far below the tenant's limit. The halved
+        honoured it makes a throttled backlog crawl far below the tenant's limit. The lowered
         rate is the backoff instead: the request waits the ordinary backoff, then its place in
         the token bucket at the new rate. A fresh request throttled while the node's backlog
         goes out retries on the backoff too (30 ms doubling), as the backlog is what gives

@@ -131,7 +131,7 @@ def test_only_a_request_sent_after_the_last_decrease_lowers_the_rate_again() -> 
     assert rate.limit == pytest.approx(1000 * DECREASE**2)
 
 
-def test_without_a_cap_the_first_429_halves_the_measured_rate_and_it_ends_unlimited() -> None:
+def test_without_a_cap_the_first_429_lowers_the_measured_rate_and_it_ends_unlimited() -> None:
     clock = Clock()
     rate = AdaptiveRate(0.0, True, clock)
     assert rate.limit == 0.0
@@ -202,7 +202,7 @@ def test_the_bytes_cap_paces_by_wire_bytes() -> None:
 def test_retry_after_of_a_429_gives_way_to_the_adaptive_rate() -> None:
     adaptive = BacklogPacer(rw(), 15.0, Clock())
     static = BacklogPacer(rw(adaptive_rate=False), 15.0, Clock())
-    assert adaptive.retry_after(THROTTLED, 5.0, backlog=True) is None  # the halved bucket
+    assert adaptive.retry_after(THROTTLED, 5.0, backlog=True) is None  # the lowered bucket
     assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) == 5.0  # no backlog going out
     adaptive.reserve(10, 100)  # now there is
     assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) is None  # fresh: the backoff
@@ -270,7 +270,7 @@ def test_a_backlog_row_in_fifo_order_is_paced(spool: Spool) -> None:
     assert d.stats.sent == 10 and time.monotonic() - start >= 0.45
 
 
-def test_a_429_on_the_backlog_halves_its_rate_and_queues_it_again_not_for_retry_after(
+def test_a_429_on_the_backlog_lowers_its_rate_and_queues_it_again_not_for_retry_after(
     spool: Spool,
 ) -> None:
     t = ScriptedTransport(THROTTLED, OK)
