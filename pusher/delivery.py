@@ -225,12 +225,12 @@ class RateMeter:
 
 
 class AdaptiveRate:
-    """The backlog's rate limit in samples per second (0: none), adapted to 429s (AIMD).
+    """The backlog's rate limit in samples per second (0: none), adapted to 429s (AIMD)
+    under the static cap; without a cap there is nothing to adapt (the measured rate of a
+    node just back from an outage is no base to halve: it collapsed a backlog to a crawl).
 
-    A 429 multiplies the limit by `DECREASE` (without a limit yet: the rate the node was
-    sending at, measured). Each second of success then adds the ceiling / `RAMP_SECONDS`,
-    up to the ceiling: the cap, or without one the rate that first drew a 429, where the
-    limit goes away again. The step is the same for every node of a fleet with the same cap,
+    A 429 multiplies the limit by `DECREASE`. Each second of success then adds the cap /
+    `RAMP_SECONDS`, up to the cap. The step is the same for every node of a fleet with the same cap,
     whatever its current rate: that is what makes AIMD fair (a node pushed down by others'
     load climbs back as fast as they do; a step in proportion to its own rate would leave it
     low). A 429 for a request sent before the last decrease is no new signal (the other
@@ -239,25 +239,21 @@ class AdaptiveRate:
 
     def __init__(self, cap: float, adaptive: bool, clock: Callable[[], float]) -> None:
         self.cap = cap
-        self.adaptive = adaptive
+        self.adaptive = adaptive and cap > 0
         self.clock = clock
         self.limit = cap
-        self._ceiling = cap
         self._step = 0.0
         self._at = clock()
         self._decreased = float("-inf")
 
-    def throttled(self, measured: float, sent_at: float) -> bool:
+    def throttled(self, sent_at: float) -> bool:
         """A 429 for a request sent at `sent_at`: lower the limit; False when it was not
         lowered (off, or the request went out before the last decrease)."""
         now = self.clock()
         if not self.adaptive or sent_at <= self._decreased:
             return False
-        base = self.limit or max(measured, MIN_RATE)
-        if not self._ceiling:
-            self._ceiling = base
-        self.limit = max(MIN_RATE, base * DECREASE)
-        self._step = self._ceiling / RAMP_SECONDS
+        self.limit = max(MIN_RATE, self.limit * DECREASE)
+        self._step = self.cap / RAMP_SECONDS
         self._decreased = self._at = now
         return True
 
@@ -265,11 +261,8 @@ class AdaptiveRate:
         """A request went through: climb by the step for the time since the last change."""
         now = self.clock()
         elapsed, self._at = now - self._at, now
-        if not self.limit or self.limit >= self._ceiling:
-            return
-        self.limit += self._step * elapsed
-        if self.limit >= self._ceiling:
-            self.limit = self._ceiling = self.cap  # back at the cap, or no limit again
+        if self.limit < self.cap:
+            self.limit = min(self.cap, self.limit + self._step * elapsed)
 
 
 class BacklogPacer:
@@ -338,11 +331,11 @@ class BacklogPacer:
                 self.down = True
                 return
             self.throttled[lane] += 1
-            if self.rate.throttled(self.meter.rate(), sent_at):
+            if self.rate.throttled(sent_at):
                 self.samples.set_rate(self.rate.limit, self.rate.limit)
             self.samples.tokens = min(self.samples.tokens, 0.0)
 
-    def retry_after(self, outcome: Outcome, max_backoff: float, backlog: bool) -> float | None:
+    def retry_after(self, outcome: Outcome, backlog: bool) -> float | None:
         """The Retry-After a retry honours (None: the backoff's own delay).
 
         With the adaptive rate, a 429's is not honoured for the backlog: Mimir's does not know
@@ -351,15 +344,13 @@ class BacklogPacer:
         rate is the backoff instead: the request waits the ordinary backoff, then its place in
         the token bucket at the new rate. A fresh request throttled while the node's backlog
         goes out retries on the backoff too (30 ms doubling), as the backlog is what gives
-        way; a fresh request of a node without a backlog honours it up to `max_backoff`."""
+        way; a fresh request of a node without a backlog honours it as before."""
         ra = outcome.retry_after
         if outcome.code != "429" or not self.rate.adaptive:
             return ra
         with self.lock:
             draining = self.clock() - self._backlog_at < RATE_WINDOW
-        if backlog or draining:
-            return None
-        return min(ra, max_backoff) if ra else None
+        return None if backlog or draining else ra
 
     def readings(self, requests: int, backlog: bool) -> list[Reading]:
         """The limit, the 429s, and the backlog's ETA (`requests` spooled, whether any of
@@ -631,7 +622,7 @@ class Delivery:
     def _wait_after(self, outcome: Outcome, backoff: Backoff, backlog: bool) -> Result:
         """Wait before sending the same part again; "deadline" when there is no time."""
         if outcome.kind == "retry":
-            retry_after = self.pacer.retry_after(outcome, self.rw.max_backoff, backlog)
+            retry_after = self.pacer.retry_after(outcome, backlog)
             delay = backoff.retry_delay(retry_after)
             self._log_retry(outcome, delay)
         else:

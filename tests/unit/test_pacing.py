@@ -94,7 +94,7 @@ def test_the_meter_counts_the_last_window_only() -> None:
 def test_a_429_lowers_the_cap_and_success_climbs_back_by_a_step_of_the_cap() -> None:
     clock = Clock()
     rate = AdaptiveRate(1000.0, True, clock)
-    assert rate.throttled(measured=0.0, sent_at=clock.now)
+    assert rate.throttled(sent_at=clock.now)
     assert rate.limit == pytest.approx(1000.0 * DECREASE)
     clock.now += 6.0
     rate.succeeded()
@@ -111,7 +111,7 @@ def test_the_step_does_not_depend_on_how_low_a_node_was_pushed() -> None:
         rate = AdaptiveRate(1000.0, True, clock)
         for _ in range(throttles):
             clock.now += 1.0
-            rate.throttled(0.0, clock.now)
+            rate.throttled(clock.now)
         start = rate.limit
         clock.now += 5.0
         rate.succeeded()
@@ -123,23 +123,19 @@ def test_only_a_request_sent_after_the_last_decrease_lowers_the_rate_again() -> 
     clock = Clock()
     rate = AdaptiveRate(1000.0, True, clock)
     before = clock.now
-    assert rate.throttled(0.0, sent_at=before)
+    assert rate.throttled(sent_at=before)
     clock.now += 0.5
-    assert not rate.throttled(0.0, sent_at=before)  # in flight at the first 429
+    assert not rate.throttled(sent_at=before)  # in flight at the first 429
     assert rate.limit == pytest.approx(1000 * DECREASE)
-    assert rate.throttled(0.0, sent_at=clock.now)  # sent at the lowered rate
+    assert rate.throttled(sent_at=clock.now)  # sent at the lowered rate
     assert rate.limit == pytest.approx(1000 * DECREASE**2)
 
 
-def test_without_a_cap_the_first_429_lowers_the_measured_rate_and_it_ends_unlimited() -> None:
+def test_without_a_cap_there_is_nothing_to_adapt() -> None:
     clock = Clock()
     rate = AdaptiveRate(0.0, True, clock)
+    assert not rate.adaptive and not rate.throttled(sent_at=clock.now)
     assert rate.limit == 0.0
-    rate.throttled(measured=40_000.0, sent_at=clock.now)
-    assert rate.limit == pytest.approx(40_000.0 * DECREASE)
-    clock.now += RAMP_SECONDS + 1
-    rate.succeeded()
-    assert rate.limit == 0.0  # back where it was throttled: no limit again
 
 
 def test_the_rate_never_falls_below_its_floor() -> None:
@@ -147,13 +143,13 @@ def test_the_rate_never_falls_below_its_floor() -> None:
     rate = AdaptiveRate(4.0, True, clock)
     for _ in range(10):
         clock.now += 2
-        rate.throttled(0.0, sent_at=clock.now)
+        rate.throttled(sent_at=clock.now)
     assert rate.limit == MIN_RATE
 
 
 def test_with_adaptive_rate_off_a_429_changes_nothing() -> None:
     rate = AdaptiveRate(1000.0, False, Clock())
-    assert not rate.throttled(5000.0, sent_at=0.0)
+    assert not rate.throttled(sent_at=0.0)
     assert rate.limit == 1000.0
 
 
@@ -200,16 +196,17 @@ def test_the_bytes_cap_paces_by_wire_bytes() -> None:
 
 
 def test_retry_after_of_a_429_gives_way_to_the_adaptive_rate() -> None:
-    adaptive = BacklogPacer(rw(), 15.0, Clock())
-    static = BacklogPacer(rw(adaptive_rate=False), 15.0, Clock())
-    assert adaptive.retry_after(THROTTLED, 5.0, backlog=True) is None  # the lowered bucket
-    assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) == 5.0  # no backlog going out
+    adaptive = BacklogPacer(rw(backlog_rate_limit=1000), 15.0, Clock())
+    static = BacklogPacer(rw(backlog_rate_limit=1000, adaptive_rate=False), 15.0, Clock())
+    uncapped = BacklogPacer(rw(), 15.0, Clock())  # nothing to adapt: as before
+    assert adaptive.retry_after(THROTTLED, backlog=True) is None  # the lowered bucket
+    assert adaptive.retry_after(THROTTLED, backlog=False) == 6.0  # no backlog going out
     adaptive.reserve(10, 100)  # now there is
-    assert adaptive.retry_after(THROTTLED, 5.0, backlog=False) is None  # fresh: the backoff
-    assert static.retry_after(THROTTLED, 5.0, backlog=True) == 6.0
-    assert static.retry_after(THROTTLED, 5.0, backlog=False) == 6.0
+    assert adaptive.retry_after(THROTTLED, backlog=False) is None  # fresh: the backoff
+    assert static.retry_after(THROTTLED, backlog=True) == 6.0
+    assert uncapped.retry_after(THROTTLED, backlog=True) == 6.0
     unavailable = Outcome("retry", "503", retry_after=30.0)
-    assert adaptive.retry_after(unavailable, 5.0, backlog=True) == 30.0  # not a rate signal
+    assert adaptive.retry_after(unavailable, backlog=True) == 30.0  # not a rate signal
 
 
 def test_the_eta_is_the_backlog_over_the_effective_rate() -> None:
