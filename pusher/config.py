@@ -419,6 +419,25 @@ def _order(v: Any) -> str:
     return s
 
 
+def _rate(v: Any) -> float:
+    """A rate per second: a number of zero or more (0: no limit)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"expected a number of zero or more per second, got {v!r}")
+    return float(v)
+
+
+def _byte_rate(v: Any) -> float:
+    """Bytes per second as a size (`1MiB`, a bare number of bytes; 0: no limit)."""
+    return float(parse_size(v))
+
+
+def _jitter(v: Any) -> float:
+    """A duration, or `interval`: one collect.interval (kept as -1, resolved by delivery)."""
+    if v == "interval":
+        return -1.0
+    return parse_duration(v)
+
+
 def _log_level(v: Any) -> str:
     s = _str(v).lower()
     if s not in _LOG_LEVELS:
@@ -526,6 +545,12 @@ class RemoteWriteConfig:
     basic_auth: BasicAuth = field(default_factory=BasicAuth)
     bearer_token_file: str = _key("", _token_file)
     proxy_url: str = _key("", _proxy_url, redact_url)
+    # Pacing of the backlog (rows older than the last two cycles; delivery.BacklogPacer).
+    backlog_rate_limit: float = _key(0.0, _rate)  # samples/s, 0: none
+    backlog_bytes_rate_limit: float = _key(0.0, _byte_rate)  # wire bytes/s, 0: none
+    adaptive_rate: bool = _key(True, _bool)  # AIMD on 429
+    # `interval` (-1): one collect.interval, resolved by delivery (which knows the interval).
+    reconnect_jitter: float = _key(-1.0, _jitter)
 
     def __repr__(self) -> str:
         # Credentials live in files, but a URL may carry `user:password@` and a header a

@@ -19,6 +19,14 @@ Rows older than `remote_write.max_sample_age` are dropped before sending (`too_o
 receiver would refuse them. In `backfill` order two lanes run: `fresh` sends the last two
 cycles at once, `backlog` the older rows behind them. Every sample ends counted once: sent,
 dropped with its reason, or in a rejected request with the receiver's reason.
+
+The backlog (rows older than the last two cycles, in either order) is paced by one
+`BacklogPacer` per endpoint: a token bucket at `remote_write.backlog_rate_limit` samples/s
+and `backlog_bytes_rate_limit` bytes/s, an adaptive limit under them (`AdaptiveRate`: times 0.7
+on a 429, climbing back additively on success), and a random hold of up to
+`remote_write.reconnect_jitter` after start-up and after an outage. Fresh rows are never
+paced: in `backfill` order they never wait for the backlog; in `fifo` order they still queue
+behind it (the receiver would refuse them out of order), so there the cap delays them too.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import random
 import threading
@@ -60,6 +69,12 @@ HOLD_MIN_PROBE = 10.0
 HOLD_MAX_PROBE = 300.0
 LOG_EVERY = 60.0
 PROTOCOL_FILE = "protocol"  # "1" once an `auto` agent found its receiver takes only 1.0
+# The backlog's adaptive rate (AdaptiveRate): a 429 multiplies it by DECREASE; success adds
+# the ceiling / RAMP_SECONDS per second; it never goes below MIN_RATE samples/s.
+DECREASE = 0.7
+RAMP_SECONDS = 60.0
+MIN_RATE = 1.0
+RATE_WINDOW = 10.0  # seconds over which the delivered rate is measured
 
 Result = Literal["done", "deadline", "handover"]
 Lane = Literal["all", "fresh", "backlog"]
@@ -89,6 +104,8 @@ class DeliveryStats:
     responses: collections.Counter[str] = field(default_factory=collections.Counter)
     send_seconds: float = 0.0
     last_success: float = 0.0
+    # The backlog's pacing (limit, ETA, 429s), read from the pacer with the rest.
+    pacing: Callable[[], list[Reading]] | None = None
 
     def drop(self, reason: str, samples: int) -> None:
         with self.lock:
@@ -118,6 +135,8 @@ class DeliveryStats:
                 out.append(reading("pusher_requests_rejected_total", n, by))
                 out.append(reading("pusher_rejected_request_samples_total",
                                    self.rejected_samples[why], by))  # fmt: skip
+        if self.pacing is not None:
+            out.extend(self.pacing())
         return out
 
 
@@ -145,6 +164,213 @@ class Backoff:
         delay = min(max(HOLD_MIN_PROBE, self.current, retry_after or 0), HOLD_MAX_PROBE)
         self.current = min(max(self.current * 2, HOLD_MIN_PROBE), HOLD_MAX_PROBE)
         return delay
+
+
+class TokenBucket:
+    """A rate in units per second (samples, or bytes) with a burst of `burst` units.
+
+    `take(n)` says how long to wait before sending `n` units and counts them as sent from
+    then on: the bucket may go into debt, so a request larger than the burst waits its time
+    instead of starving. A rate of 0 is no limit. Pure: the clock is injected.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        if self.rate > 0:
+            self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def set_rate(self, rate: float, burst: float) -> None:
+        self._refill()
+        self.rate, self.burst = rate, burst
+        self.tokens = min(self.tokens, burst)
+
+    def take(self, n: float) -> float:
+        if self.rate <= 0:
+            return 0.0
+        self._refill()
+        self.tokens -= n
+        return max(0.0, -self.tokens / self.rate)
+
+
+class RateMeter:
+    """Samples delivered per second over the last `window` seconds."""
+
+    def __init__(self, clock: Callable[[], float], window: float = RATE_WINDOW) -> None:
+        self.clock = clock
+        self.window = window
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+        self._total = 0
+
+    def add(self, n: int) -> None:
+        self._events.append((self.clock(), n))
+        self._total += n
+        self._expire()
+
+    def _expire(self) -> None:
+        horizon = self.clock() - self.window
+        while self._events and self._events[0][0] < horizon:
+            self._total -= self._events.popleft()[1]
+
+    def rate(self) -> float:
+        self._expire()
+        return self._total / self.window
+
+
+class AdaptiveRate:
+    """The backlog's rate limit in samples per second (0: none), adapted to 429s (AIMD)
+    under the static cap; without a cap there is nothing to adapt (the measured rate of a
+    node just back from an outage is no base to halve: it collapsed a backlog to a crawl).
+
+    A 429 multiplies the limit by `DECREASE`. Each second of success then adds the cap /
+    `RAMP_SECONDS`, up to the cap. The step is the same for every node of a fleet with the same cap,
+    whatever its current rate: that is what makes AIMD fair (a node pushed down by others'
+    load climbs back as fast as they do; a step in proportion to its own rate would leave it
+    low). A 429 for a request sent before the last decrease is no new signal (the other
+    lane's request in flight, say): only one sent at the lowered rate can lower it again.
+    """
+
+    def __init__(self, cap: float, adaptive: bool, clock: Callable[[], float]) -> None:
+        self.cap = cap
+        self.adaptive = adaptive and cap > 0
+        self.clock = clock
+        self.limit = cap
+        self._step = 0.0
+        self._at = clock()
+        self._decreased = float("-inf")
+
+    def throttled(self, sent_at: float) -> bool:
+        """A 429 for a request sent at `sent_at`: lower the limit; False when it was not
+        lowered (off, or the request went out before the last decrease)."""
+        now = self.clock()
+        if not self.adaptive or sent_at <= self._decreased:
+            return False
+        self.limit = max(MIN_RATE, self.limit * DECREASE)
+        self._step = self.cap / RAMP_SECONDS
+        self._decreased = self._at = now
+        return True
+
+    def succeeded(self) -> None:
+        """A request went through: climb by the step for the time since the last change."""
+        now = self.clock()
+        elapsed, self._at = now - self._at, now
+        if self.limit < self.cap:
+            self.limit = min(self.cap, self.limit + self._step * elapsed)
+
+
+class BacklogPacer:
+    """How fast the backlog may go, shared by the lanes: the static caps
+    (`remote_write.backlog_rate_limit`, `backlog_bytes_rate_limit`), the adaptive limit under
+    them, and a random hold of up to `remote_write.reconnect_jitter` before the backlog
+    starts after start-up and after an outage, so that a fleet does not come back in
+    lockstep. Fresh rows are never paced or held."""
+
+    def __init__(
+        self,
+        rw: RemoteWriteConfig,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.clock = clock
+        self.rand = rand
+        self.lock = threading.Lock()
+        self.jitter = rw.reconnect_jitter if rw.reconnect_jitter >= 0 else interval
+        self.rate = AdaptiveRate(rw.backlog_rate_limit, rw.adaptive_rate, clock)
+        self.samples = TokenBucket(rw.backlog_rate_limit, rw.backlog_rate_limit, clock)
+        byte_rate = rw.backlog_bytes_rate_limit
+        self.bytes = TokenBucket(byte_rate, byte_rate, clock)
+        self.meter = RateMeter(clock)
+        self.throttled: collections.Counter[str] = collections.Counter()  # 429s by lane
+        self.hold_until = clock() + rand() * self.jitter
+        self.down = False  # the receiver is unreachable or failing (not throttling)
+        self._backlog_at = float("-inf")  # when the backlog last went out
+        self._per_row = 0.0  # samples per spooled row, averaged, for the ETA
+
+    def held(self) -> float:
+        """Seconds the backlog must still wait (start-up or reconnect jitter)."""
+        with self.lock:
+            return max(0.0, self.hold_until - self.clock())
+
+    def reserve(self, samples: int, nbytes: int) -> float:
+        """Seconds to wait before a backlog request's first attempt; counted as sent."""
+        with self.lock:
+            self._backlog_at = self.clock()
+            return max(self.samples.take(samples), self.bytes.take(nbytes))
+
+    def seen(self, samples: int) -> None:
+        """A row read from the spool (for the ETA's estimate of what is spooled)."""
+        with self.lock:
+            self._per_row = samples if not self._per_row else 0.9 * self._per_row + 0.1 * samples
+
+    def ok(self, samples: int, backlog: bool) -> bool:
+        """A 2xx; True when it ends an outage (the backlog then waits its jitter)."""
+        with self.lock:
+            self.meter.add(samples)
+            if backlog:
+                self.rate.succeeded()
+                self.samples.set_rate(self.rate.limit, self.rate.limit)
+            if not self.down:
+                return False
+            self.down = False
+            self.hold_until = self.clock() + self.rand() * self.jitter
+            return True
+
+    def failed(self, outcome: Outcome, lane: str, sent_at: float) -> None:
+        """A failed attempt: a 429 lowers the backlog's rate and spends its burst (the next
+        request waits its time at the new rate); anything else is an outage."""
+        with self.lock:
+            if outcome.code != "429":
+                self.down = True
+                return
+            self.throttled[lane] += 1
+            if self.rate.throttled(sent_at):
+                self.samples.set_rate(self.rate.limit, self.rate.limit)
+            self.samples.tokens = min(self.samples.tokens, 0.0)
+
+    def retry_after(self, outcome: Outcome, backlog: bool) -> float | None:
+        """The Retry-After a retry honours (None: the backoff's own delay).
+
+        With the adaptive rate, a 429's is not honoured for the backlog: Mimir's does not know
+        the tenant's budget, it grows with every retry of a request (3 s, 6 s, 12 s, ...), and
+        honoured it makes a throttled backlog crawl far below the tenant's limit. The lowered
+        rate is the backoff instead: the request waits the ordinary backoff, then its place in
+        the token bucket at the new rate. A fresh request throttled while the node's backlog
+        goes out retries on the backoff too (30 ms doubling), as the backlog is what gives
+        way; a fresh request of a node without a backlog honours it as before."""
+        ra = outcome.retry_after
+        if outcome.code != "429" or not self.rate.adaptive:
+            return ra
+        with self.lock:
+            draining = self.clock() - self._backlog_at < RATE_WINDOW
+        return None if backlog or draining else ra
+
+    def readings(self, requests: int, backlog: bool) -> list[Reading]:
+        """The limit, the 429s, and the backlog's ETA (`requests` spooled, whether any of
+        them is older than the fresh cycles)."""
+        with self.lock:
+            limit = self.rate.limit
+            rate = limit or self.meter.rate()
+            samples = requests * self._per_row
+            throttled = dict(self.throttled)
+        eta = 0.0
+        if backlog:
+            eta = samples / rate if rate > 0 else math.inf
+        out = [
+            reading("pusher_backlog_rate_limit_samples_per_second", limit),
+            reading("pusher_backlog_eta_seconds", eta),
+        ]
+        for lane in sorted(set(throttled) | {"backlog", "fresh"}):
+            out.append(reading("pusher_throttled_requests_total", throttled.get(lane, 0),
+                               (("lane", lane),)))  # fmt: skip
+        return out
 
 
 class ProtocolMemory:
@@ -226,7 +452,8 @@ class Delivery:
         self.protocol = protocol
         self.clock = clock
         self.on_limit = on_limit
-        self.stats = DeliveryStats()
+        self.pacer = BacklogPacer(rw, interval)
+        self.stats = DeliveryStats(pacing=self._pacing_readings)
         self.stopping = threading.Event()  # no new rows will come: return once empty
         self.deadline = float("inf")  # monotonic: give up sending then (the shutdown grace)
         self._wake: dict[str, threading.Event] = {}  # per lane: the spool has new data
@@ -276,8 +503,10 @@ class Delivery:
             since = self._fresh_since_ms()
         elif lane == "backlog":
             before = self._fresh_since_ms()
-        limit = self.rw.max_samples_per_send
-        return self.spool.peek(limit, since, before, claim=True)
+        rows = self.spool.peek(self.rw.max_samples_per_send, since, before, claim=True)
+        for r in rows:
+            self.pacer.seen(r.samples)
+        return rows
 
     def _fresh_since_ms(self) -> int:
         """Rows from the last two cycles count as fresh."""
@@ -305,6 +534,10 @@ class Delivery:
         fresh lane's rows aged into the backlog lane's while it was retrying them."""
         parts = _parts(rows)
         attempt = 0
+        pace = True  # the next backlog request takes its place under the rate limits
+        backlog = lane == "backlog" or (
+            lane == "all" and max(r.ts_ms for r in rows) < self._fresh_since_ms()
+        )
         backoff = Backoff(self.rw.min_backoff, self.rw.max_backoff)
         self._rejections.flush()
         while parts:
@@ -314,13 +547,18 @@ class Delivery:
             if attempt:
                 with self.stats.lock:
                     self.stats.retried += part.samples
+            if backlog and not self._pace(part, pace):
+                return "deadline"
+            sent_at = self.pacer.clock()
             outcome = self._post(part, attempt)
             if outcome.kind == "unsupported" and self.protocol.choice == "auto":
                 self.protocol.fall_back(outcome)
                 continue  # the same part again, as 1.0
             if outcome.kind in ("retry", "hold", "unsupported"):
+                self.pacer.failed(outcome, "backlog" if backlog else "fresh", sent_at)
+                pace = outcome.code == "429"  # a throttled request queues again, at the new rate
                 attempt += 1
-                wait = self._wait_after(outcome, backoff)
+                wait = self._wait_after(outcome, backoff, backlog)
                 if wait != "done":
                     return wait
                 if lane == "fresh" and max(r.ts_ms for r in rows) < self._fresh_since_ms():
@@ -328,10 +566,26 @@ class Delivery:
                 continue
             parts[0:1] = self._settle(part, outcome)
             if outcome.kind == "ok":
-                attempt = 0
+                attempt, pace = 0, True
                 backoff.start_over()
+                self.pacer.ok(part.samples, backlog)
         self.spool.remove(rows)
         return "done"
+
+    def _pace(self, part: Request, pace: bool) -> bool:
+        """Before a backlog request: its jitter hold (not while stopping: the grace is for
+        sending), then, on a first attempt or after a 429, its place under the rate limits.
+        False when the shutdown deadline comes first."""
+        hold = 0.0 if self.stopping.is_set() else self.pacer.held()
+        if hold and not self._sleep(hold):
+            return False
+        wait = self.pacer.reserve(part.samples, len(part.body)) if pace else 0.0
+        return not wait or self._sleep(wait)
+
+    def _pacing_readings(self) -> list[Reading]:
+        requests, _, oldest = self.spool.stats()
+        backlog = oldest is not None and oldest < self._fresh_since_ms()
+        return self.pacer.readings(requests, backlog)
 
     def _post(self, part: Request, attempt: int) -> Outcome:
         start = time.monotonic()
@@ -365,10 +619,11 @@ class Delivery:
             self.stats.last_success = self.clock()
         return []
 
-    def _wait_after(self, outcome: Outcome, backoff: Backoff) -> Result:
+    def _wait_after(self, outcome: Outcome, backoff: Backoff, backlog: bool) -> Result:
         """Wait before sending the same part again; "deadline" when there is no time."""
         if outcome.kind == "retry":
-            delay = backoff.retry_delay(outcome.retry_after)
+            retry_after = self.pacer.retry_after(outcome, backlog)
+            delay = backoff.retry_delay(retry_after)
             self._log_retry(outcome, delay)
         else:
             if outcome.kind == "unsupported":  # protocol: v2 and a 1.x receiver

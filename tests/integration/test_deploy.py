@@ -61,6 +61,7 @@ ALERT_NAMES = {
     "LibvirtPusherNotDelivering",
     "LibvirtPusherEndpointNotDelivering",
     "LibvirtPusherBacklogGrowing",
+    "LibvirtPusherBacklogDrainSlow",
     "LibvirtPusherSamplesDropped",
     "LibvirtPusherRequestsRejected",
     "LibvirtDown",

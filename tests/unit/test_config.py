@@ -167,6 +167,10 @@ remote_write:
     username: edge-1
     password_file: ${PKI}/password
   proxy_url: http://proxy.example:3128
+  backlog_rate_limit: 2500
+  backlog_bytes_rate_limit: 1MiB
+  adaptive_rate: false
+  reconnect_jitter: 30s
 external_labels:
   region: eu-west
   dc: ams1
@@ -225,6 +229,10 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.remote_write.basic_auth.username == "edge-1"
     assert cfg.remote_write.basic_auth.password_file == f"{pki}/password"
     assert cfg.remote_write.proxy_url == "http://proxy.example:3128"
+    assert cfg.remote_write.backlog_rate_limit == 2500.0
+    assert cfg.remote_write.backlog_bytes_rate_limit == 2**20
+    assert cfg.remote_write.adaptive_rate is False
+    assert cfg.remote_write.reconnect_jitter == 30.0
     assert dict(cfg.external_labels) == {"region": "eu-west", "dc": "ams1", "host": "node-1"}
     assert cfg.buffer.path == "/srv/spool"
     assert cfg.buffer.max_bytes == 512 * 2**20
@@ -577,6 +585,14 @@ def test_unset_env_variable_names_the_key_and_the_variable(text: str, key: str) 
         ("remote_write: {max_sample_age: -1h}", "remote_write.max_sample_age"),
         ("remote_write: {min_backoff: 10s, max_backoff: 1s}", "remote_write.min_backoff"),
         ("remote_write: {min_backoff: 6s}", "remote_write.min_backoff"),  # default max is 5s
+        ("remote_write: {backlog_rate_limit: -1}", "remote_write.backlog_rate_limit"),
+        ("remote_write: {backlog_rate_limit: '5k'}", "remote_write.backlog_rate_limit"),
+        ("remote_write: {backlog_rate_limit: .inf}", "remote_write.backlog_rate_limit"),
+        ("remote_write: {backlog_rate_limit: true}", "remote_write.backlog_rate_limit"),
+        ("remote_write: {backlog_bytes_rate_limit: 1XB}", "remote_write.backlog_bytes_rate_limit"),
+        ("remote_write: {adaptive_rate: 1}", "remote_write.adaptive_rate"),
+        ("remote_write: {reconnect_jitter: -5s}", "remote_write.reconnect_jitter"),
+        ("remote_write: {reconnect_jitter: intervals}", "remote_write.reconnect_jitter"),
         ("buffer: {max_bytes: 1XB}", "buffer.max_bytes"),
         ("buffer: {max_bytes: -1}", "buffer.max_bytes"),
         ("nova: {series_labels: [instance_name, hostname]}", "nova.series_labels"),
