@@ -867,6 +867,21 @@ _SWITCHED_SERIES = (
 )
 
 
+def _markdown_row(m: Metric) -> str:
+    """One metric's row of docs/metrics.md: where its value comes from, in the key column."""
+    labels = ", ".join(f"`{x}`" for x in m.labels) or "—"
+    source = f"`{m.source}`" if m.source else m.scope
+    if m.name in XML_SERIES:
+        source = "domain XML"
+    if m.name in EVENT_SERIES:
+        source = "job-completed event"
+    if m.source.startswith("placement."):
+        source = "`virDomainGetVcpus`"
+    if m.source in DERIVED_KEYS:
+        source = " minus ".join(f"`{k}`" for k in DERIVED_KEYS[m.source])
+    return f"| `{m.name}` | {m.type} | {m.unit or '—'} | {labels} | {source} | {m.help} |"
+
+
 def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
     """docs/metrics.md, generated from the table."""
     lines = [
@@ -903,20 +918,7 @@ def markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         "| name | type | unit | labels | libvirt key | help |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for m in metrics:
-        labels = ", ".join(f"`{x}`" for x in m.labels) or "—"
-        source = f"`{m.source}`" if m.source else m.scope
-        if m.name in XML_SERIES:
-            source = "domain XML"
-        if m.name in EVENT_SERIES:
-            source = "job-completed event"
-        if m.source.startswith("placement."):
-            source = "`virDomainGetVcpus`"
-        if m.source in DERIVED_KEYS:
-            source = " minus ".join(f"`{k}`" for k in DERIVED_KEYS[m.source])
-        lines.append(
-            f"| `{m.name}` | {m.type} | {m.unit or '—'} | {labels} | {source} | {m.help} |"
-        )
+    lines.extend(_markdown_row(m) for m in metrics)
     return "\n".join(lines) + "\n"
 
 
