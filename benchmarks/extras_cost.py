@@ -20,17 +20,9 @@ from typing import Any
 import libvirt
 from host_cost import RO_URI, induced_ms
 
+from pusher.collect import STATS_GROUPS
 from pusher.placement import read_placement
 from pusher.pools import StoragePools
-
-GROUPS = (
-    libvirt.VIR_DOMAIN_STATS_STATE
-    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
-    | libvirt.VIR_DOMAIN_STATS_BALLOON
-    | libvirt.VIR_DOMAIN_STATS_VCPU
-    | libvirt.VIR_DOMAIN_STATS_INTERFACE
-    | libvirt.VIR_DOMAIN_STATS_BLOCK
-)
 
 
 def main() -> None:
@@ -45,12 +37,12 @@ def main() -> None:
     doms = [conn.lookupByName(n) for n in args.domains]
     pools = StoragePools()
     nowait = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
-    vm = GROUPS | libvirt.VIR_DOMAIN_STATS_VM
+    vm = STATS_GROUPS | libvirt.VIR_DOMAIN_STATS_VM
     calls: dict[str, Callable[[], Any]] = {
         f"storage pools ({len(pools.read(conn))} pools)": lambda: pools.read(conn),
         f"vCPU placement, {len(doms)} domain(s)": lambda: [read_placement(d) for d in doms],
         f"default groups, {len(doms)} domain(s)": lambda: conn.domainListGetStats(
-            doms, GROUPS, nowait
+            doms, STATS_GROUPS, nowait
         ),
         f"default groups + vm, {len(doms)} domain(s)": lambda: conn.domainListGetStats(
             doms, vm, nowait
