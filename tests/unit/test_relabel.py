@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from test_series import domain, stats
 
 from pusher import cli
 from pusher.catalog import LabelLimits, series_labels
@@ -241,14 +242,6 @@ def test_limits_apply_to_relabeled_labels_added_ones_go_first() -> None:
 INFO = DomainInfo(nova=NovaInstance(name="web-1", project_uuid="p-1", user_uuid="us-1"))
 
 
-def stats(disks: int = 1) -> dict[str, object]:
-    s: dict[str, object] = {"state.state": 1, "cpu.time": 5_000_000_000, "vcpu.0.time": 10}
-    for i in range(disks):
-        s[f"block.{i}.name"] = f"vd{'abc'[i]}"
-        s[f"block.{i}.rd.bytes"] = 1000 * (i + 1)
-    return s
-
-
 def planner(rules: str, labels: str = "[project_uuid, user_uuid]") -> Planner:
     tree = yaml.safe_load(f"nova: {{series_labels: {labels}}}\nrelabel_configs: {rules}")
     return Planner.from_config(from_mapping(tree, env={}, hostname="cn1"))
@@ -259,7 +252,7 @@ def snap(*domains: DomainStats, ts: int = 1000) -> Snapshot:
 
 
 def d(uuid: str, st: dict[str, object] | None = None, info: DomainInfo = INFO) -> DomainStats:
-    return DomainStats(f"instance-{uuid}", uuid, st or stats(), info)
+    return domain(uuid, st or stats(), info)
 
 
 def all_series(cycle: Cycle) -> list[dict[str, str]]:
