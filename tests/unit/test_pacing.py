@@ -19,6 +19,7 @@ from pusher.delivery import (
     AdaptiveRate,
     BacklogPacer,
     Delivery,
+    Lane,
     RateMeter,
     TokenBucket,
 )
@@ -226,6 +227,23 @@ def test_the_eta_is_the_backlog_over_the_effective_rate() -> None:
 # --- delivery holding the backlog to them --------------------------------------------------
 
 
+def drain_until_sent(
+    d: Delivery, t: ScriptedTransport, n: int, lanes: tuple[Lane, ...] = ("all",)
+) -> None:
+    """Run `lanes` on their threads until `t` got `n` requests (5 s at most), then stop them."""
+    threads = [threading.Thread(target=d.drain, args=(lane,)) for lane in lanes]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(t.sent) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        d.stop(time.monotonic() + 1)
+        for thread in threads:
+            thread.join()
+
+
 def gaps(t: ScriptedTransport) -> list[float]:
     return [b - a for a, b in zip(t.at, t.at[1:], strict=False)]
 
@@ -318,17 +336,7 @@ def test_the_backlog_waits_its_jitter_and_fresh_cycles_do_not(spool: Spool) -> N
     put(spool, 10, age=600, name="old")
     put(spool, 10, age=0, name="new")
     start = time.monotonic()
-    lanes = [threading.Thread(target=d.drain, args=(lane,)) for lane in ("fresh", "backlog")]
-    for lane in lanes:
-        lane.start()
-    try:
-        deadline = time.monotonic() + 5
-        while len(t.sent) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        d.stop(time.monotonic() + 1)
-        for lane in lanes:
-            lane.join()
+    drain_until_sent(d, t, 2, ("fresh", "backlog"))
     assert t.at[0] - start < 0.3  # the fresh cycle at once
     assert t.at[1] - start >= 0.55  # the backlog after the jitter
     assert spool.stats()[0] == 0
@@ -341,13 +349,5 @@ def test_after_an_outage_the_backlog_waits_its_jitter_again(spool: Spool) -> Non
     d.pacer.hold_until = 0.0  # the start-up hold is over
     put(spool, 10, age=600)
     put(spool, 10, age=500)
-    thread = threading.Thread(target=d.drain)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 5
-        while len(t.sent) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        d.stop(time.monotonic() + 1)
-        thread.join()
+    drain_until_sent(d, t, 3)
     assert len(t.sent) == 3 and gaps(t)[1] >= 0.45  # down, back, then the held backlog
