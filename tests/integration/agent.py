@@ -46,6 +46,14 @@ def run_once(config: Path, *extra: str, timeout: float = 60) -> subprocess.Compl
     )
 
 
+def assert_promtool_accepts(exposition: str) -> None:
+    """`promtool check metrics` finds nothing wrong with a `--dry-run`'s text exposition."""
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True
+    )
+    assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
+
+
 class AgentProcess:
     """The agent in serve mode, in the background; its log goes to a file.
 

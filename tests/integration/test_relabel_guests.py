@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
-from agent import run_once, write_config
+from agent import assert_promtool_accepts, run_once, write_config
 from guests import Guest
 from receiver import Receiver
 
@@ -51,10 +50,7 @@ def test_dry_run_on_real_guests_gives_cloudkitty_labels(
             assert labels["project_id"] == g["project_uuid"], labels
             assert labels["user_id"] == g["user_uuid"], labels
             assert labels["id"] == labels["uuid"] == g["uuid"], labels
-    lint = subprocess.run(
-        ["promtool", "check", "metrics"], input=result.stdout, capture_output=True, text=True
-    )
-    assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
+    assert_promtool_accepts(result.stdout)
 
 
 def test_relabeled_series_reach_the_receiver_and_drops_are_counted(
