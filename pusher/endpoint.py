@@ -1,7 +1,7 @@
 """Endpoints: one remote-write destination each, with a spool, a delivery and lanes of its own.
 
-The collecting thread writes every cycle into every endpoint's spool (`put`): one copy per
-endpoint, so the disk holds up to `buffer.max_bytes` per endpoint. Each endpoint's lanes
+The collecting thread writes every cycle into every endpoint's spool (`put_cycle`): one copy
+per endpoint, so the disk holds up to `buffer.max_bytes` per endpoint. Each endpoint's lanes
 drain its own spool with its own sender, so an endpoint that is down, slow or throttled keeps
 its backlog (and counts what its byte cap drops) without delaying the others. An endpoint's
 numbers are reported with an `endpoint` label, its log lines (with several endpoints) name it.
@@ -16,12 +16,11 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from pusher.catalog import Reading
 from pusher.config import Config, RemoteWriteConfig
 from pusher.delivery import Delivery, Lane, ProtocolMemory, Transport
-from pusher.encode import Request
 from pusher.series import Cycle
 from pusher.spool import Spool, SpoolError
 
@@ -89,16 +88,10 @@ class Endpoint:
     def put_cycle(self, cycle: Cycle, metadata: bool) -> None:
         """Spool one cycle as records (its requests are built when read) and wake the lanes;
         `metadata`: its requests carry the metric metadata."""
-        rw = self.rw
         _working_for(
             self.name, self.spool.put_cycle, cycle.ts_ms, cycle.plans, cycle.samples,
-            self.protocol.current, metadata, rw.max_samples_per_send,
+            self.protocol.current, metadata, self.rw.max_samples_per_send,
         )  # fmt: skip
-        self.delivery.wake()
-
-    def put(self, requests: Sequence[Request]) -> None:
-        """Spool one cycle's requests and wake the lanes."""
-        _working_for(self.name, self.spool.put, requests)
         self.delivery.wake()
 
     def take_drops(self) -> None:
