@@ -99,6 +99,11 @@ def _text(el: ET.Element | None) -> str:
     return el.text.strip()
 
 
+def _attr(el: ET.Element | None, name: str) -> str:
+    """An attribute's value without surrounding whitespace; "" when the element is missing."""
+    return "" if el is None else el.get(name, "").strip()
+
+
 def _version_key(ns: str) -> tuple[int, int]:
     m = _VERSION.match(ns[len(NOVA_NS_PREFIX) :])
     return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
@@ -124,29 +129,28 @@ def _parse_instance(inst: ET.Element, ns: str) -> NovaInstance:
     ports_el = child(inst, "ports")
     if ports_el is not None:
         for port in ports_el.findall(f"{{{ns}}}port"):
-            ips = (str(ip.get("address", "")).strip() for ip in port.findall(f"{{{ns}}}ip"))
-            uuid = str(port.get("uuid", "")).strip()
-            ports.append((uuid, tuple(i for i in ips if i)))
+            ips = (_attr(ip, "address") for ip in port.findall(f"{{{ns}}}ip"))
+            ports.append((_attr(port, "uuid"), tuple(i for i in ips if i)))
     return NovaInstance(
         ns_version=ns[len(NOVA_NS_PREFIX) :],
         package_version=(package.get("version", "") if package is not None else ""),
         name=_text(child(inst, "name")),
         creation_time=_text(child(inst, "creationTime")),
-        flavor_name=(flavor.get("name", "") if flavor is not None else "").strip(),
-        flavor_id=(flavor.get("id", "") if flavor is not None else "").strip(),
+        flavor_name=_attr(flavor, "name"),
+        flavor_id=_attr(flavor, "id"),
         memory_mib=_text(child(flavor, "memory")),
         disk_gib=_text(child(flavor, "disk")),
         swap_mib=_text(child(flavor, "swap")),
         ephemeral_gib=_text(child(flavor, "ephemeral")),
         vcpus=_text(child(flavor, "vcpus")),
         extra_specs=tuple(specs),
-        image_uuid=(image.get("uuid", "") if image is not None else "").strip(),
+        image_uuid=_attr(image, "uuid"),
         user_name=_text(user),
-        user_uuid=(user.get("uuid", "") if user is not None else "").strip(),
+        user_uuid=_attr(user, "uuid"),
         project_name=_text(project),
-        project_uuid=(project.get("uuid", "") if project is not None else "").strip(),
-        root_type=(root.get("type", "") if root is not None else "").strip(),
-        root_uuid=(root.get("uuid", "") if root is not None else "").strip(),
+        project_uuid=_attr(project, "uuid"),
+        root_type=_attr(root, "type"),
+        root_uuid=_attr(root, "uuid"),
         ports=tuple(ports),
     )
 
@@ -201,7 +205,7 @@ def _device_labels(
         dev = target.get("dev", "") if target is not None else ""
         # Nova plugs an Open vSwitch port with the Neutron port's id as its interface id.
         params = iface.find("virtualport/parameters")
-        interface_id = (params.get("interfaceid") or "").strip() if params is not None else ""
+        interface_id = _attr(params, "interfaceid")
         if dev and interface_id:
             out.append((dev, (("port_id", interface_id[:256]),)))
         # Otherwise: Nova names a port's tap device "tap" + the first 11 characters of its id.
