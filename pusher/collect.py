@@ -87,6 +87,12 @@ LIVE_STATES = (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED)  # states that can have a 
 JOB_WORKERS = 4
 # Bulk stats calls left hanging (by stuck guests) before the agent stops starting new ones.
 MAX_PENDING_CALLS = 3
+# Beyond its own deadline, the per-domain fallback may take this many seconds more (or one
+# collect.timeout, if longer) before the cycle gives it up. Its listing and new domains' XML
+# wait for domains that libvirtd holds while it starts or tears a guest down, which on a loaded
+# host takes seconds (1.5 s was seen to be too short): a bound on a hung libvirtd, not a
+# deadline for a slow one, whose late snapshot is better than a gap and a false libvirt_up 0.
+FALLBACK_GRACE = 10.0
 
 
 def stats_flags(groups: Iterable[str]) -> int:
@@ -305,8 +311,11 @@ class DomainInfoCache:
             for gone in set(self._cache) - uuids:
                 del self._cache[gone]
 
-    def info(self, dom: Any, uuid: str, now: float) -> tuple[DomainInfo, int]:
-        """The domain's info, and 1 if its XML was read for it (0 if it came from the cache)."""
+    def info(self, dom: Any, uuid: str, now: float) -> tuple[DomainInfo | None, int]:
+        """The domain's info, and 1 if its XML was read for it (0 if it came from the cache).
+        None: the domain is gone and nothing is known of it (undefined while its record was
+        on the way: the undefine event dropped its cache entry); exported without its Nova
+        data it would change every label set of its series for its last cycle."""
         with self._lock:
             cached = self._cache.get(uuid)
             dirty = uuid in self._dirty
@@ -318,7 +327,9 @@ class DomainInfoCache:
         except libvirt.libvirtError as e:
             # Gone between the stats call and now, or a transient error: keep what we had.
             log.debug("cannot read XML of %s: %s", uuid, e)
-            return (cached[1] if cached else DomainInfo()), 1
+            if cached is not None:
+                return cached[1], 1
+            return (None if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN else DomainInfo()), 1
         info = parse_domain_xml(xml)
         if info.problems:
             self.metadata_errors += 1
@@ -657,9 +668,11 @@ class Collector:
         seen: set[str] = set()
         for dom, stats in records:
             uuid = dom.UUIDString()
-            seen.add(uuid)
             info, fetched = self._domains.info(dom, uuid, now)
             fetches += fetched
+            if info is None:  # undefined since the stats call
+                continue
+            seen.add(uuid)
             if self.vcpu_placement:
                 stats = self._with_placement(dom, stats)
             if self.kvm_totals:
@@ -726,6 +739,8 @@ class Collector:
                 uuid = dom.UUIDString()
                 info, fetched = self._domains.info(dom, uuid, now)
                 fetches += fetched
+                if info is None:  # undefined since the stats call
+                    continue
                 if self.job_info:  # no job calls here: the last answer stands
                     stats = self._follow_ups.with_job(uuid, stats)
                 if self.kvm_totals:
@@ -757,14 +772,19 @@ class DeadlineCollector:
     call has returned.
     """
 
-    def __init__(self, collector: Collector, timeout: float) -> None:
+    def __init__(
+        self, collector: Collector, timeout: float, fallback_grace: float = FALLBACK_GRACE
+    ) -> None:
         self.collector = collector
         self.timeout = timeout
+        self.fallback_grace = max(timeout, fallback_grace)
         self.stuck: set[str] = set()  # uuids whose stats calls hang
         self.errors = 0
         self.last_error = ""  # why the last collection failed; "" when it succeeded
         self.duration = 0.0  # seconds the last collection took
         self._pool = DaemonPool(MAX_PENDING_CALLS, "libvirt")
+        self._each_pool = DaemonPool(1, "libvirt-fallback")
+        self._fallback: concurrent.futures.Future[tuple[Snapshot, set[str]]] | None = None
         self._pending: list[concurrent.futures.Future[Snapshot]] = []
 
     def collect(self) -> Snapshot | None:
@@ -798,13 +818,33 @@ class DeadlineCollector:
             return bulk.result(timeout=half)
         except concurrent.futures.TimeoutError:
             self._pending.append(bulk)
-        snapshot, stuck = self.collector.collect_each(half, skip=self.stuck)
+        snapshot, stuck = self._collect_each(half)
         new = stuck - self.stuck
         if new:
             log.warning("libvirt stats did not answer within %gs for %d domain(s): %s",
                         half, len(new), ", ".join(sorted(new)))  # fmt: skip
         self.stuck |= stuck
         return snapshot
+
+    def _collect_each(self, half: float) -> tuple[Snapshot, set[str]]:
+        """The fallback, on a thread of its own: its listing and connection calls can hang
+        too (libvirtd holds a domain that is being destroyed while QEMU is reaped, or is
+        itself stuck), and the cycle must not hang with them."""
+        if self._fallback is not None and not self._fallback.done():
+            raise LibvirtUnavailable("the last per-domain fallback has not returned")
+        self._fallback = self._each_pool.submit(self.collector.collect_each, half, set(self.stuck))
+        wait = half + self.fallback_grace
+        start = time.monotonic()
+        try:
+            result = self._fallback.result(timeout=wait)
+        except concurrent.futures.TimeoutError:
+            raise LibvirtUnavailable(
+                f"libvirt did not answer the per-domain fallback within {wait:g}s"
+            ) from None
+        took = time.monotonic() - start
+        if took > half:
+            log.info("the per-domain fallback took %.2fs, past its %gs", took, half)
+        return result
 
     def readings(self) -> list[Reading]:
         return [
@@ -818,6 +858,7 @@ class DeadlineCollector:
         seconds: closing talks to libvirtd (event deregistrations), which a stuck guest's
         calls can keep busy, and an agent that is stopping must not wait on that."""
         self._pool.shutdown()
+        self._each_pool.shutdown()
         closing = threading.Thread(target=self.collector.close, name="libvirt-close", daemon=True)
         closing.start()
         closing.join(wait)

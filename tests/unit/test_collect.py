@@ -132,3 +132,29 @@ def test_the_pool_runs_calls_and_hands_back_results_and_errors() -> None:
             pool.submit(divmod, 1, 0).result(5)
     finally:
         pool.shutdown()
+
+
+class XmlDom:
+    """A domain whose XML read fails as libvirt answers for one undefined meanwhile."""
+
+    def __init__(self, error: libvirt.libvirtError) -> None:
+        self.error = error
+
+    def UUIDString(self) -> str:
+        return "u-gone"
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        raise self.error
+
+
+def test_a_domain_undefined_since_its_stats_call_is_left_out_not_stripped_of_nova() -> None:
+    from pusher.collect import DomainInfoCache
+
+    cache = DomainInfoCache(refresh_interval=3600)
+    gone = XmlDom(refusal(libvirt.VIR_ERR_NO_DOMAIN))
+    assert cache.info(gone, "u-gone", 1.0) == (None, 1)
+    # Another error is no sign that it is gone: exported, without what could not be read.
+    assert cache.info(XmlDom(refusal(libvirt.VIR_ERR_INTERNAL_ERROR)), "u-gone", 1.0) == (
+        DomainInfo(),
+        1,
+    )

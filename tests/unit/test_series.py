@@ -282,6 +282,82 @@ def test_a_stuck_domain_that_goes_away_ends_its_timeouts_series() -> None:
     assert not [v for (n, _, _), v in agent.collect_cycle().samples if is_stale(v)]  # once
 
 
+def test_a_fallback_that_hangs_too_ends_the_cycle_on_time_as_a_collection_error() -> None:
+    """libvirtd itself not answering (or holding a domain while it is destroyed): the bulk
+    call and the fallback's listing both hang; the cycle still ends, counting an error, and
+    the next one does not start a second fallback beside the hung one."""
+    import threading
+    import time as _time
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    class Hung(FakeCollector):
+        def collect(self) -> Snapshot:
+            release.wait(30)
+            return super().collect()
+
+        def collect_each(self, timeout: float, skip: set[str]) -> tuple[Snapshot, set[str]]:
+            calls.append("each")
+            release.wait(30)  # listAllDomains waiting on libvirtd
+            return Snapshot(self.ts, [], 0.0, 0), set()
+
+    agent = agent_for([[domain("u1", stats(), WEB)]], timeout="1s")
+    agent.collection.fallback_grace = 1.0  # FALLBACK_GRACE's 10 s, shortened for the test
+    agent.collect_cycle()
+    agent.collection.collector = Hung([[], []])  # type: ignore[assignment]
+    try:
+        for expected in (
+            "libvirt did not answer the per-domain fallback within 1.5s",
+            "the last per-domain fallback has not returned",
+        ):
+            start = _time.monotonic()
+            cycle = agent.collect_cycle()
+            took = _time.monotonic() - start
+            assert took < 2.5, took
+            up = [v for (name, _, _), v in cycle.samples if name == "libvirt_up"]
+            assert up == [0.0]
+            assert agent.collection.last_error == expected
+        assert agent.collection.errors == 2
+        assert calls == ["each"]  # the second cycle did not stack another fallback
+    finally:
+        release.set()
+
+
+def test_a_fallback_slower_than_its_half_still_gives_the_cycle_its_snapshot() -> None:
+    """libvirtd busy starting or reaping a guest answers the listing late: the fallback ends
+    past its own half, yet within the grace, and the cycle keeps its data (no gap, no error)."""
+    assert DeadlineCollector(None, 1.0).fallback_grace == 10.0  # type: ignore[arg-type]
+    assert DeadlineCollector(None, 12.0).fallback_grace == 12.0  # type: ignore[arg-type]
+    import threading
+    import time as _time
+
+    release = threading.Event()
+
+    class Slow(FakeCollector):
+        def collect(self) -> Snapshot:
+            release.wait(30)
+            return super().collect()
+
+        def collect_each(self, timeout: float, skip: set[str]) -> tuple[Snapshot, set[str]]:
+            # Past the half it was given and past half + timeout (1.5 s, once the bound: the
+            # churn of real guests took longer), well within the grace.
+            _time.sleep(2.0)
+            return super().collect(), set()
+
+    agent = agent_for([[domain("u1", stats(), WEB)]], timeout="1s")
+    agent.collect_cycle()
+    agent.collection.collector = Slow([[domain("u1", stats(), WEB)]])  # type: ignore[assignment]
+    try:
+        cycle = agent.collect_cycle()
+        up = [v for (name, _, _), v in cycle.samples if name == "libvirt_up"]
+        assert up == [1.0]
+        assert agent.collection.errors == 0 and agent.collection.last_error == ""
+        assert any("u1" in str(key) for key, _v in cycle.samples)  # the guest's series came
+    finally:
+        release.set()
+
+
 # --- filters, dropped labels and label limits ---------------------------------------------
 
 OPS = DomainInfo(nova=NovaInstance(name="db-1", project_name="ops", project_uuid="p-ops"))
