@@ -25,7 +25,7 @@ How a sample travels, one module per stage:
     sender      one HTTP POST of one body; the result carries the retry decision
     mimir       what Mimir's error answers say: its own error id, the limits it names (pure)
     health      the health file behind --health
-    agent       ticks on interval boundaries, runs the sending threads, stops cleanly
+    agent       ticks every interval at its offset, runs the sending threads, stops cleanly
     cli         the command line
 """
 

@@ -1,17 +1,21 @@
-"""The agent: collect on the interval's wall-clock boundaries, spool, send, stop cleanly.
+"""The agent: collect every interval at the node's own offset, spool, send, stop cleanly.
 
-Two kinds of thread. The collecting thread (the caller of `run`) ticks on multiples of
-`collect.interval`: it collects (`DeadlineCollector`), plans the cycle's series
-(`Planner`), adds the agent's own numbers, spools the cycle for every endpoint
-(`Endpoint.put_cycle`: each spool keeps it as records and builds the requests when they are
-read), and writes the health file. Each endpoint's sending lanes
-(`Delivery.drain`, one thread each) drain its spool oldest first. On stop the lanes get
+Two kinds of thread. The collecting thread (the caller of `run`) ticks every
+`collect.interval` on the wall clock, `collect.offset` past each multiple of it (by default
+a share of the interval drawn from the `host` label, so that a fleet's nodes do not all push
+in the same second, as Prometheus spreads its scrapes). Each tick it collects
+(`DeadlineCollector`), plans the cycle's series (`Planner`), adds the agent's own numbers,
+spools the cycle for every endpoint (`Endpoint.put_cycle`: each spool keeps it as records and
+builds the requests when they are read), and writes the health file. Each endpoint's sending
+lanes (`Delivery.drain`, one thread each) drain its spool oldest first. On stop the lanes get
 `shutdown_grace` to send what is left; the rest stays in the spools for the next start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +30,7 @@ from pusher.health import LibvirtStreak, write_health
 from pusher.series import Cycle, Planner
 from pusher.spool import Spool
 
-__all__ = ["Agent", "BuildInfo", "own_samples"]
+__all__ = ["Agent", "BuildInfo", "configured_offset", "cycle_offset", "next_tick", "own_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,27 @@ log = logging.getLogger(__name__)
 def own_samples(reporters: Iterable[Reporter], external: catalog.LabelPairs) -> list[Sample]:
     """The agent's own numbers as samples: every reporter's readings, external labels on."""
     return [((name, own, external), value) for r in reporters for name, own, value in r.readings()]
+
+
+def cycle_offset(offset: float, interval: float, host: str) -> float:
+    """Seconds past each multiple of `interval` at which cycles start: `offset` when set
+    (>= 0), else a share of the interval drawn from `host`, the same on every start of the
+    node and spread evenly over a fleet's nodes."""
+    if offset >= 0:
+        return offset
+    digest = hashlib.sha256(host.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * interval
+
+
+def configured_offset(cfg: Config) -> float:
+    """The node's `cycle_offset` as its config sets it, the host drawn from its `host` label."""
+    host = cfg.external_labels.get("host", "")
+    return cycle_offset(cfg.collect.offset, cfg.collect.interval, host)
+
+
+def next_tick(now: float, interval: float, offset: float) -> float:
+    """The first cycle start after `now`."""
+    return offset + (math.floor((now - offset) / interval) + 1) * interval
 
 
 class BuildInfo:
@@ -147,14 +172,16 @@ class Agent:
     # --- the threads
 
     def run(self) -> None:
-        """Collect on every interval boundary until `stop()`, then drain within the grace."""
+        """Collect every interval at the node's offset until `stop()`, then drain within the
+        grace."""
         self.start_sender()
         interval = self.cfg.collect.interval
+        offset = configured_offset(self.cfg)
+        log.info("collecting every %gs, %.3fs past each multiple of it", interval, offset)
         try:
             while not self.stop_event.is_set():
                 now = self.clock()
-                next_tick = (int(now / interval) + 1) * interval
-                if self.stop_event.wait(next_tick - now):
+                if self.stop_event.wait(next_tick(now, interval, offset) - now):
                     break
                 try:
                     self.run_cycle()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from pusher import __version__, config
-from pusher.agent import Agent, BuildInfo, own_samples
+from pusher.agent import Agent, BuildInfo, configured_offset, own_samples
 from pusher.catalog import Reporter
 from pusher.collect import Collector, DeadlineCollector
 from pusher.config import Config, ConfigError
@@ -87,8 +87,10 @@ def _summary(cfg: Config) -> str:
         for rw in cfg.endpoints
     )
     spool = f"spools under {cfg.buffer.path}" if several else f"spool {cfg.buffer.path}"
+    offset = configured_offset(cfg)
     return (
-        f"libvirt {cfg.libvirt.uri}, every {cfg.collect.interval:g}s -> {targets}; "
+        f"libvirt {cfg.libvirt.uri}, every {cfg.collect.interval:g}s at +{offset:.3f}s -> "
+        f"{targets}; "
         f"{spool}; external labels {labels}"
     )
 

@@ -438,6 +438,14 @@ def _jitter(v: Any) -> float:
     return parse_duration(v)
 
 
+def _offset(v: Any) -> float:
+    """A duration, or `host`: a share of the interval drawn from the `host` label (kept as
+    -1, resolved by the agent's `cycle_offset`)."""
+    if v == "host":
+        return -1.0
+    return parse_duration(v)  # refuses a negative one
+
+
 def _log_level(v: Any) -> str:
     s = _str(v).lower()
     if s not in _LOG_LEVELS:
@@ -499,6 +507,9 @@ class CollectConfig:
     interval: float = _key(15.0, _positive_duration)
     # Unset, the smaller of this and the interval (from_mapping): Prometheus' scrape_timeout.
     timeout: float = _key(10.0, _positive_duration)
+    # Where in the interval the cycles start: a fleet's nodes each at their own point, so that
+    # their pushes do not all reach the receiver in the same second.
+    offset: float = _key(-1.0, _offset)
     groups: tuple[str, ...] = _key(DEFAULT_STATS_GROUPS, _stats_groups)
     job_info: bool = _key(False, _bool)
     host_stats: bool = _key(False, _bool)
@@ -793,6 +804,8 @@ def _cross_check(cfg: Config, listed: bool = False) -> None:
         _check_transport(rw, where)
     if cfg.collect.timeout > cfg.collect.interval:
         raise ConfigError("collect.timeout", "must not exceed collect.interval")
+    if cfg.collect.offset >= cfg.collect.interval:
+        raise ConfigError("collect.offset", "must be less than collect.interval")
     # Labels the agent puts on its own series; an external label of the same name would be
     # overridden on some series and not on others.
     for name in cfg.external_labels:

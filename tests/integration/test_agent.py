@@ -144,10 +144,11 @@ def test_dry_run_from_real_guests_passes_promtool(guests: list[Guest], tmp_path:
     assert_promtool_accepts(result.stdout)
 
 
-def test_running_agent_pushes_on_interval_boundaries_and_stops_on_sigterm(
+def test_running_agent_pushes_at_its_offset_past_each_interval_and_stops_on_sigterm(
     guests: list[Guest], fresh_receiver: Receiver, tmp_path: Path
 ) -> None:
-    agent = AgentProcess(write_config(tmp_path, fresh_receiver.write_url), tmp_path / "agent.log")
+    config = write_config(tmp_path, fresh_receiver.write_url, collect={"offset": "400ms"})
+    agent = AgentProcess(config, tmp_path / "agent.log")
     selector = f'libvirt_domain_info_cpu_time_seconds_total{{domain="{guests[0]["name"]}"}}'
     try:
         wait_for(
@@ -163,10 +164,10 @@ def test_running_agent_pushes_on_interval_boundaries_and_stops_on_sigterm(
     (series,) = fresh_receiver.query(f"{selector}[1m]")
     stamps = [float(ts) for ts, _ in series["values"]]
     values = [float(v) for _, v in series["values"]]
-    # One cycle per second, taken just after each whole second of the wall clock (a loaded
-    # machine may delay one).
+    # One cycle per second, taken just after 0.4 s past each whole second of the wall clock (a
+    # loaded machine may delay one).
     assert all(0.4 < b - a < 1.6 for a, b in itertools.pairwise(stamps)), stamps
-    on_time = [ts for ts in stamps if (ts % 1.0) < 0.3]
+    on_time = [ts for ts in stamps if ((ts - 0.4) % 1.0) < 0.3]
     assert len(on_time) >= len(stamps) - 1, stamps
     assert values == sorted(values)  # a counter, delivered in order
     assert not any(math.isnan(v) for v in values)

@@ -121,6 +121,7 @@ libvirt:
 collect:
   interval: 1m
   timeout: 45s
+  offset: 30s
   groups: [state, cpu_total, perf, iothread, memory, dirtyrate, vm]
   job_info: true
   host_stats: true
@@ -209,6 +210,7 @@ def test_every_schema_key_is_read_from_yaml(pki_env: dict[str, str]) -> None:
     assert cfg.libvirt.uri == "qemu+ssh://root@kvm-1/system"
     assert cfg.collect.interval == 60.0
     assert cfg.collect.timeout == 45.0
+    assert cfg.collect.offset == 30.0
     assert cfg.remote_write.name == "regional"
     assert cfg.remote_write.url == "https://mimir.example.com/api/v1/push"
     assert cfg.remote_write.tenant == "edge-eu-1"
