@@ -7,17 +7,21 @@
 Each simulated node is the agent's real sending side: a real `Spool` (SQLite, its own
 directory) filled with `--outage` of backlog of `--guests` guests (the recorded snapshot,
 scaled, with the node's own `host` label), the agent's `Delivery` with its lanes on threads,
-and a real `Sender`. Every node keeps producing a fresh cycle every `--interval` seconds, on
-the same wall-clock boundaries as the agent, while it drains. All nodes start at the same
+and a real `Sender`. Every node keeps producing a fresh cycle every `--interval` seconds while
+it drains, when the agent would: at the interval's multiples in the `today` run, at the node's
+own offset (`collect.offset: host`) in the `new` one. All nodes start at the same
 instant (the moment a regional link comes back) against one real Grafana Mimir 3.0.3
 (tests/mimir.py) whose tenant has `ingestion_rate --rate` and `ingestion_burst_size --burst`,
 and an out-of-order window so that `backfill` order is possible.
 
-The fleet runs twice in one invocation, each on a tenant of its own:
+The fleet runs twice in one invocation (`--runs`), each on a tenant of its own:
 
     today  no cap, no adaptive rate, no jitter: Retry-After honoured in full (up to 10 min)
-    new    the defaults (adaptive rate, one interval of jitter) and a per-node backlog cap
-           (`--cap auto`: twice the node's share of what the fresh cycles leave of the rate)
+    new    the defaults (adaptive rate, one interval of jitter, each node's cycles at its own
+           offset in the interval) and a per-node backlog cap (`--cap auto`: twice the
+           node's share of what the fresh cycles leave of the rate)
+    spread today's sending with the new offsets alone (not run by default): what the
+           offsets do without the pacing
 
 Reported per run: the time until every node's backlog is in Mimir against the physical limit
 (everything sent ÷ the tenant's rate), 429s per sample delivered, samples lost (Mimir's own
@@ -47,6 +51,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 import requests  # noqa: E402
 from common import SERIES_LABELS, snapshot  # noqa: E402
 
+from pusher.agent import cycle_offset, next_tick  # noqa: E402
 from pusher.config import from_mapping, parse_duration  # noqa: E402
 from pusher.delivery import Delivery, Lane, ProtocolMemory  # noqa: E402
 from pusher.encode import EncoderV2  # noqa: E402
@@ -69,6 +74,7 @@ class WatchedSpool(Spool):
         self.backlog_rows = 0
         self.drained_at: float | None = None
         self.lateness: list[float] = []
+        self.acked: list[tuple[float, int]] = []  # (when, samples) of every row acknowledged
         self._watch = threading.Lock()
 
     def remove(self, rows: Any) -> None:
@@ -77,6 +83,7 @@ class WatchedSpool(Spool):
         now = time.time()
         with self._watch:
             for r in rows:
+                self.acked.append((now, r.samples))
                 if r.ts_ms < self.start_ms:
                     self.backlog_rows -= 1
                     if self.backlog_rows == 0:
@@ -98,6 +105,7 @@ class Node:
     delivery: Delivery
     encoder: EncoderV2
     samples: list[Any]
+    offset: float = 0.0  # where in the interval its cycles start
     spooled: int = 0
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -109,7 +117,7 @@ class Node:
 def rw_settings(run: str, url: str, tenant: str, args: argparse.Namespace, cap: float) -> dict:
     common = {"url": url, "tenant": tenant, "order": args.order, "max_sample_age": 0,
               "timeout": "10s", "max_samples_per_send": MAX_SAMPLES}  # fmt: skip
-    if run == "today":
+    if run in ("today", "spread"):
         return {**common, "adaptive_rate": False, "reconnect_jitter": 0}
     return {**common, "backlog_rate_limit": cap}
 
@@ -129,6 +137,8 @@ def make_nodes(
         delivery = Delivery(cfg.remote_write, args.interval, spool, sender, proto)
         samples = build_samples(base, SERIES_LABELS, (("cluster", "fleet"), ("host", name)))
         node = Node(name, spool, delivery, EncoderV2(MAX_SAMPLES), samples)
+        if run != "today":  # today's agent ticks on the interval's multiples on every node
+            node.offset = cycle_offset(-1.0, args.interval, name)
         cycles = int(args.outage / args.interval)
         first = (int(start / args.interval) - cycles) * args.interval
         for c in range(cycles):
@@ -138,17 +148,20 @@ def make_nodes(
 
 
 def produce(nodes: list[Node], interval: float, stop: threading.Event) -> None:
-    """Every node's fresh cycle on each wall-clock boundary, as the agent ticks."""
-    step = 10**6
+    """Every node's fresh cycle every interval at the node's offset, as the agent ticks."""
+    step = {n.name: 10**6 for n in nodes}
+    now = time.time()
+    due = {n.name: next_tick(now, interval, n.offset) for n in nodes}
     while not stop.is_set():
-        now = time.time()
-        tick = (int(now / interval) + 1) * interval
-        if stop.wait(tick - now):
+        tick = min(due.values())
+        if stop.wait(tick - time.time()):
             return
         for node in nodes:
-            node.put_cycle(int(tick * 1000), step, backlog=False)
-            node.delivery.wake()
-        step += 1
+            if due[node.name] <= tick:
+                node.put_cycle(int(due[node.name] * 1000), step[node.name], backlog=False)
+                node.delivery.wake()
+                step[node.name] += 1
+                due[node.name] += interval
 
 
 def lanes(order: str) -> list[Lane]:
@@ -258,7 +271,29 @@ def measure(
         "late_p50": pct(late, 0.5), "late_p99": pct(late, 0.99), "late_max": pct(late, 1.0),
         "late_over_interval": sum(1 for x in late if x > args.interval), "fresh_rows": len(late),
         "elapsed": end - t0, "backlog_over_rate": backlog / args.rate,
+        "timeline": timeline(nodes, t0, end),
     }  # fmt: skip
+
+
+TIMELINE_STEP = 10.0  # seconds per line of the timeline
+
+
+def timeline(nodes: list[Node], t0: float, end: float) -> list[tuple[float, float, int]]:
+    """Per TIMELINE_STEP from the start until the last backlog row went: (start of the step,
+    samples/s the fleet got acknowledged in it, nodes still draining at its end)."""
+    steps = max(1, int((end - t0) / TIMELINE_STEP + 0.999))
+    got = [0] * steps
+    for n in nodes:
+        for when, samples in n.spool.acked:
+            i = int((when - t0) / TIMELINE_STEP)
+            if 0 <= i < steps:
+                got[i] += samples
+    out = []
+    for i in range(steps):
+        at = t0 + (i + 1) * TIMELINE_STEP
+        draining = sum(1 for n in nodes if n.spool.drained_at is None or n.spool.drained_at > at)
+        out.append((i * TIMELINE_STEP, got[i] / TIMELINE_STEP, draining))
+    return out
 
 
 def stored_samples(mimir: Any, tenant: str, window: int) -> int:
@@ -301,6 +336,11 @@ def report(r: dict, args: argparse.Namespace) -> None:
     print(f"[{r['run']}]   CPU until drained: the {r['nodes']} nodes' process "
           f"{r['agent_cpu']:.1f}s ({r['agent_cpu'] / max(1, r['sent']) * 1e6:.1f} us per sample "
           f"sent), Mimir {r['mimir_cpu']:.1f}s", flush=True)  # fmt: skip
+    line = ", ".join(
+        f"{at:.0f}s {rate / args.rate:.0%} ({left})" for at, rate, left in r["timeline"]
+    )
+    print(f"[{r['run']}]   acknowledged per {TIMELINE_STEP:g}s, as a share of the tenant's rate "
+          f"(nodes still draining): {line}", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -312,7 +352,7 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=10_000, help="tenant ingestion_rate")
     ap.add_argument("--burst", type=int, default=10_000, help="tenant ingestion_burst_size")
     ap.add_argument("--cap", default="auto", help="new run's backlog_rate_limit per node")
-    ap.add_argument("--runs", default="today,new")
+    ap.add_argument("--runs", default="today,new", help="of today, new, spread")
     ap.add_argument("--order", choices=["backfill", "fifo"], default="backfill")
     ap.add_argument("--timeout", type=float, default=0.0, help="per run; 0: 2x physical + 60s")
     args = ap.parse_args()
@@ -332,12 +372,15 @@ def main() -> None:
           f"{args.interval:g}s; tenant ingestion_rate {args.rate:,}/s, burst {args.burst:,}; "
           f"fresh load ~{fresh_rate:,.0f} samples/s; new run's cap {cap:,.0f}/s per node; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    runs = args.runs.split(",")
+    if set(runs) - {"today", "new", "spread"}:
+        ap.error(f"--runs {args.runs!r}: each of today, new, spread")
     with tempfile.TemporaryDirectory(prefix="pusher-fleet-") as tmp:
         work = Path(tmp)
         mimir = Mimir(work / "mimir", overrides={})
         results = []
         try:
-            for run in args.runs.split(","):
+            for run in runs:
                 results.append(run_fleet(run, mimir, work, args, cap))
                 report(results[-1], args)
         finally:
