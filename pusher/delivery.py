@@ -5,7 +5,9 @@ A lane drains spool rows one batch at a time (`Delivery.drain`) and delivers eac
 
     ok           the rows leave the spool; a 2.0 receiver's shortfall is counted as dropped
     retry        the same request again after a backoff (30 ms doubling to 5 s, jittered),
-                 or after the receiver's Retry-After when it asks for a positive delay
+                 or after the receiver's Retry-After when it asks for a positive delay (a
+                 5xx's only up to `remote_write.max_backoff`); a request that goes through
+                 on another lane ends the wait (the receiver is back)
     hold         credentials or URL refused: keep everything, probe every 10 s to 5 min
     too_large    413, or Mimir's 400 for a body over its max_recv_msg_size: the request is
                  cut in halves, recursively
@@ -339,12 +341,12 @@ class BacklogPacer:
         """The Retry-After a retry honours (None: the backoff's own delay).
 
         With the adaptive rate, a 429's is not honoured for the backlog: Mimir's does not know
-        the tenant's budget, it grows with every retry of a request (3 s, 6 s, 12 s, ...), and
-        honoured it makes a throttled backlog crawl far below the tenant's limit. The lowered
-        rate is the backoff instead: the request waits the ordinary backoff, then its place in
-        the token bucket at the new rate. A fresh request throttled while the node's backlog
-        goes out retries on the backoff too (30 ms doubling), as the backlog is what gives
-        way; a fresh request of a node without a backlog honours it as before."""
+        the tenant's budget, it grows with every retry of a request (6 s doubling to 96 s,
+        ±50 %), and honoured it makes a throttled backlog crawl far below the tenant's limit.
+        The lowered rate is the backoff instead: the request waits the ordinary backoff, then
+        its place in the token bucket at the new rate. A fresh request throttled while the
+        node's backlog goes out retries on the backoff too (30 ms doubling), as the backlog is
+        what gives way; a fresh request of a node without a backlog honours it as before."""
         ra = outcome.retry_after
         if outcome.code != "429" or not self.rate.adaptive:
             return ra
@@ -457,6 +459,10 @@ class Delivery:
         self.stopping = threading.Event()  # no new rows will come: return once empty
         self.deadline = float("inf")  # monotonic: give up sending then (the shutdown grace)
         self._wake: dict[str, threading.Event] = {}  # per lane: the spool has new data
+        # Notified when a request goes through after failed ones, or on stop: a lane waiting
+        # to retry tries again at once (the receiver is back).
+        self._back = threading.Condition()
+        self._recoveries = 0
         self._rejections = RejectionLog()
         self._failing = 0  # failed attempts since the last success
         self._last_retry_log = float("-inf")
@@ -471,6 +477,8 @@ class Delivery:
         self.deadline = deadline
         self.stopping.set()
         self.wake()
+        with self._back:
+            self._back.notify_all()
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -568,7 +576,8 @@ class Delivery:
             if outcome.kind == "ok":
                 attempt, pace = 0, True
                 backoff.start_over()
-                self.pacer.ok(part.samples, backlog)
+                if self.pacer.ok(part.samples, backlog):
+                    self._receiver_back()
         self.spool.remove(rows)
         return "done"
 
@@ -619,11 +628,29 @@ class Delivery:
             self.stats.last_success = self.clock()
         return []
 
+    def _receiver_back(self) -> None:
+        """A request went through after failed ones: the other lane stops waiting."""
+        with self._back:
+            self._recoveries += 1
+            self._back.notify_all()
+
+    def _retry_after(self, outcome: Outcome, backlog: bool) -> float | None:
+        """The receiver's Retry-After as honoured (`BacklogPacer.retry_after` for a 429).
+
+        A 5xx's only up to `max_backoff`: a receiver that fails is an outage, not a throttle,
+        and Mimir scales its Retry-After from the request's Retry-Attempt (6 s doubling to
+        96 s), so after an outage of a minute the first 5xx of a Mimir starting up would keep
+        the node silent for up to a minute and a half after it is back."""
+        retry_after = self.pacer.retry_after(outcome, backlog)
+        if retry_after and outcome.code != "429":
+            return min(retry_after, self.rw.max_backoff)
+        return retry_after
+
     def _wait_after(self, outcome: Outcome, backoff: Backoff, backlog: bool) -> Result:
-        """Wait before sending the same part again; "deadline" when there is no time."""
+        """Wait before sending the same part again; "deadline" when there is no time. The
+        wait ends early when a request goes through on another lane."""
         if outcome.kind == "retry":
-            retry_after = self.pacer.retry_after(outcome, backlog)
-            delay = backoff.retry_delay(retry_after)
+            delay = backoff.retry_delay(self._retry_after(outcome, backlog))
             self._log_retry(outcome, delay)
         else:
             if outcome.kind == "unsupported":  # protocol: v2 and a 1.x receiver
@@ -631,16 +658,23 @@ class Delivery:
                 outcome = Outcome("hold", outcome.code, message=why)
             self._log_hold(outcome)
             delay = backoff.hold_delay(outcome.retry_after)
-        return "done" if self._sleep(delay) else "deadline"
+        return "done" if self._sleep(delay, until_back=True) else "deadline"
 
-    def _sleep(self, seconds: float) -> bool:
-        """Wait for a backoff; False when the shutdown deadline leaves no time for it."""
+    def _sleep(self, seconds: float, until_back: bool = False) -> bool:
+        """Wait for a backoff; False when the shutdown deadline leaves no time for it.
+        `until_back`: or until a request goes through on another lane."""
         if seconds >= self.remaining():
             return False
         if self.stopping.is_set():
             time.sleep(max(0.0, seconds))
-        else:
+        elif not until_back:
             self.stopping.wait(seconds)
+        else:
+            with self._back:
+                seen = self._recoveries
+                self._back.wait_for(
+                    lambda: self._recoveries != seen or self.stopping.is_set(), seconds
+                )
         return True
 
     def _split(self, part: Request, code: str) -> list[Request]:

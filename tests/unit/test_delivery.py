@@ -4,6 +4,7 @@ once, and the agent's cycle feeding it."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,67 @@ def test_retry_after_is_honoured(spool: Spool) -> None:
     drain(d)
     assert t.at[1] - t.at[0] >= 0.4
     assert d.stats.sent == 10
+
+
+def test_a_5xx_retry_after_is_honoured_up_to_max_backoff(spool: Spool) -> None:
+    # Mimir answers a 5xx with a Retry-After scaled from the request's Retry-Attempt (6 s
+    # doubling to 96 s): after an outage, one 500 while it starts up must not keep the node
+    # silent for a minute and a half. A 5xx's is honoured up to max_backoff.
+    t = ScriptedTransport(
+        Outcome("retry", "503", retry_after=0.2), Outcome("retry", "500", retry_after=90.0), OK
+    )
+    d = delivery(spool, t, max_backoff="300ms")
+    put(spool)
+    drain(d)
+    waits = [b - a for a, b in zip(t.at, t.at[1:], strict=False)]
+    assert waits[0] >= 0.2  # honoured: the backoff's own would be 15-30 ms
+    assert 0.29 <= waits[1] < 1.0, waits  # max_backoff, not 90 s
+    assert d.stats.sent == 10
+
+
+class Outage:
+    """A receiver that answers 503 until `back` is set, then 204."""
+
+    def __init__(self) -> None:
+        self.back = threading.Event()
+        self.sent: list[float] = []  # monotonic time of each send
+
+    def send(self, body: bytes, attempt: int = 0, proto: int = 1) -> Outcome:
+        self.sent.append(time.monotonic())
+        return OK if self.back.is_set() else Outcome("retry", "503")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_lane_waiting_to_retry_goes_again_when_the_other_lane_gets_through(
+    spool: Spool,
+) -> None:
+    """The backlog lane, waiting out a long backoff of the outage, sends once a fresh request
+    went through (after its reconnect jitter), not when its own wait ends."""
+    t = Outage()
+    backoff = {"min_backoff": "30s", "max_backoff": "30s", "reconnect_jitter": "0s"}
+    d = delivery(spool, t, order="backfill", **backoff)  # type: ignore[arg-type]
+    put(spool, 10, age=600, name="old")
+    lanes = [threading.Thread(target=d.drain, args=(lane,)) for lane in ("backlog", "fresh")]
+    lanes[0].start()
+    try:
+        deadline = time.monotonic() + 5
+        while not t.sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(t.sent) == 1  # failed: the backlog lane now waits 15-30 s
+        t.back.set()
+        put(spool, 10, age=0, name="new")
+        lanes[1].start()
+        while spool.stats()[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert spool.stats()[0] == 0 and d.stats.sent == 20
+        assert t.sent[-1] - t.sent[0] < 2.0
+    finally:
+        d.stop(time.monotonic() + 1)
+        for lane in lanes:
+            if lane.ident is not None:  # started
+                lane.join()
 
 
 def test_retry_after_0_waits_the_backoff_not_a_busy_loop(spool: Spool) -> None:
