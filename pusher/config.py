@@ -519,7 +519,7 @@ class CollectConfig:
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """`remote_write.tls`: empty strings mean the defaults (system CAs, no client cert)."""
+    """`remote_write.tls`: empty strings mean the defaults (certifi's CAs, no client cert)."""
 
     ca_file: str = _key("", _file)
     cert_file: str = _key("", _file)
