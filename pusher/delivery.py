@@ -56,6 +56,7 @@ __all__ = [
     "Backoff",
     "Delivery",
     "DeliveryStats",
+    "OutageLog",
     "ProtocolMemory",
     "RejectionLog",
     "Result",
@@ -433,6 +434,47 @@ class RejectionLog:
                 del self._since[reason]
 
 
+class OutageLog:
+    """What the log says of an outage: its first failed attempt, then at most one line a
+    minute (an outage of hours must not fill the disk with log lines), and its end.
+    `requests()`: the spooled requests, read only for a line that is written."""
+
+    def __init__(
+        self,
+        requests: Callable[[], int],
+        every: float = LOG_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.requests = requests
+        self.every = every
+        self.clock = clock
+        self.failing = 0  # failed attempts since the last success
+        self._retry_logged = float("-inf")
+        self._hold_logged = float("-inf")
+
+    def retrying(self, outcome: Outcome, delay: float) -> None:
+        self.failing += 1
+        now = self.clock()
+        if self.failing == 1 or now - self._retry_logged >= self.every:
+            self._retry_logged = now
+            log.warning("remote write failed (%s: %s); %d attempt(s) so far, %d request(s) "
+                        "spooled; retrying in %.2fs", outcome.code, outcome.message[:200],
+                        self.failing, self.requests(), delay)  # fmt: skip
+
+    def holding(self, outcome: Outcome) -> None:
+        now = self.clock()
+        if now - self._hold_logged >= self.every:
+            self._hold_logged = now
+            log.error("receiver refused the request (%s: %s); holding %d request(s) in the "
+                      "spool and probing again", outcome.code, outcome.message[:200],
+                      self.requests())  # fmt: skip
+
+    def succeeded(self) -> None:
+        if self.failing:
+            log.info("remote write recovered after %d failed attempt(s)", self.failing)
+            self.failing = 0
+
+
 class Delivery:
     """Drains the spool into the transport. One instance serves every lane."""
 
@@ -464,9 +506,7 @@ class Delivery:
         self._back = threading.Condition()
         self._recoveries = 0
         self._rejections = RejectionLog()
-        self._failing = 0  # failed attempts since the last success
-        self._last_retry_log = float("-inf")
-        self._last_hold_log = float("-inf")
+        self._outage = OutageLog(lambda: self.spool.stats()[0])
 
     def wake(self) -> None:
         for event in list(self._wake.values()):
@@ -619,9 +659,7 @@ class Delivery:
         if outcome.written is not None and outcome.written < part.samples:
             sent = max(0, outcome.written)
             self.stats.drop("not_written", part.samples - sent)
-        if self._failing:
-            log.info("remote write recovered after %d failed attempt(s)", self._failing)
-            self._failing = 0
+        self._outage.succeeded()
         with self.stats.lock:
             self.stats.sent += sent
             self.stats.sent_bytes += len(part.body)
@@ -651,12 +689,12 @@ class Delivery:
         wait ends early when a request goes through on another lane."""
         if outcome.kind == "retry":
             delay = backoff.retry_delay(self._retry_after(outcome, backlog))
-            self._log_retry(outcome, delay)
+            self._outage.retrying(outcome, delay)
         else:
             if outcome.kind == "unsupported":  # protocol: v2 and a 1.x receiver
                 why = "the receiver does not take Remote-Write 2.0 (remote_write.protocol: v2)"
                 outcome = Outcome("hold", outcome.code, message=why)
-            self._log_hold(outcome)
+            self._outage.holding(outcome)
             delay = backoff.hold_delay(outcome.retry_after)
         return "done" if self._sleep(delay, until_back=True) else "deadline"
 
@@ -686,27 +724,6 @@ class Delivery:
         log.warning("receiver answered %s; splitting a request of %d sample(s)", code,
                     part.samples)  # fmt: skip
         return list(halves)
-
-    def _log_retry(self, outcome: Outcome, delay: float) -> None:
-        """The first failure of a streak, then at most one line a minute: an outage of hours
-        must not fill the disk with log lines."""
-        self._failing += 1
-        now = time.monotonic()
-        if self._failing == 1 or now - self._last_retry_log >= LOG_EVERY:
-            self._last_retry_log = now
-            requests, _, _ = self.spool.stats()
-            log.warning("remote write failed (%s: %s); %d attempt(s) so far, %d request(s) "
-                        "spooled; retrying in %.2fs", outcome.code, outcome.message[:200],
-                        self._failing, requests, delay)  # fmt: skip
-
-    def _log_hold(self, outcome: Outcome) -> None:
-        now = time.monotonic()
-        if now - self._last_hold_log >= LOG_EVERY:
-            self._last_hold_log = now
-            requests, _, _ = self.spool.stats()
-            log.error("receiver refused the request (%s: %s); holding %d request(s) in the "
-                      "spool and probing again", outcome.code, outcome.message[:200],
-                      requests)  # fmt: skip
 
 
 def _parts(rows: Iterable[Row]) -> list[Request]:

@@ -15,7 +15,7 @@ from test_series import WEB, FakeCollector, domain, stats
 
 from pusher.agent import Agent
 from pusher.config import Config, from_mapping
-from pusher.delivery import Backoff, Delivery, ProtocolMemory, RejectionLog
+from pusher.delivery import Backoff, Delivery, OutageLog, ProtocolMemory, RejectionLog
 from pusher.encode import Encoder, EncoderV2, decompress, is_stale, v2_to_v1
 from pusher.nova import DomainInfo
 from pusher.pb.remote_write_pb2 import WriteRequest
@@ -335,6 +335,37 @@ def test_the_shutdown_deadline_ends_a_retry_and_keeps_the_rows(spool: Spool) -> 
     assert time.monotonic() - start < 0.3 + 0.5
     assert len(t.sent) == 1 and spool.stats()[0] == 1
     assert spool.peek(100, claim=True) != []  # released for the next start
+
+
+def test_an_outage_is_logged_at_its_start_then_once_a_minute_and_at_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    reads = []
+
+    def spooled() -> int:
+        reads.append(now[0])
+        return 7
+
+    outage = OutageLog(spooled, every=60.0, clock=lambda: now[0])
+    down = Outcome("retry", "error", message="connection refused")
+    refused = Outcome("hold", "401", message="no org id")
+    with caplog.at_level(logging.INFO, logger="pusher"):
+        for second in range(0, 150):  # two failed attempts a second for 150 s
+            now[0] = float(second)
+            outage.retrying(down, 0.5)
+            outage.retrying(down, 0.5)
+            outage.holding(refused)
+        outage.succeeded()
+        outage.succeeded()  # nothing more to say
+    lines = [r.getMessage() for r in caplog.records]
+    retries = [line for line in lines if line.startswith("remote write failed")]
+    assert len(retries) == 3  # at 0, 60 and 120 s
+    assert "1 attempt(s) so far, 7 request(s) spooled; retrying in 0.50s" in retries[0]
+    assert "121 attempt(s) so far" in retries[1]
+    assert len([line for line in lines if "probing again" in line]) == 3
+    assert lines[-1] == "remote write recovered after 300 failed attempt(s)"
+    assert reads == [0.0, 0.0, 60.0, 60.0, 120.0, 120.0]  # read only for a line written
 
 
 def test_a_persistent_rejection_is_logged_once_then_summed_up_each_minute(
