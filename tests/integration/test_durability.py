@@ -124,6 +124,24 @@ def test_5xx_is_retried_with_retry_attempt_header_until_delivered(
     assert mimir.latest("pusher_samples_retried_total") > 0
 
 
+def test_5xx_retry_after_is_honoured_only_up_to_max_backoff(
+    tmp_path: Path, mimir: FakeMimir
+) -> None:
+    # As Mimir answers while it starts up, to a request retried through an outage: a 500 with
+    # the Retry-After it scales from Retry-Attempt (96 s at most). Waited out, the node would
+    # be silent for a minute and a half after the receiver is back; max_backoff bounds it.
+    busy = Reply(500, "distributor is unavailable (current state: Starting)", {"Retry-After": "90"})
+    mimir.script = [busy, busy]
+    agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
+    _wait_cycles(mimir, 3, timeout=20)
+    stop_cleanly(agent)
+    assert [s.status for s in mimir.seen[:3]] == [500, 500, 200]
+    waits = [b.at - a.at for a, b in zip(mimir.seen[:3], mimir.seen[1:3], strict=False)]
+    assert all(0.45 <= w < 2.0 for w in waits), waits  # max_backoff 500 ms, not 90 s
+    assert gaps(_cycles(mimir), INTERVAL_MS) == []
+    assert not any(_dropped(mimir).values())
+
+
 def test_429_honours_retry_after(tmp_path: Path, mimir: FakeMimir) -> None:
     mimir.script = [Reply(429, "err-mimir-tenant-max-ingestion-rate", {"Retry-After": "2"})]
     agent = AgentProcess(_config(tmp_path, mimir), tmp_path / "agent.log")
